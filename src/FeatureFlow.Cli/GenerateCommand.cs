@@ -1,0 +1,128 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using FeatureFlow.Api.V1;
+using FeatureFlow.Engine;
+using FeatureFlow.Models.Folder;
+using FeatureFlow.Server;
+using Google.Protobuf;
+using Grpc.Core;
+using Grpc.Net.Client;
+
+namespace FeatureFlow.Cli;
+
+public static class GenerateCommand
+{
+    public static Option<string> ServerOption() =>
+        new("--server") { Description = "server address", DefaultValueFactory = _ => "http://127.0.0.1:50051" };
+
+    public static Command Build(TextWriter output, TextWriter error)
+    {
+        var prompt = new Option<string>("--prompt") { Description = "prompt text (BOS is added; empty generates from BOS)", DefaultValueFactory = _ => "" };
+        var promptIds = new Option<string?>("--prompt-ids") { Description = "comma-separated token ids used verbatim, e.g. 1,403,407" };
+        var maxTokens = new Option<int?>("--max-tokens") { Description = "tokens to generate (default: the server's, 256)" };
+        var temperature = new Option<float?>("--temperature") { Description = "0 is greedy (default 1.0)" };
+        var topP = new Option<float?>("--top-p") { Description = "nucleus mass in (0, 1] (default 1.0 = off)" };
+        var topK = new Option<int?>("--top-k") { Description = "keep the k most likely tokens (default off)" };
+        var seed = new Option<ulong?>("--seed") { Description = "random seed (same seed, same tokens)" };
+        var stop = new Option<string[]>("--stop") { Description = "stop string (repeatable)", AllowMultipleArgumentsPerToken = false };
+        var steering = new Option<string?>("--steering") { Description = "steering spec as featureflow.v1.SteeringSpec JSON, inline or a file path" };
+        var json = new Option<bool>("--json") { Description = "print one JSON object {text, token_ids, finish_reason, usage} instead of streaming text" };
+        var local = new Option<bool>("--local") { Description = "run the model in this process instead of calling a server" };
+        var model = ServeCommand.ModelOption();
+        var provider = ServeCommand.ProviderOption();
+        var server = ServerOption();
+        var command = new Command("generate", "Stream a (steered) completion from a running server, or in-process with --local.")
+        {
+            prompt, promptIds, maxTokens, temperature, topP, topK, seed, stop, steering, json, local, model, provider, server,
+        };
+        command.SetAction((parse, ct) => CliApp.Guard(error, async () =>
+        {
+            var request = new GenerateRequest { Prompt = parse.GetValue(prompt)! };
+            if (parse.GetValue(promptIds) is { } ids) request.PromptTokenIds.AddRange(ParseIds(ids));
+            if (parse.GetValue(maxTokens) is { } m) request.MaxTokens = m;
+            if (parse.GetValue(temperature) is { } t) request.Temperature = t;
+            if (parse.GetValue(topP) is { } p) request.TopP = p;
+            if (parse.GetValue(topK) is { } k) request.TopK = k;
+            if (parse.GetValue(seed) is { } s) request.Seed = s;
+            request.Stop.AddRange(parse.GetValue(stop) ?? []);
+            if (parse.GetValue(steering) is { } spec) request.Steering = ParseSteering(spec);
+
+            var responses = parse.GetValue(local)
+                ? Local(request, parse.GetValue(model)!, parse.GetValue(provider), ct)
+                : Remote(request, parse.GetValue(server)!, ct);
+            await Print(responses, parse.GetValue(json), output);
+            return 0;
+        }));
+        return command;
+    }
+
+    private static int[] ParseIds(string text) =>
+        text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            .Select(s => int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var id) ? id : throw new FormatException($"--prompt-ids: '{s}' is not an integer"))
+            .ToArray();
+
+    private static Api.V1.SteeringSpec ParseSteering(string spec)
+    {
+        var text = spec.TrimStart().StartsWith('{') ? spec : File.ReadAllText(spec);
+        try { return Api.V1.SteeringSpec.Parser.ParseJson(text); }
+        catch (InvalidProtocolBufferException e) { throw new FormatException($"--steering: not a featureflow.v1.SteeringSpec ({e.Message})"); }
+    }
+
+    private static async IAsyncEnumerable<GenerateResponse> Remote(GenerateRequest request, string address, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken ct)
+    {
+        using var channel = GrpcChannel.ForAddress(address);
+        using var call = new Inference.InferenceClient(channel).Generate(request, cancellationToken: ct);
+        await foreach (var response in call.ResponseStream.ReadAllAsync(ct)) yield return response;
+    }
+
+    private static async IAsyncEnumerable<GenerateResponse> Local(GenerateRequest request, string modelDir, ExecutionProviderPreference provider, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken ct)
+    {
+        using var engine = new GenerationEngine(ModelFolder.Open(modelDir), new EngineOptions { ExecutionProvider = provider });
+        await foreach (var u in engine.GenerateAsync(RequestMapper.ToDomain(request, engine), ct))
+        {
+            var response = new GenerateResponse { Text = u.Text };
+            response.TokenIds.AddRange(u.TokenIds);
+            if (u.Finish is { } finish)
+            {
+                response.FinishReason = RequestMapper.ToApi(finish);
+                response.Usage = new TokenUsage { PromptTokens = u.Usage!.PromptTokens, CompletionTokens = u.Usage.CompletionTokens };
+            }
+            yield return response;
+        }
+    }
+
+    private static async Task Print(IAsyncEnumerable<GenerateResponse> responses, bool json, TextWriter output)
+    {
+        var text = new System.Text.StringBuilder();
+        var ids = new List<int>();
+        GenerateResponse? last = null;
+        await foreach (var r in responses)
+        {
+            if (json)
+            {
+                text.Append(r.Text);
+                ids.AddRange(r.TokenIds);
+            }
+            else
+            {
+                await output.WriteAsync(r.Text);
+                await output.FlushAsync();
+            }
+            last = r;
+        }
+        if (!json)
+        {
+            await output.WriteLineAsync();
+            return;
+        }
+        var result = new Dictionary<string, object?>
+        {
+            ["text"] = text.ToString(),
+            ["token_ids"] = ids,
+            ["finish_reason"] = last?.FinishReason.ToString().ToLowerInvariant(),
+            ["usage"] = last?.Usage is { } u ? new { prompt_tokens = u.PromptTokens, completion_tokens = u.CompletionTokens } : null,
+        };
+        await output.WriteLineAsync(JsonSerializer.Serialize(result));
+    }
+}

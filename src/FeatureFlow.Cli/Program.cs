@@ -1,0 +1,3 @@
+using FeatureFlow.Cli;
+
+return await CliApp.Build(Console.Out, Console.Error).Parse(args).InvokeAsync();

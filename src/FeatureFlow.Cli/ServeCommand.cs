@@ -1,0 +1,41 @@
+using System.CommandLine;
+using FeatureFlow.Engine;
+using FeatureFlow.Server;
+
+namespace FeatureFlow.Cli;
+
+public static class ServeCommand
+{
+    public static Option<string> ModelOption() =>
+        new("--model") { Description = "model folder", DefaultValueFactory = _ => ServerOptions.DefaultModelDirectory };
+
+    public static Option<ExecutionProviderPreference> ProviderOption() =>
+        new("--provider") { Description = "execution provider: Auto (CUDA if it loads, else CPU), Cpu or Cuda", DefaultValueFactory = _ => ExecutionProviderPreference.Auto };
+
+    public static Command Build(TextWriter output)
+    {
+        var model = ModelOption();
+        var host = new Option<string>("--host") { Description = "address to listen on", DefaultValueFactory = _ => "127.0.0.1" };
+        var port = new Option<int>("--port") { Description = "port (0 picks a free one)", DefaultValueFactory = _ => 50051 };
+        var provider = ProviderOption();
+        var command = new Command("serve", "Serve a model folder over gRPC (featureflow.v1.Inference, grpc.health.v1.Health, reflection; cleartext HTTP/2).")
+        {
+            model, host, port, provider,
+        };
+        command.SetAction((parse, ct) => CliApp.Guard(Console.Error, async () =>
+        {
+            var options = new ServerOptions
+            {
+                ModelDirectory = parse.GetValue(model)!,
+                Host = parse.GetValue(host)!,
+                Port = parse.GetValue(port),
+                Engine = new EngineOptions { ExecutionProvider = parse.GetValue(provider) },
+            };
+            await using var server = ServerHost.Create(options);
+            await server.StartAsync(ct);
+            await server.WaitForShutdownAsync(ct);
+            return 0;
+        }));
+        return command;
+    }
+}

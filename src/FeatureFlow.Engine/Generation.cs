@@ -1,0 +1,30 @@
+using FeatureFlow.Steering;
+
+namespace FeatureFlow.Engine;
+
+/// <summary>A validated, tokenized generation request: everything the loop needs and nothing from the wire.</summary>
+public sealed record GenerationRequest
+{
+    public required int[] PromptIds { get; init; }
+    public required int MaxTokens { get; init; }
+    public SamplingOptions Sampling { get; init; } = new();
+    public IReadOnlyList<string> Stop { get; init; } = [];
+    public SteeringSpec Steering { get; init; } = SteeringSpec.None;
+}
+
+public enum FinishReason
+{
+    /// <summary>max_tokens reached, or the context is full.</summary>
+    Length,
+    /// <summary>A stop string, BOS or EOS.</summary>
+    Stop,
+    Cancelled,
+}
+
+public sealed record Usage(int PromptTokens, int CompletionTokens);
+
+/// <summary>One streamed piece: new text and token ids since the previous update; the last one has <see cref="Finish"/>.</summary>
+public sealed record GenerationUpdate(string Text, IReadOnlyList<int> TokenIds, FinishReason? Finish = null, Usage? Usage = null);
+
+/// <summary>What the engine reports about each finished generation (for metrics, logs and tests).</summary>
+public sealed record GenerationRecord(long Id, int PromptTokens, int CompletionTokens, int DecodeSteps, FinishReason Finish);

@@ -1,0 +1,48 @@
+using Microsoft.ML.OnnxRuntime;
+
+namespace FeatureFlow.Engine;
+
+/// <summary>The execution provider a session really runs on, and why (for logs and GetModelInfo).</summary>
+public sealed record ExecutionProviderInfo(string Name, string Reason);
+
+public static class SessionFactory
+{
+    public static (InferenceSession Session, ExecutionProviderInfo Provider) Create(string modelPath, EngineOptions options)
+    {
+        var sessionOptions = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
+        if (options.IntraOpThreads > 0) sessionOptions.IntraOpNumThreads = options.IntraOpThreads;
+        var provider = ChooseProvider(sessionOptions, options);
+        try
+        {
+            return (new InferenceSession(modelPath, sessionOptions), provider);
+        }
+        catch (OnnxRuntimeException e)
+        {
+            throw new InvalidDataException($"{modelPath}: ONNX Runtime could not load the graph: {e.Message}", e);
+        }
+        finally
+        {
+            sessionOptions.Dispose();
+        }
+    }
+
+    private static ExecutionProviderInfo ChooseProvider(SessionOptions sessionOptions, EngineOptions options)
+    {
+        if (options.ExecutionProvider == ExecutionProviderPreference.Cpu)
+            return new ExecutionProviderInfo("CPUExecutionProvider", "CPU requested");
+        try
+        {
+            // GetAvailableProviders() lists CUDA even where its libraries cannot load; only appending tells.
+            sessionOptions.AppendExecutionProvider_CUDA(options.CudaDeviceId);
+            return new ExecutionProviderInfo("CUDAExecutionProvider", $"CUDA device {options.CudaDeviceId}");
+        }
+        catch (Exception e) when (e is OnnxRuntimeException or EntryPointNotFoundException or DllNotFoundException)
+        {
+            if (options.ExecutionProvider == ExecutionProviderPreference.Cuda)
+                throw new InvalidOperationException($"CUDA was required but could not be loaded: {e.Message}", e);
+            return new ExecutionProviderInfo("CPUExecutionProvider", $"CUDA unavailable ({FirstLine(e.Message)}); using CPU");
+        }
+    }
+
+    private static string FirstLine(string s) => s.Split('\n', 2)[0].Trim();
+}

@@ -1,0 +1,201 @@
+using FeatureFlow.Onnx;
+using FeatureFlow.Onnx.Ir;
+using DataType = FeatureFlow.Onnx.Ir.TensorProto.Types.DataType;
+
+namespace FeatureFlow.Models.Export;
+
+/// <summary>
+/// Writes a Llama-family decoder (RMSNorm, grouped-query attention with rotary embedding, SwiGLU MLP)
+/// as an ONNX graph with a KV cache, and optionally a steering hook at every
+/// <c>blocks.L.hook_attn_out|hook_mlp_out|hook_resid_post</c> site. Each hook computes, per batch row,
+/// h ← h + add + Σ_k (α_k·a_k(h) + β_k)·v_k with a_k(h) = JumpReLU_θk(e_k·h + b_k); every steering input
+/// zero makes it the exact identity.
+/// </summary>
+public static class LlamaGraphExporter
+{
+    private const string B = "batch", T = "sequence_length", P = "past_sequence_length", S = "total_sequence_length";
+
+    public static ModelProto Export(ModelArchitecture arch, LlamaWeights w, HookedGraphOptions options, string modelName)
+    {
+        arch.Validate();
+        if (options.Hooks && options.SlotsPerSite < 1) throw new ArgumentException("slots per site must be at least 1");
+        var g = new GraphBuilder(modelName);
+        int d = arch.DModel, hs = arch.HeadSize, kvHeads = arch.KvHeads, sites = arch.Layers * Site.KindsPerLayer;
+        int k = options.SlotsPerSite;
+
+        var inputIds = g.Input(GraphNames.InputIds, DataType.Int64, B, T);
+        var attentionMask = g.Input(GraphNames.AttentionMask, DataType.Int64, B, S);
+        var positionIds = g.Input(GraphNames.PositionIds, DataType.Int64, B, T);
+        var pastKeys = new string[arch.Layers];
+        var pastValues = new string[arch.Layers];
+        for (var l = 0; l < arch.Layers; l++)
+        {
+            pastKeys[l] = g.Input(GraphNames.PastKey(l), DataType.Float, B, kvHeads, P, hs);
+            pastValues[l] = g.Input(GraphNames.PastValue(l), DataType.Float, B, kvHeads, P, hs);
+        }
+        Steering? steering = options.Hooks
+            ? new Steering(
+                g.Input(GraphNames.SteeringAdd, DataType.Float, B, sites, d),
+                g.Input(GraphNames.SteeringEncoder, DataType.Float, B, sites, k, d),
+                g.Input(GraphNames.SteeringDecoder, DataType.Float, B, sites, k, d),
+                g.Input(GraphNames.SteeringCoefficients, DataType.Float, B, sites, GraphNames.CoefficientRows, k))
+            : null;
+
+        var embedding = g.Initializer("model.embed_tokens.weight", w.TokenEmbedding, arch.VocabSize, d);
+        var x = g.Op("Gather", [embedding, inputIds], Attr.Int("axis", 0));
+        var (cos, sin) = RotaryTables(g, arch, positionIds);
+        var allowed = AttentionAllowed(g, inputIds, attentionMask);
+
+        for (var l = 0; l < arch.Layers; l++)
+        {
+            using var _ = g.Scope($"blocks.{l}");
+            var xn = RmsNorm(g, x, g.Initializer($"blocks.{l}.ln_1.weight", w.RmsAttention[l], d), arch.NormEpsilon);
+            var attn = Attention(g, arch, l, w, xn, cos, sin, allowed, pastKeys[l], pastValues[l]);
+            attn = Hook(g, steering, new Site(l, SiteKind.AttnOut), attn, options, d);
+            x = g.Op("Add", [x, attn]);
+            xn = RmsNorm(g, x, g.Initializer($"blocks.{l}.ln_2.weight", w.RmsFfn[l], d), arch.NormEpsilon);
+            var mlp = SwiGlu(g, arch, l, w, xn);
+            mlp = Hook(g, steering, new Site(l, SiteKind.MlpOut), mlp, options, d);
+            x = g.Op("Add", [x, mlp]);
+            x = Hook(g, steering, new Site(l, SiteKind.ResidPost), x, options, d);
+        }
+
+        x = RmsNorm(g, x, g.Initializer("ln_f.weight", w.RmsFinal, d), arch.NormEpsilon);
+        var classifier = arch.TiedEmbeddings ? embedding : g.Initializer("lm_head.weight", w.Classifier, arch.VocabSize, d);
+        var logits = g.Op("MatMul", [x, g.Op("Transpose", [classifier], Attr.Ints("perm", 1, 0))]);
+        g.Output(logits, GraphNames.Logits, DataType.Float, B, T, arch.VocabSize);
+
+        return g.Build(new OnnxModelOptions
+        {
+            DocString = options.Hooks
+                ? "Llama decoder with FeatureFlow steering hooks at every attn_out, mlp_out and resid_post site."
+                : "Llama decoder (no hooks).",
+            Metadata =
+            [
+                new("featureflow.hooks", options.Hooks ? "true" : "false"),
+                new("featureflow.slots_per_site", options.Hooks ? k.ToString(System.Globalization.CultureInfo.InvariantCulture) : "0"),
+            ],
+        });
+    }
+
+    private sealed record Steering(string Add, string Encoder, string Decoder, string Coefficients);
+
+    private static string RmsNorm(GraphBuilder g, string x, string weight, float eps)
+    {
+        var meanSquare = g.Op("ReduceMean", [g.Op("Mul", [x, x])], Attr.Ints("axes", -1), Attr.Int("keepdims", 1));
+        var inv = g.Op("Reciprocal", [g.Op("Sqrt", [g.Op("Add", [meanSquare, g.ScalarFloat(eps)])])]);
+        return g.Op("Mul", [weight, g.Op("Mul", [inv, x])]);
+    }
+
+    /// <summary>cos/sin of position·freq per rotary pair, shaped [B, T, 1, head_size/2, 1] to broadcast over heads.</summary>
+    private static (string Cos, string Sin) RotaryTables(GraphBuilder g, ModelArchitecture arch, string positionIds)
+    {
+        using var _ = g.Scope("rotary");
+        var half = arch.HeadSize / 2;
+        // Computed in float32 exactly as run.c does: 1 / theta^(2i / head_size).
+        var freqs = new float[half];
+        for (var i = 0; i < half; i++) freqs[i] = 1.0f / MathF.Pow(arch.RotaryTheta, 2 * i / (float)arch.HeadSize);
+        var pos = g.Op("Unsqueeze", [g.Op("Cast", [positionIds], Attr.Int("to", (long)DataType.Float)), g.ConstInt64(-1)]);
+        var angles = g.Op("Mul", [pos, g.Initializer("rotary.inv_freq", freqs, half)]);
+        var axes = g.ConstInt64(2, 4);
+        return (g.Op("Unsqueeze", [g.Op("Cos", [angles]), axes]), g.Op("Unsqueeze", [g.Op("Sin", [angles]), axes]));
+    }
+
+    /// <summary>
+    /// Which keys each query may see: causal over absolute positions (past tokens come first) and not
+    /// masked out by attention_mask. Shape [B, 1, 1, T, S], matching the grouped score layout.
+    /// </summary>
+    private static string AttentionAllowed(GraphBuilder g, string inputIds, string attentionMask)
+    {
+        using var _ = g.Scope("mask");
+        var zero = g.ScalarInt64(0);
+        var one = g.ScalarInt64(1);
+        var total = g.Op("Gather", [g.Op("Shape", [attentionMask]), one], Attr.Int("axis", 0));
+        var current = g.Op("Gather", [g.Op("Shape", [inputIds]), one], Attr.Int("axis", 0));
+        var past = g.Op("Sub", [total, current]);
+        var keyPositions = g.Op("Unsqueeze", [g.Op("Range", [zero, total, one]), g.ConstInt64(0)]);
+        var queryPositions = g.Op("Unsqueeze", [g.Op("Range", [past, total, one]), g.ConstInt64(1)]);
+        var causal = g.Op("LessOrEqual", [keyPositions, queryPositions]);
+        var notPadding = g.Op("Unsqueeze", [g.Op("Cast", [attentionMask], Attr.Int("to", (long)DataType.Bool)), g.ConstInt64(1, 2, 3)]);
+        return g.Op("And", [causal, notPadding]);
+    }
+
+    private static string Attention(GraphBuilder g, ModelArchitecture arch, int l, LlamaWeights w, string xn,
+        string cos, string sin, string allowed, string pastKey, string pastValue)
+    {
+        using var _ = g.Scope("attn");
+        int d = arch.DModel, hs = arch.HeadSize, kv = arch.KvHeads;
+        var q = g.Op("Reshape", [Linear(g, xn, $"blocks.{l}.attn.W_Q", w.Wq[l], d, d), g.ConstInt64(0, 0, arch.Heads, hs)]);
+        var key = g.Op("Reshape", [Linear(g, xn, $"blocks.{l}.attn.W_K", w.Wk[l], arch.KvDim, d), g.ConstInt64(0, 0, kv, hs)]);
+        var value = g.Op("Reshape", [Linear(g, xn, $"blocks.{l}.attn.W_V", w.Wv[l], arch.KvDim, d), g.ConstInt64(0, 0, kv, hs)]);
+        q = Rotate(g, q, hs, cos, sin);
+        key = Rotate(g, key, hs, cos, sin);
+
+        var toHeadMajor = Attr.Ints("perm", 0, 2, 1, 3);
+        var presentKey = g.Node("Concat", [pastKey, g.Op("Transpose", [key], toHeadMajor)], [GraphNames.PresentKey(l)], Attr.Int("axis", 2))[0];
+        var presentValue = g.Node("Concat", [pastValue, g.Op("Transpose", [value], toHeadMajor)], [GraphNames.PresentValue(l)], Attr.Int("axis", 2))[0];
+        g.Output(presentKey, presentKey, DataType.Float, B, kv, S, hs);
+        g.Output(presentValue, presentValue, DataType.Float, B, kv, S, hs);
+
+        // Grouped-query attention without copying K/V: query head h = kv_head·group + j reads kv_head,
+        // so queries are viewed as [B, kv, group, T, hs] and K/V as [B, kv, 1, S, hs] for a broadcast MatMul.
+        var groupedQ = g.Op("Reshape", [g.Op("Transpose", [q], toHeadMajor), g.ConstInt64(0, kv, arch.QueriesPerKvHead, -1, hs)]);
+        var groupAxis = g.ConstInt64(2);
+        var keysT = g.Op("Transpose", [g.Op("Unsqueeze", [presentKey, groupAxis])], Attr.Ints("perm", 0, 1, 2, 4, 3));
+        var scores = g.Op("Div", [g.Op("MatMul", [groupedQ, keysT]), g.ScalarFloat(MathF.Sqrt(hs))]);
+        scores = g.Op("Where", [allowed, scores, g.ScalarFloat(float.MinValue)]);
+        var probs = g.Op("Softmax", [scores], Attr.Int("axis", -1));
+        var context = g.Op("MatMul", [probs, g.Op("Unsqueeze", [presentValue, groupAxis])]);
+        context = g.Op("Reshape", [context, g.ConstInt64(0, arch.Heads, -1, hs)]);
+        context = g.Op("Reshape", [g.Op("Transpose", [context], toHeadMajor), g.ConstInt64(0, 0, d)]);
+        return Linear(g, context, $"blocks.{l}.attn.W_O", w.Wo[l], d, d);
+    }
+
+    /// <summary>Rotates interleaved channel pairs (2i, 2i+1) of [B, T, heads, hs] by the position's angle.</summary>
+    private static string Rotate(GraphBuilder g, string t, int hs, string cos, string sin)
+    {
+        var pairs = g.Op("Reshape", [t, g.ConstInt64(0, 0, 0, hs / 2, 2)]);
+        var parts = g.Op("Split", [pairs], 2, Attr.Int("axis", -1));
+        var even = g.Op("Sub", [g.Op("Mul", [parts[0], cos]), g.Op("Mul", [parts[1], sin])]);
+        var odd = g.Op("Add", [g.Op("Mul", [parts[0], sin]), g.Op("Mul", [parts[1], cos])]);
+        return g.Op("Reshape", [g.Op("Concat", [even, odd], Attr.Int("axis", -1)), g.ConstInt64(0, 0, 0, hs)]);
+    }
+
+    private static string SwiGlu(GraphBuilder g, ModelArchitecture arch, int l, LlamaWeights w, string xn)
+    {
+        using var _ = g.Scope("mlp");
+        int d = arch.DModel, h = arch.HiddenDim;
+        var gate = Linear(g, xn, $"blocks.{l}.mlp.W_gate", w.W1[l], h, d);
+        var up = Linear(g, xn, $"blocks.{l}.mlp.W_in", w.W3[l], h, d);
+        var act = g.Op("Mul", [g.Op("Mul", [gate, g.Op("Sigmoid", [gate])]), up]);
+        return Linear(g, act, $"blocks.{l}.mlp.W_out", w.W2[l], d, h);
+    }
+
+    /// <summary>y = x·Wᵀ for W stored [out][in]; the initializer holds Wᵀ so MatMul needs no transpose at run time.</summary>
+    private static string Linear(GraphBuilder g, string x, string name, float[] weight, int outDim, int inDim)
+    {
+        var transposed = new float[weight.Length];
+        for (var o = 0; o < outDim; o++)
+            for (var i = 0; i < inDim; i++)
+                transposed[i * outDim + o] = weight[o * inDim + i];
+        return g.Op("MatMul", [x, g.Initializer(name, transposed, inDim, outDim)]);
+    }
+
+    private static string Hook(GraphBuilder g, Steering? steering, Site site, string h, HookedGraphOptions options, int d)
+    {
+        if (steering is null) return h;
+        using var _ = g.Scope(Site.HookSuffix(site.Kind));
+        var index = g.ScalarInt64(site.Index);
+        var siteAxis = Attr.Int("axis", 1);
+        var add = g.Op("Unsqueeze", [g.Op("Gather", [steering.Add, index], siteAxis), g.ConstInt64(1)]);   // [B, 1, d]
+        var encoder = g.Op("Gather", [steering.Encoder, index], siteAxis);                                   // [B, K, d]
+        var decoder = g.Op("Gather", [steering.Decoder, index], siteAxis);                                   // [B, K, d]
+        var rows = g.Op("Split", [g.Op("Gather", [steering.Coefficients, index], siteAxis)], GraphNames.CoefficientRows, siteAxis); // 4 × [B, 1, K]
+        var pre = g.Op("Add", [g.Op("MatMul", [h, g.Op("Transpose", [encoder], Attr.Ints("perm", 0, 2, 1))]), rows[(int)GraphNames.CoefficientRow.EncoderBias]]);
+        var activation = g.Op("Where", [g.Op("Greater", [pre, rows[(int)GraphNames.CoefficientRow.Threshold]]), pre, g.ScalarFloat(0f)]);
+        var coefficient = g.Op("Add", [g.Op("Mul", [rows[(int)GraphNames.CoefficientRow.Alpha], activation]), rows[(int)GraphNames.CoefficientRow.Beta]]);
+        var steered = g.Op("Add", [g.Op("Add", [h, add]), g.Op("MatMul", [coefficient, decoder])]);
+        if (!options.SiteOutputs) return steered;
+        return g.Output(steered, site.HookName, DataType.Float, B, T, d);
+    }
+}

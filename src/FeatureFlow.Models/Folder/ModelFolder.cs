@@ -1,0 +1,40 @@
+using FeatureFlow.Models.Tokenization;
+
+namespace FeatureFlow.Models.Folder;
+
+/// <summary>A model folder on disk: its manifest and the paths of the files it names.</summary>
+public sealed class ModelFolder
+{
+    private ModelFolder(string directory, ModelManifest manifest)
+    {
+        Directory = directory;
+        Manifest = manifest;
+    }
+
+    public string Directory { get; }
+    public ModelManifest Manifest { get; }
+    public string HookedGraphPath => Path.Combine(Directory, Manifest.Graphs.Hooked);
+    public string PlainGraphPath => Path.Combine(Directory, Manifest.Graphs.Plain);
+    public string TokenizerPath => Path.Combine(Directory, Manifest.Tokenizer.File);
+
+    public static ModelFolder Open(string directory)
+    {
+        var full = Path.GetFullPath(directory);
+        var manifestPath = Path.Combine(full, ModelManifest.FileName);
+        if (!File.Exists(manifestPath))
+            throw new FileNotFoundException($"no model folder at {full}: {ModelManifest.FileName} is missing (run `featureflow export` to create one)", manifestPath);
+        var manifest = ModelManifest.Parse(File.ReadAllText(manifestPath), manifestPath);
+        var folder = new ModelFolder(full, manifest);
+        foreach (var path in new[] { folder.HookedGraphPath, folder.TokenizerPath })
+            if (!File.Exists(path)) throw new FileNotFoundException($"model folder {full}: {Path.GetFileName(path)} named in the manifest is missing", path);
+        return folder;
+    }
+
+    public ITokenizer LoadTokenizer() => Manifest.Tokenizer.Format switch
+    {
+        "llama2c" => Llama2cTokenizer.Load(TokenizerPath, Manifest.Architecture.VocabSize),
+        var f => throw new InvalidDataException($"{Directory}: unknown tokenizer format '{f}'"),
+    };
+
+    public IReadOnlyList<Site> Sites => Manifest.Steering.Sites.Select(Site.Parse).ToArray();
+}

@@ -1,0 +1,47 @@
+namespace FeatureFlow.Models;
+
+public enum NormKind { RmsNorm }
+
+public enum MlpKind { SwiGlu }
+
+/// <summary>How rotary position embedding pairs up the channels of a head.</summary>
+public enum RotaryConvention
+{
+    /// <summary>Pairs (2i, 2i+1), as llama2.c and Meta's original Llama code do.</summary>
+    Interleaved,
+}
+
+/// <summary>
+/// Everything the exporter and the reference forward pass need to know about a decoder-only
+/// transformer's shape. New checkpoint families map onto this; new kinds extend the enums.
+/// </summary>
+public sealed record ModelArchitecture
+{
+    public required string Family { get; init; }
+    public required int DModel { get; init; }
+    public required int HiddenDim { get; init; }
+    public required int Layers { get; init; }
+    public required int Heads { get; init; }
+    public required int KvHeads { get; init; }
+    public required int VocabSize { get; init; }
+    public required int ContextLength { get; init; }
+    public NormKind Norm { get; init; } = NormKind.RmsNorm;
+    public float NormEpsilon { get; init; } = 1e-5f;
+    public MlpKind Mlp { get; init; } = MlpKind.SwiGlu;
+    public RotaryConvention Rotary { get; init; } = RotaryConvention.Interleaved;
+    public float RotaryTheta { get; init; } = 10000f;
+    public bool TiedEmbeddings { get; init; } = true;
+
+    public int HeadSize => DModel / Heads;
+    public int KvDim => KvHeads * HeadSize;
+    public int QueriesPerKvHead => Heads / KvHeads;
+
+    public void Validate()
+    {
+        if (DModel <= 0 || HiddenDim <= 0 || Layers <= 0 || Heads <= 0 || KvHeads <= 0 || VocabSize <= 0 || ContextLength <= 0)
+            throw new InvalidDataException($"architecture has a non-positive dimension: {this}");
+        if (DModel % Heads != 0) throw new InvalidDataException($"d_model {DModel} is not a multiple of heads {Heads}");
+        if (Heads % KvHeads != 0) throw new InvalidDataException($"heads {Heads} is not a multiple of kv_heads {KvHeads}");
+        if (HeadSize % 2 != 0) throw new InvalidDataException($"head size {HeadSize} must be even for rotary embedding");
+    }
+}

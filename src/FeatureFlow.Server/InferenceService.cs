@@ -1,0 +1,63 @@
+using FeatureFlow.Api.V1;
+using FeatureFlow.Engine;
+using FeatureFlow.Steering;
+using Grpc.Core;
+
+namespace FeatureFlow.Server;
+
+public sealed class InferenceService(GenerationEngine engine, ILogger<InferenceService> logger) : Inference.InferenceBase
+{
+    public override async Task Generate(GenerateRequest request, IServerStreamWriter<GenerateResponse> responseStream, ServerCallContext context)
+    {
+        var ct = context.CancellationToken;
+        IAsyncEnumerator<GenerationUpdate> updates;
+        try
+        {
+            updates = engine.GenerateAsync(RequestMapper.ToDomain(request, engine), ct).GetAsyncEnumerator(ct);
+            // The first MoveNext validates the request, so bad input fails before anything is streamed.
+            if (!await updates.MoveNextAsync()) return;
+        }
+        catch (FieldValidationException e)
+        {
+            throw new RpcException(new Status(StatusCode.InvalidArgument, e.Message));
+        }
+
+        await using (updates)
+        {
+            do
+            {
+                var u = updates.Current;
+                var response = new GenerateResponse { Text = u.Text };
+                response.TokenIds.AddRange(u.TokenIds);
+                if (u.Finish is { } finish)
+                {
+                    response.FinishReason = RequestMapper.ToApi(finish);
+                    response.Usage = new TokenUsage { PromptTokens = u.Usage!.PromptTokens, CompletionTokens = u.Usage.CompletionTokens };
+                }
+                if (ct.IsCancellationRequested) break;
+                await responseStream.WriteAsync(response, ct);
+            } while (await updates.MoveNextAsync());
+        }
+        logger.LogDebug("Generate finished (cancelled: {Cancelled})", ct.IsCancellationRequested);
+    }
+
+    public override Task<ModelInfo> GetModelInfo(GetModelInfoRequest request, ServerCallContext context)
+    {
+        var m = engine.Folder.Manifest;
+        var info = new ModelInfo
+        {
+            Name = m.Name,
+            Layers = m.Architecture.Layers,
+            DModel = m.Architecture.DModel,
+            VocabSize = m.Architecture.VocabSize,
+            ContextLength = m.Architecture.ContextLength,
+            Heads = m.Architecture.Heads,
+            KvHeads = m.Architecture.KvHeads,
+            SlotsPerSite = engine.Decoder.SteeringShape!.SlotsPerSite,
+            ExecutionProvider = engine.Decoder.Provider.Name,
+            ExecutionProviderReason = engine.Decoder.Provider.Reason,
+        };
+        info.Sites.AddRange(m.Steering.Sites);
+        return Task.FromResult(info);
+    }
+}

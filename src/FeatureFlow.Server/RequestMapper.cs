@@ -1,0 +1,99 @@
+using FeatureFlow.Api.V1;
+using FeatureFlow.Engine;
+using FeatureFlow.Models;
+using FeatureFlow.Steering;
+using ApiOperation = FeatureFlow.Api.V1.SteeringOperation;
+using ApiScope = FeatureFlow.Api.V1.SteeringScope;
+using DomainOperation = FeatureFlow.Steering.SteeringOperation;
+using DomainScope = FeatureFlow.Steering.SteeringScope;
+using SteeringSpec = FeatureFlow.Steering.SteeringSpec;
+using SteeringTerm = FeatureFlow.Steering.SteeringTerm;
+using FeatureVector = FeatureFlow.Steering.FeatureVector;
+using ApiSiteKind = FeatureFlow.Api.V1.SiteKind;
+
+namespace FeatureFlow.Server;
+
+/// <summary>Wire messages → domain requests. Shape errors are reported with the proto field path.</summary>
+public static class RequestMapper
+{
+    public static GenerationRequest ToDomain(GenerateRequest r, GenerationEngine engine)
+    {
+        if (r.Prompt.Length > 0 && r.PromptTokenIds.Count > 0)
+            throw new FieldValidationException("prompt_token_ids", "give either prompt or prompt_token_ids, not both");
+        var promptIds = r.PromptTokenIds.Count > 0 ? r.PromptTokenIds.ToArray() : engine.EncodePrompt(r.Prompt);
+        var room = engine.Architecture.ContextLength - promptIds.Length;
+        return new GenerationRequest
+        {
+            PromptIds = promptIds,
+            MaxTokens = r.HasMaxTokens ? r.MaxTokens : Math.Clamp(engine.Options.DefaultMaxTokens, 1, Math.Max(1, room)),
+            Sampling = new SamplingOptions
+            {
+                Temperature = r.HasTemperature ? r.Temperature : 1f,
+                TopP = r.HasTopP ? r.TopP : 1f,
+                TopK = r.HasTopK ? r.TopK : 0,
+                Seed = r.HasSeed ? r.Seed : (ulong)Random.Shared.NextInt64(),
+            },
+            Stop = r.Stop.ToArray(),
+            Steering = ToDomain(r.Steering),
+        };
+    }
+
+    public static SteeringSpec ToDomain(Api.V1.SteeringSpec? spec)
+    {
+        if (spec is null || spec.Terms.Count == 0) return SteeringSpec.None;
+        return new SteeringSpec(spec.Terms.Select((t, i) => ToDomain(t, $"steering.terms[{i}]")).ToArray());
+    }
+
+    private static SteeringTerm ToDomain(Api.V1.SteeringTerm t, string field)
+    {
+        var operation = t.Operation switch
+        {
+            ApiOperation.Add => DomainOperation.Add,
+            ApiOperation.Rescale => DomainOperation.Rescale,
+            ApiOperation.Clamp => DomainOperation.Clamp,
+            _ => throw new FieldValidationException($"{field}.operation", $"must be ADD, RESCALE or CLAMP, got {t.Operation}"),
+        };
+        var scope = t.Scope switch
+        {
+            ApiScope.Unspecified or ApiScope.All => DomainScope.All,
+            ApiScope.Prompt => DomainScope.PromptOnly,
+            ApiScope.Generated => DomainScope.GeneratedOnly,
+            _ => throw new FieldValidationException($"{field}.scope", $"unknown scope {t.Scope}"),
+        };
+        if (t.FeatureCase != Api.V1.SteeringTerm.FeatureOneofCase.Vector)
+            throw new FieldValidationException($"{field}.vector", "the term names no feature vector");
+        var v = t.Vector;
+        var feature = new FeatureVector(v.Direction.ToArray(), v.Encoder.Count > 0 ? v.Encoder.ToArray() : null, v.EncoderBias, v.Threshold);
+        return new SteeringTerm(ResolveSite(t, field), operation, t.Value, feature, scope)
+        {
+            Field = field,
+        };
+    }
+
+    private static Site ResolveSite(Api.V1.SteeringTerm t, string field)
+    {
+        if (t.Hook.Length > 0)
+        {
+            if (t.Site != ApiSiteKind.Unspecified || t.Layer != 0)
+                throw new FieldValidationException($"{field}.hook", "give either hook or layer + site, not both");
+            return Site.TryParse(t.Hook, out var site, out var error) ? site : throw new FieldValidationException($"{field}.hook", error);
+        }
+        var kind = t.Site switch
+        {
+            ApiSiteKind.AttnOut => Models.SiteKind.AttnOut,
+            ApiSiteKind.MlpOut => Models.SiteKind.MlpOut,
+            ApiSiteKind.ResidPost => Models.SiteKind.ResidPost,
+            ApiSiteKind.Unspecified => throw new FieldValidationException($"{field}.site", "name the site: hook, or layer + site (ATTN_OUT, MLP_OUT or RESID_POST)"),
+            _ => throw new FieldValidationException($"{field}.site", $"unknown site {t.Site}"),
+        };
+        return new Site(t.Layer, kind);
+    }
+
+    public static Api.V1.FinishReason ToApi(Engine.FinishReason reason) => reason switch
+    {
+        Engine.FinishReason.Length => Api.V1.FinishReason.Length,
+        Engine.FinishReason.Stop => Api.V1.FinishReason.Stop,
+        Engine.FinishReason.Cancelled => Api.V1.FinishReason.Cancelled,
+        _ => Api.V1.FinishReason.Unspecified,
+    };
+}

@@ -1,0 +1,63 @@
+using FeatureFlow.Engine;
+using FeatureFlow.Models.Folder;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+
+namespace FeatureFlow.Server;
+
+/// <summary>Builds and runs the gRPC server: featureflow.v1.Inference, grpc.health.v1.Health and reflection on one HTTP/2 endpoint.</summary>
+public sealed class ServerHost : IAsyncDisposable
+{
+    private readonly WebApplication _app;
+
+    private ServerHost(WebApplication app) => _app = app;
+
+    public GenerationEngine Engine => _app.Services.GetRequiredService<GenerationEngine>();
+
+    /// <summary>The bound address (http://host:port), once started.</summary>
+    public string Address => _app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+
+    public static ServerHost Create(ServerOptions options, Action<ILoggingBuilder>? logging = null)
+    {
+        var folder = ModelFolder.Open(options.ModelDirectory);
+        var builder = WebApplication.CreateSlimBuilder();
+        logging?.Invoke(builder.Logging);
+        builder.WebHost.ConfigureKestrel(k =>
+        {
+            // Cleartext gRPC needs an HTTP/2-only endpoint (with Http1AndHttp2 calls fail with HTTP_1_1_REQUIRED).
+            if (options.Host is "localhost") k.ListenLocalhost(options.Port, o => o.Protocols = HttpProtocols.Http2);
+            else k.Listen(System.Net.IPAddress.Parse(options.Host), options.Port, o => o.Protocols = HttpProtocols.Http2);
+        });
+        builder.Services.AddSingleton(_ => new GenerationEngine(folder, options.Engine));
+        builder.Services.AddGrpc(o => o.EnableDetailedErrors = false);
+        builder.Services.AddGrpcReflection();
+        builder.Services.AddGrpcHealthChecks().AddCheck("model", () => Microsoft.Extensions.Diagnostics.HealthChecks.HealthCheckResult.Healthy());
+
+        var app = builder.Build();
+        app.MapGrpcService<InferenceService>();
+        app.MapGrpcHealthChecksService();
+        app.MapGrpcReflectionService();
+        return new ServerHost(app);
+    }
+
+    /// <summary>Loads the model (so a bad folder fails at start-up, not on the first call) and starts listening.</summary>
+    public async Task StartAsync(CancellationToken cancellationToken = default)
+    {
+        var engine = Engine;
+        var log = _app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("FeatureFlow.Server");
+        log.LogInformation("model {Name} from {Dir}: {Layers} layers, d_model {D}, {Sites} hook sites; execution provider {Provider} ({Reason})",
+            engine.Folder.Manifest.Name, engine.Folder.Directory, engine.Architecture.Layers, engine.Architecture.DModel,
+            engine.Folder.Manifest.Steering.Sites.Count, engine.Decoder.Provider.Name, engine.Decoder.Provider.Reason);
+        await _app.StartAsync(cancellationToken);
+        log.LogInformation("serving featureflow.v1.Inference on {Address}", Address);
+    }
+
+    public Task WaitForShutdownAsync(CancellationToken cancellationToken = default) => _app.WaitForShutdownAsync(cancellationToken);
+
+    public async ValueTask DisposeAsync()
+    {
+        await _app.StopAsync();
+        await _app.DisposeAsync();
+    }
+}

@@ -1,0 +1,14 @@
+using FeatureFlow.Engine;
+
+namespace FeatureFlow.Server;
+
+public sealed record ServerOptions
+{
+    public const string DefaultModelDirectory = "models/stories260k";
+
+    public string ModelDirectory { get; init; } = DefaultModelDirectory;
+    public string Host { get; init; } = "127.0.0.1";
+    /// <summary>0 picks a free port (tests read it from <see cref="ServerHost.Address"/>).</summary>
+    public int Port { get; init; } = 50051;
+    public EngineOptions Engine { get; init; } = new();
+}

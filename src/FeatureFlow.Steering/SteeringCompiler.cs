@@ -1,0 +1,86 @@
+using FeatureFlow.Models;
+using FeatureFlow.Models.Export;
+using Row = FeatureFlow.Models.Export.GraphNames.CoefficientRow;
+
+namespace FeatureFlow.Steering;
+
+/// <summary>
+/// Validates a <see cref="SteeringSpec"/> against a model and compiles it into dense tensors, once per
+/// request. Add terms sum into the site's add vector; rescale and clamp terms each take a feature slot.
+/// </summary>
+public sealed class SteeringCompiler(SteeringShape shape)
+{
+    public SteeringShape Shape { get; } = shape;
+
+    public SteeringPlan Compile(SteeringSpec spec)
+    {
+        var plan = SteeringPlan.Identity(Shape);
+        var promptSlots = new int[Shape.Sites];
+        var generatedSlots = new int[Shape.Sites];
+        foreach (var term in spec.Terms)
+        {
+            Validate(term);
+            if (term.Scope != SteeringScope.GeneratedOnly) Place(term, plan.Prompt, promptSlots);
+            if (term.Scope != SteeringScope.PromptOnly) Place(term, plan.Generated, generatedSlots);
+        }
+        return plan;
+    }
+
+    private void Place(SteeringTerm term, SteeringTensors tensors, int[] slotsUsed)
+    {
+        var site = term.Site;
+        var v = term.Feature.Decoder;
+        if (term.Operation == SteeringOperation.Add)
+        {
+            var add = tensors.AddAt(site);
+            for (var i = 0; i < add.Length; i++) add[i] += term.Value * v[i];
+            return;
+        }
+        var slot = slotsUsed[site.Index]++;
+        if (slot >= Shape.SlotsPerSite)
+            throw new FieldValidationException(term.Field, $"site {site} already holds {Shape.SlotsPerSite} rescale/clamp terms, the most this model's graph has slots for");
+        term.Feature.Encoder.AsSpan().CopyTo(tensors.EncoderAt(site, slot));
+        v.AsSpan().CopyTo(tensors.DecoderAt(site, slot));
+        tensors.Coefficient(site, Row.EncoderBias, slot) = term.Feature.EncoderBias;
+        tensors.Coefficient(site, Row.Threshold, slot) = term.Feature.Threshold;
+        // Rescale: (r − 1)·a·v. Clamp: (c − a)·v = −1·a·v + c·v.
+        (tensors.Coefficient(site, Row.Alpha, slot), tensors.Coefficient(site, Row.Beta, slot)) = term.Operation switch
+        {
+            SteeringOperation.Rescale => (term.Value - 1f, 0f),
+            SteeringOperation.Clamp => (-1f, term.Value),
+            _ => throw new ArgumentOutOfRangeException(nameof(term)),
+        };
+    }
+
+    private void Validate(SteeringTerm term)
+    {
+        var f = term.Field;
+        if (term.Site.Layer < 0 || term.Site.Layer >= Shape.Layers)
+            throw new FieldValidationException($"{f}.layer", $"layer {term.Site.Layer} does not exist (the model has layers 0..{Shape.Layers - 1})");
+        if (!Enum.IsDefined(term.Site.Kind))
+            throw new FieldValidationException($"{f}.site", $"unknown site kind {(int)term.Site.Kind}");
+        RequireFinite($"{f}.value", term.Value);
+        RequireVector($"{f}.direction", term.Feature.Decoder);
+        if (term.Operation == SteeringOperation.Add) return;
+        if (term.Feature.Encoder is null || term.Feature.Encoder.Length == 0)
+            throw new FieldValidationException($"{f}.encoder", $"{term.Operation.ToString().ToLowerInvariant()} needs the feature's encoder row (d_model = {Shape.DModel} values)");
+        RequireVector($"{f}.encoder", term.Feature.Encoder);
+        RequireFinite($"{f}.encoder_bias", term.Feature.EncoderBias);
+        RequireFinite($"{f}.threshold", term.Feature.Threshold);
+        if (term.Feature.Threshold < 0f)
+            throw new FieldValidationException($"{f}.threshold", $"JumpReLU threshold must be ≥ 0 (0 is ReLU), got {term.Feature.Threshold}");
+    }
+
+    private void RequireVector(string field, float[] vector)
+    {
+        if (vector.Length != Shape.DModel)
+            throw new FieldValidationException(field, $"has {vector.Length} values; the model's d_model is {Shape.DModel}");
+        for (var i = 0; i < vector.Length; i++)
+            if (!float.IsFinite(vector[i])) throw new FieldValidationException(field, $"value [{i}] is {vector[i]}; every value must be finite");
+    }
+
+    private static void RequireFinite(string field, float value)
+    {
+        if (!float.IsFinite(value)) throw new FieldValidationException(field, $"is {value}; it must be finite");
+    }
+}

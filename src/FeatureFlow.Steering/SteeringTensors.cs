@@ -1,0 +1,50 @@
+using FeatureFlow.Models;
+using FeatureFlow.Models.Export;
+
+namespace FeatureFlow.Steering;
+
+/// <summary>Shape of the steering inputs of one hooked graph.</summary>
+public sealed record SteeringShape(int Layers, int DModel, int SlotsPerSite)
+{
+    public int Sites => Layers * Site.KindsPerLayer;
+}
+
+/// <summary>
+/// One batch row of the hooked graph's steering inputs, as dense arrays:
+/// add [sites, d], encoder and decoder [sites, slots, d], coefficients [sites, 4, slots]
+/// (rows: encoder bias, threshold, α, β). All zero is the identity.
+/// </summary>
+public sealed class SteeringTensors
+{
+    public SteeringTensors(SteeringShape shape)
+    {
+        Shape = shape;
+        Add = new float[shape.Sites * shape.DModel];
+        Encoder = new float[shape.Sites * shape.SlotsPerSite * shape.DModel];
+        Decoder = new float[shape.Sites * shape.SlotsPerSite * shape.DModel];
+        Coefficients = new float[shape.Sites * GraphNames.CoefficientRows * shape.SlotsPerSite];
+    }
+
+    public SteeringShape Shape { get; }
+    public float[] Add { get; }
+    public float[] Encoder { get; }
+    public float[] Decoder { get; }
+    public float[] Coefficients { get; }
+
+    public bool IsIdentity => !Add.AsSpan().ContainsAnyExcept(0f) && !Decoder.AsSpan().ContainsAnyExcept(0f);
+
+    public Span<float> AddAt(Site site) => Add.AsSpan(site.Index * Shape.DModel, Shape.DModel);
+
+    public Span<float> EncoderAt(Site site, int slot) => Encoder.AsSpan((site.Index * Shape.SlotsPerSite + slot) * Shape.DModel, Shape.DModel);
+
+    public Span<float> DecoderAt(Site site, int slot) => Decoder.AsSpan((site.Index * Shape.SlotsPerSite + slot) * Shape.DModel, Shape.DModel);
+
+    public ref float Coefficient(Site site, GraphNames.CoefficientRow row, int slot) =>
+        ref Coefficients[(site.Index * GraphNames.CoefficientRows + (int)row) * Shape.SlotsPerSite + slot];
+}
+
+/// <summary>A request's steering, compiled: the tensors bound while the prompt runs and while tokens are generated.</summary>
+public sealed record SteeringPlan(SteeringTensors Prompt, SteeringTensors Generated)
+{
+    public static SteeringPlan Identity(SteeringShape shape) => new(new SteeringTensors(shape), new SteeringTensors(shape));
+}
