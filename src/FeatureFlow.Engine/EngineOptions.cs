@@ -17,6 +17,8 @@ public sealed record EngineOptions
     public int IntraOpThreads { get; init; }
     /// <summary>Generations that run at once; further requests wait their turn.</summary>
     public int MaxConcurrentGenerations { get; init; } = Math.Max(1, Environment.ProcessorCount);
+    /// <summary>Updates a generation may run ahead of its reader before the loop waits.</summary>
+    public int StreamBufferUpdates { get; init; } = 16;
     /// <summary>max_tokens when a request leaves it unset.</summary>
     public int DefaultMaxTokens { get; init; } = 256;
 }

@@ -72,20 +72,45 @@ public sealed class GenerationEngine : IDisposable
     public async IAsyncEnumerable<GenerationUpdate> GenerateAsync(GenerationRequest request, [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
         var plan = Prepare(request);
-        var channel = Channel.CreateUnbounded<GenerationUpdate>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+        // Bounded, so a slow or departed reader holds the loop back instead of letting it run ahead.
+        var channel = Channel.CreateBounded<GenerationUpdate>(new BoundedChannelOptions(Options.StreamBufferUpdates)
+        {
+            SingleReader = true,
+            SingleWriter = true,
+            FullMode = BoundedChannelFullMode.Wait,
+        });
         await _slots.WaitAsync(cancellationToken).ConfigureAwait(false);
         var worker = Task.Run(() =>
         {
-            try { Run(request, plan, channel.Writer.TryWrite, cancellationToken); }
+            try { Run(request, plan, Emit, cancellationToken); }
             finally { _slots.Release(); }
         }, CancellationToken.None);
         _ = worker.ContinueWith(t => channel.Writer.TryComplete(t.Exception?.InnerException), TaskScheduler.Default);
 
+        // Read to the end even when cancelled: the worker stops within a step and completes the channel.
         await foreach (var update in channel.Reader.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
             yield return update;
+        cancellationToken.ThrowIfCancellationRequested();
+
+        bool Emit(GenerationUpdate update)
+        {
+            try
+            {
+                var write = channel.Writer.WriteAsync(update, cancellationToken);
+                if (!write.IsCompletedSuccessfully) write.AsTask().GetAwaiter().GetResult();
+                return true;
+            }
+            catch (OperationCanceledException)
+            {
+                return false;
+            }
+        }
     }
 
-    /// <summary>The generation loop: prefill, then one decode step per token.</summary>
+    /// <summary>
+    /// The generation loop: prefill, then one decode step per token. <paramref name="emit"/> returns
+    /// false when nobody is listening any more, which ends the loop like cancellation does.
+    /// </summary>
     public GenerationRecord Run(GenerationRequest request, SteeringPlan plan, Func<GenerationUpdate, bool> emit, CancellationToken cancellationToken)
     {
         var id = Interlocked.Increment(ref _nextId);
@@ -128,8 +153,7 @@ public sealed class GenerationEngine : IDisposable
                     emit(new GenerationUpdate(piece + text.Flush(), [next], finish, new Usage(request.PromptIds.Length, completion)));
                     return Finish();
                 }
-                emit(new GenerationUpdate(piece, [next]));
-                if (cancellationToken.IsCancellationRequested) return Finish();
+                if (!emit(new GenerationUpdate(piece, [next])) || cancellationToken.IsCancellationRequested) return Finish();
                 last = Decoder.Forward(state, [next], generatedSteering);
                 steps++;
             }

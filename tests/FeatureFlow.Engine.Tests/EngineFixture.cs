@@ -1,0 +1,46 @@
+using FeatureFlow.Models.Folder;
+using FeatureFlow.Models.Llama2c;
+
+namespace FeatureFlow.Engine.Tests;
+
+/// <summary>The shipped model loaded once per test class: the engine, both graphs and the reference pass's weights.</summary>
+public sealed class EngineFixture : IDisposable
+{
+    public EngineFixture()
+    {
+        Folder = ModelFolder.Open(RepoPaths.Stories260kModel);
+        Engine = new GenerationEngine(Folder, Options);
+        Plain = new HookedDecoder(Folder.PlainGraphPath, Folder.Manifest.Architecture, Options);
+        Checkpoint = Llama2cCheckpoint.Read(Path.Combine(Folder.Directory, Folder.Manifest.Provenance.Checkpoint.File));
+    }
+
+    public static EngineOptions Options { get; } = new() { ExecutionProvider = ExecutionProviderPreference.Cpu };
+    public ModelFolder Folder { get; }
+    public GenerationEngine Engine { get; }
+    public HookedDecoder Hooked => Engine.Decoder;
+    public HookedDecoder Plain { get; }
+    public Models.LoadedCheckpoint Checkpoint { get; }
+
+    public void Dispose()
+    {
+        Engine.Dispose();
+        Plain.Dispose();
+    }
+}
+
+public static class EngineExtensions
+{
+    public static async Task<(List<int> Ids, string Text, GenerationUpdate Last)> CollectAsync(this GenerationEngine engine, GenerationRequest request, CancellationToken ct = default)
+    {
+        var ids = new List<int>();
+        var text = new System.Text.StringBuilder();
+        GenerationUpdate? last = null;
+        await foreach (var u in engine.GenerateAsync(request, ct))
+        {
+            ids.AddRange(u.TokenIds);
+            text.Append(u.Text);
+            last = u;
+        }
+        return (ids, text.ToString(), last!);
+    }
+}

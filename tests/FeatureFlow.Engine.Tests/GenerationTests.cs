@@ -1,0 +1,137 @@
+using FeatureFlow.Models;
+using FeatureFlow.Steering;
+
+namespace FeatureFlow.Engine.Tests;
+
+public class GenerationTests(EngineFixture f) : IClassFixture<EngineFixture>
+{
+    private static readonly SamplingOptions Greedy = new() { Temperature = 0f };
+
+    public static TheoryData<string> RunCCases() => new(RunCReference.Cases.Select(c => c.Name));
+
+    [Theory]
+    [MemberData(nameof(RunCCases))]
+    public async Task Greedy_generation_reproduces_run_c_token_for_token(string name)
+    {
+        var c = RunCReference.Case(name);
+        var (ids, text, last) = await f.Engine.CollectAsync(new GenerationRequest { PromptIds = c.PromptIds, MaxTokens = c.SampledIds.Length, Sampling = Greedy });
+        Assert.Equal(c.SampledIds, ids);
+        Assert.Equal(FinishReason.Length, last.Finish);
+        Assert.Equal(new Usage(c.PromptIds.Length, c.SampledIds.Length), last.Usage);
+        // run.c prints the prompt's pieces, the generated pieces, then one newline.
+        var promptText = string.Concat(c.PromptIds.Skip(1).Select((id, i) => System.Text.Encoding.UTF8.GetString(f.Engine.Tokenizer.DecodePiece(c.PromptIds[i], id))));
+        Assert.Equal(c.Text, promptText + text + "\n");
+    }
+
+    [Fact]
+    public async Task Empty_prompt_generates_from_bos_like_run_c()
+    {
+        var c = RunCReference.Case("greedy_bos_200");
+        var (ids, _, _) = await f.Engine.CollectAsync(new GenerationRequest { PromptIds = f.Engine.EncodePrompt(""), MaxTokens = 40, Sampling = Greedy });
+        Assert.Equal(c.SampledIds[..40], ids);
+    }
+
+    [Fact]
+    public async Task Same_seed_gives_the_same_tokens_and_another_seed_does_not()
+    {
+        GenerationRequest Request(ulong seed) => new() { PromptIds = [1], MaxTokens = 64, Sampling = new SamplingOptions { Temperature = 1f, Seed = seed } };
+        var a = await f.Engine.CollectAsync(Request(42));
+        var b = await f.Engine.CollectAsync(Request(42));
+        var c = await f.Engine.CollectAsync(Request(43));
+        Assert.Equal(a.Ids, b.Ids);
+        Assert.NotEqual(a.Ids, c.Ids);
+    }
+
+    [Theory]
+    [InlineData(1f, 1)]
+    [InlineData(1e-6f, 0)]
+    public async Task Top_k_1_and_a_tiny_top_p_are_greedy(float topP, int topK)
+    {
+        var greedy = await f.Engine.CollectAsync(new GenerationRequest { PromptIds = [1], MaxTokens = 32, Sampling = Greedy });
+        var truncated = await f.Engine.CollectAsync(new GenerationRequest { PromptIds = [1], MaxTokens = 32, Sampling = new SamplingOptions { Temperature = 1.5f, TopP = topP, TopK = topK, Seed = 7 } });
+        Assert.Equal(greedy.Ids, truncated.Ids);
+    }
+
+    [Fact]
+    public async Task Stop_string_ends_generation_before_it()
+    {
+        var (ids, text, last) = await f.Engine.CollectAsync(new GenerationRequest { PromptIds = [1], MaxTokens = 100, Sampling = Greedy, Stop = ["Lily"] });
+        Assert.Equal("Once upon a time, there was a little girl named ", text);
+        Assert.Equal(FinishReason.Stop, last.Finish);
+        Assert.True(ids.Count < 100);
+    }
+
+    [Fact]
+    public async Task Steering_on_generated_tokens_changes_the_generation_after_the_first_token()
+    {
+        var v = Numerics.RandomVector(new Random(5), 64);
+        var term = new SteeringTerm(new Site(3, SiteKind.ResidPost), SteeringOperation.Add, 6f, new FeatureVector(v), SteeringScope.GeneratedOnly);
+        var baseline = await f.Engine.CollectAsync(new GenerationRequest { PromptIds = [1], MaxTokens = 24, Sampling = Greedy });
+        var steered = await f.Engine.CollectAsync(new GenerationRequest { PromptIds = [1], MaxTokens = 24, Sampling = Greedy, Steering = new SteeringSpec([term]) });
+        Assert.Equal(baseline.Ids[0], steered.Ids[0]); // sampled from the unsteered prompt
+        Assert.NotEqual(baseline.Ids, steered.Ids);
+    }
+
+    public static TheoryData<GenerationRequest, string> BadRequests() => new()
+    {
+        { new GenerationRequest { PromptIds = [1], MaxTokens = 0 }, "max_tokens" },
+        { new GenerationRequest { PromptIds = [1], MaxTokens = -3 }, "max_tokens" },
+        { new GenerationRequest { PromptIds = [1], MaxTokens = 512 }, "max_tokens" },
+        { new GenerationRequest { PromptIds = [1], MaxTokens = 8, Sampling = new SamplingOptions { Temperature = -0.1f } }, "temperature" },
+        { new GenerationRequest { PromptIds = [1], MaxTokens = 8, Sampling = new SamplingOptions { Temperature = float.NaN } }, "temperature" },
+        { new GenerationRequest { PromptIds = [1], MaxTokens = 8, Sampling = new SamplingOptions { TopP = 0f } }, "top_p" },
+        { new GenerationRequest { PromptIds = [1], MaxTokens = 8, Sampling = new SamplingOptions { TopP = 1.01f } }, "top_p" },
+        { new GenerationRequest { PromptIds = [1], MaxTokens = 8, Sampling = new SamplingOptions { TopK = -1 } }, "top_k" },
+        { new GenerationRequest { PromptIds = [1, 9999], MaxTokens = 8 }, "prompt_token_ids" },
+        { new GenerationRequest { PromptIds = [1], MaxTokens = 8, Stop = [""] }, "stop[0]" },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadRequests))]
+    public async Task Bad_requests_fail_before_generating_and_name_the_field(GenerationRequest request, string field)
+    {
+        var e = await Assert.ThrowsAsync<FieldValidationException>(() => f.Engine.CollectAsync(request));
+        Assert.Equal(field, e.Field);
+        Assert.Equal(0, f.Engine.ActiveGenerations);
+    }
+
+    [Fact]
+    public async Task Cancelling_stops_the_loop_within_a_step()
+    {
+        var records = new List<GenerationRecord>();
+        void OnFinished(GenerationRecord r)
+        {
+            lock (records) records.Add(r);
+        }
+        f.Engine.GenerationFinished += OnFinished;
+        try
+        {
+            using var cts = new CancellationTokenSource();
+            var received = 0;
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(async () =>
+            {
+                await foreach (var _ in f.Engine.GenerateAsync(new GenerationRequest { PromptIds = [1], MaxTokens = 400, Sampling = Greedy }, cts.Token))
+                    if (++received == 3) cts.Cancel();
+            });
+            var record = await WaitForRecord(records, r => r.Finish == FinishReason.Cancelled);
+            // The loop may run at most the stream buffer (plus the update in hand) ahead of the reader.
+            var bound = received + f.Engine.Options.StreamBufferUpdates + 2;
+            Assert.True(record.CompletionTokens <= bound, $"{record.CompletionTokens} tokens generated; cancellation after {received} should stop by {bound}");
+        }
+        finally
+        {
+            f.Engine.GenerationFinished -= OnFinished;
+        }
+    }
+
+    private static async Task<GenerationRecord> WaitForRecord(List<GenerationRecord> records, Func<GenerationRecord, bool> match)
+    {
+        for (var i = 0; i < 200; i++)
+        {
+            lock (records)
+                if (records.FirstOrDefault(match) is { } r) return r;
+            await Task.Delay(25);
+        }
+        throw new TimeoutException("the engine did not report the generation as finished");
+    }
+}
