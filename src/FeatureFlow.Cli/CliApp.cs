@@ -7,10 +7,10 @@ public static class CliApp
     public static RootCommand Build(TextWriter output, TextWriter error)
     {
         var root = new RootCommand("FeatureFlow.Inference: serve and steer ONNX language models with multi-layer feature-flow steering.");
-        root.Subcommands.Add(ExportCommand.Build(output));
-        root.Subcommands.Add(ServeCommand.Build(output));
+        root.Subcommands.Add(ExportCommand.Build(output, error));
+        root.Subcommands.Add(ServeCommand.Build(error));
         root.Subcommands.Add(GenerateCommand.Build(output, error));
-        root.Subcommands.Add(InfoCommand.Build(output));
+        root.Subcommands.Add(InfoCommand.Build(output, error));
         return root;
     }
 

@@ -6,7 +6,7 @@ namespace FeatureFlow.Cli;
 
 public static class ExportCommand
 {
-    public static Command Build(TextWriter output)
+    public static Command Build(TextWriter output, TextWriter error)
     {
         var checkpoint = new Option<string>("--checkpoint") { Description = "llama2.c checkpoint (.bin)", Required = true };
         var tokenizer = new Option<string>("--tokenizer") { Description = "llama2.c tokenizer (tok*.bin)", Required = true };
@@ -18,7 +18,7 @@ public static class ExportCommand
         {
             checkpoint, tokenizer, outDir, name, slots, noSiteOutputs,
         };
-        command.SetAction((parse, _) => CliApp.Guard(Console.Error, async () =>
+        command.SetAction((parse, _) => CliApp.Guard(error, async () =>
         {
             var manifest = ModelFolderExporter.ExportLlama2c(new Llama2cExportRequest
             {

@@ -7,11 +7,11 @@ namespace FeatureFlow.Cli;
 
 public static class InfoCommand
 {
-    public static Command Build(TextWriter output)
+    public static Command Build(TextWriter output, TextWriter error)
     {
         var server = GenerateCommand.ServerOption();
         var command = new Command("info", "Print a running server's model information (GetModelInfo) as JSON.") { server };
-        command.SetAction((parse, ct) => CliApp.Guard(Console.Error, async () =>
+        command.SetAction((parse, ct) => CliApp.Guard(error, async () =>
         {
             using var channel = GrpcChannel.ForAddress(parse.GetValue(server)!);
             var info = await new Inference.InferenceClient(channel).GetModelInfoAsync(new GetModelInfoRequest(), cancellationToken: ct);

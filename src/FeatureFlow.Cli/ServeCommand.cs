@@ -12,7 +12,7 @@ public static class ServeCommand
     public static Option<ExecutionProviderPreference> ProviderOption() =>
         new("--provider") { Description = "execution provider: Auto (CUDA if it loads, else CPU), Cpu or Cuda", DefaultValueFactory = _ => ExecutionProviderPreference.Auto };
 
-    public static Command Build(TextWriter output)
+    public static Command Build(TextWriter error)
     {
         var model = ModelOption();
         var host = new Option<string>("--host") { Description = "address to listen on", DefaultValueFactory = _ => "127.0.0.1" };
@@ -22,7 +22,7 @@ public static class ServeCommand
         {
             model, host, port, provider,
         };
-        command.SetAction((parse, ct) => CliApp.Guard(Console.Error, async () =>
+        command.SetAction((parse, ct) => CliApp.Guard(error, async () =>
         {
             var options = new ServerOptions
             {

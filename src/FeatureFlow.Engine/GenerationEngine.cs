@@ -36,6 +36,9 @@ public sealed class GenerationEngine : IDisposable
     public ModelArchitecture Architecture => Folder.Manifest.Architecture;
     public int ActiveGenerations => Volatile.Read(ref _active);
 
+    /// <summary>Raised on the generating thread after each generated token: generation id and tokens so far.</summary>
+    public event Action<long, int>? TokenGenerated;
+
     /// <summary>Raised on the generating thread when a generation ends, however it ends.</summary>
     public event Action<GenerationRecord>? GenerationFinished;
 
@@ -140,6 +143,7 @@ public sealed class GenerationEngine : IDisposable
                     return Finish();
                 }
                 completion++;
+                TokenGenerated?.Invoke(id, completion);
                 var piece = text.Push(next);
                 if (text.Stopped)
                 {

@@ -30,9 +30,14 @@ public static class SessionFactory
     {
         if (options.ExecutionProvider == ExecutionProviderPreference.Cpu)
             return new ExecutionProviderInfo("CPUExecutionProvider", "CPU requested");
+        var env = OrtEnv.Instance();
+        var logLevel = env.EnvLogLevel;
         try
         {
-            // GetAvailableProviders() lists CUDA even where its libraries cannot load; only appending tells.
+            // A failed probe is expected on CPU machines: keep ONNX Runtime's native error out of the log
+            // (the reason is reported below). GetAvailableProviders() lists CUDA even where its libraries
+            // cannot load; only appending tells.
+            if (options.ExecutionProvider == ExecutionProviderPreference.Auto) env.EnvLogLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_FATAL;
             sessionOptions.AppendExecutionProvider_CUDA(options.CudaDeviceId);
             return new ExecutionProviderInfo("CUDAExecutionProvider", $"CUDA device {options.CudaDeviceId}");
         }
@@ -41,6 +46,10 @@ public static class SessionFactory
             if (options.ExecutionProvider == ExecutionProviderPreference.Cuda)
                 throw new InvalidOperationException($"CUDA was required but could not be loaded: {e.Message}", e);
             return new ExecutionProviderInfo("CPUExecutionProvider", $"CUDA unavailable ({FirstLine(e.Message)}); using CPU");
+        }
+        finally
+        {
+            env.EnvLogLevel = logLevel;
         }
     }
 

@@ -22,6 +22,8 @@ public sealed class ServerHost : IAsyncDisposable
     {
         var folder = ModelFolder.Open(options.ModelDirectory);
         var builder = WebApplication.CreateSlimBuilder();
+        // One line per request from ASP.NET is noise at serving rates; our own log says what matters.
+        builder.Logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
         logging?.Invoke(builder.Logging);
         builder.WebHost.ConfigureKestrel(k =>
         {

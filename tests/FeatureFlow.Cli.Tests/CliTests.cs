@@ -1,0 +1,96 @@
+using System.Text.Json;
+using FeatureFlow.Engine;
+using FeatureFlow.Server;
+
+namespace FeatureFlow.Cli.Tests;
+
+public class CliTests
+{
+    private static async Task<(int Exit, string Out, string Err)> Run(params string[] args)
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        var exit = await CliApp.Build(output, error).Parse(args).InvokeAsync();
+        return (exit, output.ToString(), error.ToString());
+    }
+
+    [Fact]
+    public async Task Export_regenerates_the_committed_model_folder_byte_for_byte()
+    {
+        var model = RepoPaths.Stories260kModel;
+        var outDir = Directory.CreateTempSubdirectory("featureflow-export-").FullName;
+        try
+        {
+            // The folder's own copies of the llama2.c files are the shared ones (CheckpointTests pins their hash).
+            var (exit, stdout, stderr) = await Run("export", "--checkpoint", Path.Combine(model, "stories260K.bin"),
+                "--tokenizer", Path.Combine(model, "tok512.bin"), "--out", outDir);
+            Assert.True(exit == 0, stderr);
+            Assert.Contains("wrote decoder_hooked.onnx", stdout);
+            var written = Directory.GetFiles(outDir).Select(Path.GetFileName).Order().ToArray();
+            Assert.Contains("featureflow.json", written);
+            foreach (var file in written)
+                Assert.True(File.ReadAllBytes(Path.Combine(outDir, file!)).AsSpan().SequenceEqual(File.ReadAllBytes(Path.Combine(model, file!))), $"{file} differs from the committed one");
+        }
+        finally
+        {
+            Directory.Delete(outDir, true);
+        }
+    }
+
+    [Fact]
+    public async Task Generate_local_json_prints_text_and_run_c_token_ids()
+    {
+        var c = RunCReference.Case("greedy_prompt_once_upon_a_time");
+        var (exit, stdout, stderr) = await Run("generate", "--local", "--provider", "Cpu", "--model", RepoPaths.Stories260kModel,
+            "--prompt-ids", string.Join(",", c.PromptIds), "--temperature", "0", "--max-tokens", "12", "--json");
+        Assert.True(exit == 0, stderr);
+        using var json = JsonDocument.Parse(stdout);
+        Assert.Equal(c.SampledIds[..12], json.RootElement.GetProperty("token_ids").EnumerateArray().Select(e => e.GetInt32()));
+        Assert.StartsWith(", there was a little girl", json.RootElement.GetProperty("text").GetString());
+        Assert.Equal("length", json.RootElement.GetProperty("finish_reason").GetString());
+    }
+
+    [Fact]
+    public async Task Generate_and_info_talk_to_a_running_server()
+    {
+        await using var server = ServerHost.Create(new ServerOptions
+        {
+            ModelDirectory = RepoPaths.Stories260kModel,
+            Port = 0,
+            Engine = new EngineOptions { ExecutionProvider = ExecutionProviderPreference.Cpu },
+        });
+        await server.StartAsync();
+
+        var (exit, stdout, stderr) = await Run("generate", "--server", server.Address, "--prompt", "Once upon a time", "--temperature", "0", "--max-tokens", "9");
+        Assert.True(exit == 0, stderr);
+        Assert.Equal(", there was a little girl named\n", stdout);
+
+        (exit, stdout, stderr) = await Run("info", "--server", server.Address);
+        Assert.True(exit == 0, stderr);
+        Assert.Contains("\"executionProvider\": \"CPUExecutionProvider\"", stdout);
+
+        (exit, _, stderr) = await Run("generate", "--server", server.Address, "--top-p", "0");
+        Assert.Equal(1, exit);
+        Assert.Contains("InvalidArgument: top_p:", stderr);
+    }
+
+    [Fact]
+    public async Task Steering_flag_takes_a_steering_spec_in_json()
+    {
+        var direction = string.Join(",", Enumerable.Repeat("0.5", 64));
+        var spec = "{\"terms\":[{\"hook\":\"blocks.2.hook_resid_post\",\"operation\":\"STEERING_OPERATION_ADD\",\"value\":8,\"vector\":{\"direction\":[" + direction + "]}}]}";
+        string[] common = ["generate", "--local", "--provider", "Cpu", "--model", RepoPaths.Stories260kModel, "--temperature", "0", "--max-tokens", "16", "--json"];
+        var plain = await Run(common);
+        var steered = await Run([.. common, "--steering", spec]);
+        Assert.True(steered.Exit == 0, steered.Err);
+        Assert.NotEqual(JsonDocument.Parse(plain.Out).RootElement.GetProperty("token_ids").ToString(), JsonDocument.Parse(steered.Out).RootElement.GetProperty("token_ids").ToString());
+    }
+
+    [Fact]
+    public async Task A_missing_model_folder_is_one_clear_line_and_exit_code_1()
+    {
+        var (exit, _, stderr) = await Run("generate", "--local", "--model", "/nonexistent/model");
+        Assert.Equal(1, exit);
+        Assert.Contains("featureflow export", stderr);
+    }
+}
