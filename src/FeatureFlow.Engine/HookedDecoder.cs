@@ -23,7 +23,7 @@ public sealed class HookedDecoder : IDisposable
         HasHooks = _session.InputMetadata.ContainsKey(GraphNames.SteeringAdd);
         if (HasHooks)
         {
-            var dims = _session.InputMetadata[GraphNames.SteeringEncoder].Dimensions;
+            var dims = _session.InputMetadata[GraphNames.SteeringDecoder].Dimensions;
             SteeringShape = new SteeringShape(architecture.Layers, architecture.DModel, dims[2]);
         }
         _outputNames = [GraphNames.Logits, .. Enumerable.Range(0, architecture.Layers).SelectMany(l => new[] { GraphNames.PresentKey(l), GraphNames.PresentValue(l) })];
@@ -153,7 +153,7 @@ public sealed class BoundSteering : IDisposable
         Values =
         [
             OrtValue.CreateTensorValueFromMemory(t.Add, [batch, sites, d]),
-            OrtValue.CreateTensorValueFromMemory(t.Encoder, [batch, sites, slots, d]),
+            OrtValue.CreateTensorValueFromMemory(t.Encoder, [batch, sites, d, slots]),
             OrtValue.CreateTensorValueFromMemory(t.Decoder, [batch, sites, slots, d]),
             OrtValue.CreateTensorValueFromMemory(t.Coefficients, [batch, sites, GraphNames.CoefficientRows, slots]),
         ];

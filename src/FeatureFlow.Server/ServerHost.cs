@@ -20,6 +20,9 @@ public sealed class ServerHost : IAsyncDisposable
 
     public static ServerHost Create(ServerOptions options, Action<ILoggingBuilder>? logging = null)
     {
+        if (options.Host != "localhost" && !System.Net.IPAddress.TryParse(options.Host, out _))
+            throw new ArgumentException($"host '{options.Host}' is not an IP address or 'localhost'");
+        if (options.Port is < 0 or > 65535) throw new ArgumentException($"port {options.Port} is outside 0..65535");
         var folder = ModelFolder.Open(options.ModelDirectory);
         var builder = WebApplication.CreateSlimBuilder();
         // One line per request from ASP.NET is noise at serving rates; our own log says what matters.

@@ -39,7 +39,7 @@ public sealed class SteeringCompiler(SteeringShape shape)
         var slot = slotsUsed[site.Index]++;
         if (slot >= Shape.SlotsPerSite)
             throw new FieldValidationException(term.Field, $"site {site} already holds {Shape.SlotsPerSite} rescale/clamp terms, the most this model's graph has slots for");
-        term.Feature.Encoder.AsSpan().CopyTo(tensors.EncoderAt(site, slot));
+        tensors.SetEncoderRow(site, slot, term.Feature.Encoder);
         v.AsSpan().CopyTo(tensors.DecoderAt(site, slot));
         tensors.Coefficient(site, Row.EncoderBias, slot) = term.Feature.EncoderBias;
         tensors.Coefficient(site, Row.Threshold, slot) = term.Feature.Threshold;

@@ -10,9 +10,9 @@ public sealed record SteeringShape(int Layers, int DModel, int SlotsPerSite)
 }
 
 /// <summary>
-/// One batch row of the hooked graph's steering inputs, as dense arrays:
-/// add [sites, d], encoder and decoder [sites, slots, d], coefficients [sites, 4, slots]
-/// (rows: encoder bias, threshold, α, β). All zero is the identity.
+/// One batch row of the hooked graph's steering inputs, as dense arrays: add [sites, d],
+/// encoder [sites, d, slots] (stored transposed, ready for h·E), decoder [sites, slots, d],
+/// coefficients [sites, 4, slots] (rows: encoder bias, threshold, α, β). All zero is the identity.
 /// </summary>
 public sealed class SteeringTensors
 {
@@ -35,7 +35,20 @@ public sealed class SteeringTensors
 
     public Span<float> AddAt(Site site) => Add.AsSpan(site.Index * Shape.DModel, Shape.DModel);
 
-    public Span<float> EncoderAt(Site site, int slot) => Encoder.AsSpan((site.Index * Shape.SlotsPerSite + slot) * Shape.DModel, Shape.DModel);
+    /// <summary>Encoder row of a slot (a copy: the row is a strided column of the stored layout).</summary>
+    public float[] EncoderRow(Site site, int slot)
+    {
+        var row = new float[Shape.DModel];
+        for (var i = 0; i < row.Length; i++) row[i] = Encoder[EncoderIndex(site, slot, i)];
+        return row;
+    }
+
+    public void SetEncoderRow(Site site, int slot, ReadOnlySpan<float> row)
+    {
+        for (var i = 0; i < row.Length; i++) Encoder[EncoderIndex(site, slot, i)] = row[i];
+    }
+
+    private int EncoderIndex(Site site, int slot, int i) => (site.Index * Shape.DModel + i) * Shape.SlotsPerSite + slot;
 
     public Span<float> DecoderAt(Site site, int slot) => Decoder.AsSpan((site.Index * Shape.SlotsPerSite + slot) * Shape.DModel, Shape.DModel);
 

@@ -39,7 +39,8 @@ public class SteeringCompilerTests
         Assert.Equal(0f, t.Coefficient(Mid, Row.Beta, 0));
         Assert.Equal(0.25f, t.Coefficient(Mid, Row.EncoderBias, 0));
         Assert.Equal(0.1f, t.Coefficient(Mid, Row.Threshold, 0));
-        Assert.Equal([0.5f, 0, 0, -1], t.EncoderAt(Mid, 0).ToArray());
+        Assert.Equal([0.5f, 0, 0, -1], t.EncoderRow(Mid, 0));
+        Assert.Equal(new float[4], t.EncoderRow(Mid, 1));
         Assert.Equal([1f, 2, 3, 4], t.DecoderAt(Mid, 0).ToArray());
     }
 

@@ -107,7 +107,7 @@ public sealed class ReferenceTransformer
         var delta = new float[h.Length];
         for (var slot = 0; slot < s.Shape.SlotsPerSite; slot++)
         {
-            var e = s.EncoderAt(site, slot);
+            var e = s.EncoderRow(site, slot);
             var pre = s.Coefficient(site, Row.EncoderBias, slot);
             var dot = 0f;
             for (var i = 0; i < h.Length; i++) dot += e[i] * h[i];

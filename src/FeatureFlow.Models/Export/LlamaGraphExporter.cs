@@ -33,10 +33,10 @@ public static class LlamaGraphExporter
             pastKeys[l] = g.Input(GraphNames.PastKey(l), DataType.Float, B, kvHeads, P, hs);
             pastValues[l] = g.Input(GraphNames.PastValue(l), DataType.Float, B, kvHeads, P, hs);
         }
-        Steering? steering = options.Hooks
-            ? new Steering(
+        var steering = options.Hooks
+            ? SiteSlices.Split(g, sites,
                 g.Input(GraphNames.SteeringAdd, DataType.Float, B, sites, d),
-                g.Input(GraphNames.SteeringEncoder, DataType.Float, B, sites, k, d),
+                g.Input(GraphNames.SteeringEncoder, DataType.Float, B, sites, d, k),
                 g.Input(GraphNames.SteeringDecoder, DataType.Float, B, sites, k, d),
                 g.Input(GraphNames.SteeringCoefficients, DataType.Float, B, sites, GraphNames.CoefficientRows, k))
             : null;
@@ -78,7 +78,24 @@ public static class LlamaGraphExporter
         });
     }
 
-    private sealed record Steering(string Add, string Encoder, string Decoder, string Coefficients);
+    /// <summary>
+    /// The steering inputs cut into per-site pieces once, at the top of the graph, so each hook costs no
+    /// gathers: add [B, 1, d], encoder [B, 1, d, K], decoder [B, 1, K, d], coefficient rows [B, 1, 1, K].
+    /// </summary>
+    private sealed record SiteSlices(string[] Add, string[] Encoder, string[] Decoder, string[][] Rows)
+    {
+        public static SiteSlices Split(GraphBuilder g, int sites, string add, string encoder, string decoder, string coefficients)
+        {
+            using var _ = g.Scope("steering");
+            var siteAxis = Attr.Int("axis", 1);
+            var rows = g.Op("Split", [coefficients], GraphNames.CoefficientRows, Attr.Int("axis", 2));
+            return new SiteSlices(
+                g.Op("Split", [add], sites, siteAxis),
+                g.Op("Split", [encoder], sites, siteAxis),
+                g.Op("Split", [decoder], sites, siteAxis),
+                rows.Select(r => g.Op("Split", [r], sites, siteAxis)).ToArray());
+        }
+    }
 
     private static string RmsNorm(GraphBuilder g, string x, string weight, float eps)
     {
@@ -181,20 +198,20 @@ public static class LlamaGraphExporter
         return g.Op("MatMul", [x, g.Initializer(name, transposed, inDim, outDim)]);
     }
 
-    private static string Hook(GraphBuilder g, Steering? steering, Site site, string h, HookedGraphOptions options, int d)
+    private static string Hook(GraphBuilder g, SiteSlices? steering, Site site, string h, HookedGraphOptions options, int d)
     {
         if (steering is null) return h;
         using var _ = g.Scope(Site.HookSuffix(site.Kind));
-        var index = g.ScalarInt64(site.Index);
-        var siteAxis = Attr.Int("axis", 1);
-        var add = g.Op("Unsqueeze", [g.Op("Gather", [steering.Add, index], siteAxis), g.ConstInt64(1)]);   // [B, 1, d]
-        var encoder = g.Op("Gather", [steering.Encoder, index], siteAxis);                                   // [B, K, d]
-        var decoder = g.Op("Gather", [steering.Decoder, index], siteAxis);                                   // [B, K, d]
-        var rows = g.Op("Split", [g.Op("Gather", [steering.Coefficients, index], siteAxis)], GraphNames.CoefficientRows, siteAxis); // 4 × [B, 1, K]
-        var pre = g.Op("Add", [g.Op("MatMul", [h, g.Op("Transpose", [encoder], Attr.Ints("perm", 0, 2, 1))]), rows[(int)GraphNames.CoefficientRow.EncoderBias]]);
-        var activation = g.Op("Where", [g.Op("Greater", [pre, rows[(int)GraphNames.CoefficientRow.Threshold]]), pre, g.ScalarFloat(0f)]);
-        var coefficient = g.Op("Add", [g.Op("Mul", [rows[(int)GraphNames.CoefficientRow.Alpha], activation]), rows[(int)GraphNames.CoefficientRow.Beta]]);
-        var steered = g.Op("Add", [g.Op("Add", [h, add]), g.Op("MatMul", [coefficient, decoder])]);
+        var i = site.Index;
+        string Row(GraphNames.CoefficientRow row) => steering.Rows[(int)row][i];
+        // A singleton site axis, so that per-row [B, 1, …] steering tensors broadcast over the tokens.
+        var siteAxis = g.ConstInt64(1);
+        var h4 = g.Op("Unsqueeze", [h, siteAxis]);                                                        // [B, 1, T, d]
+        var pre = g.Op("Add", [g.Op("MatMul", [h4, steering.Encoder[i]]), Row(GraphNames.CoefficientRow.EncoderBias)]); // [B, 1, T, K]
+        var activation = g.Op("Where", [g.Op("Greater", [pre, Row(GraphNames.CoefficientRow.Threshold)]), pre, g.ScalarFloat(0f)]);
+        var coefficient = g.Op("Add", [g.Op("Mul", [Row(GraphNames.CoefficientRow.Alpha), activation]), Row(GraphNames.CoefficientRow.Beta)]);
+        var delta = g.Op("Squeeze", [g.Op("MatMul", [coefficient, steering.Decoder[i]]), siteAxis]);   // [B, T, d]
+        var steered = g.Op("Add", [g.Op("Add", [h, steering.Add[i]]), delta]);
         if (!options.SiteOutputs) return steered;
         return g.Output(steered, site.HookName, DataType.Float, B, T, d);
     }
