@@ -11,6 +11,8 @@ public static class CliApp
         root.Subcommands.Add(ServeCommand.Build(error));
         root.Subcommands.Add(GenerateCommand.Build(output, error));
         root.Subcommands.Add(InfoCommand.Build(output, error));
+        root.Subcommands.Add(CollectCommand.Build(output, error));
+        root.Subcommands.Add(SaeCommand.Build(output, error));
         return root;
     }
 

@@ -19,6 +19,8 @@ public sealed record EngineOptions
     public int MaxConcurrentGenerations { get; init; } = Math.Max(1, Environment.ProcessorCount);
     /// <summary>Updates a generation may run ahead of its reader before the loop waits.</summary>
     public int StreamBufferUpdates { get; init; } = 16;
+    /// <summary>Most rows one step may run (bounds the preallocated attention-mask buffer).</summary>
+    public int MaxBatchRows { get; init; } = 256;
     /// <summary>max_tokens when a request leaves it unset.</summary>
     public int DefaultMaxTokens { get; init; } = 256;
 }

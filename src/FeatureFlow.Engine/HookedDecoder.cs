@@ -27,7 +27,7 @@ public sealed class HookedDecoder : IDisposable
             SteeringShape = new SteeringShape(architecture.Layers, architecture.DModel, dims[2]);
         }
         _outputNames = [GraphNames.Logits, .. Enumerable.Range(0, architecture.Layers).SelectMany(l => new[] { GraphNames.PresentKey(l), GraphNames.PresentValue(l) })];
-        _ones = Enumerable.Repeat(1L, architecture.ContextLength).ToArray();
+        _ones = Enumerable.Repeat(1L, architecture.ContextLength * options.MaxBatchRows).ToArray();
     }
 
     public ModelArchitecture Architecture { get; }
@@ -36,42 +36,57 @@ public sealed class HookedDecoder : IDisposable
     /// <summary>The steering inputs' shape; null for a graph without hooks.</summary>
     public SteeringShape? SteeringShape { get; }
 
-    public DecoderState NewState() => new(Architecture);
+    public DecoderState NewState(int batch = 1) => new(Architecture, batch);
 
-    /// <summary>Binds a steering plan's tensors for the lifetime of one generation (no copies: the arrays are pinned).</summary>
-    public BoundSteering Bind(SteeringTensors tensors)
+    /// <summary>Binds one row's steering tensors for the lifetime of a generation (no copies: the arrays are pinned).</summary>
+    public BoundSteering Bind(SteeringTensors tensors) => Bind([tensors]);
+
+    /// <summary>Binds one set of steering tensors per batch row.</summary>
+    public BoundSteering Bind(IReadOnlyList<SteeringTensors> rows)
     {
         if (!HasHooks) throw new InvalidOperationException("this graph has no steering hooks");
-        if (tensors.Shape != SteeringShape) throw new ArgumentException($"steering tensors {tensors.Shape} do not fit the graph's {SteeringShape}");
-        return new BoundSteering(tensors);
+        foreach (var t in rows)
+            if (t.Shape != SteeringShape) throw new ArgumentException($"steering tensors {t.Shape} do not fit the graph's {SteeringShape}");
+        return new BoundSteering(rows);
     }
 
     /// <summary>
-    /// Runs <paramref name="tokens"/> at the state's next positions and advances the state.
-    /// Returns logits [tokens.Length, vocab], row-major.
+    /// Runs <paramref name="tokens"/> ([batch, T] row-major) at the state's next positions and advances
+    /// the state. Returns logits [batch, T, vocab], row-major.
     /// </summary>
-    public float[] Forward(DecoderState state, ReadOnlySpan<int> tokens, BoundSteering? steering)
+    public float[] Forward(DecoderState state, ReadOnlySpan<int> tokens, BoundSteering? steering) =>
+        Run(state, tokens, steering, []).Logits;
+
+    /// <summary>
+    /// As <see cref="Forward"/>, and also returns the (steered) value at each of <paramref name="readout"/>'s
+    /// sites, [batch, T, d_model] each, from the graph's site outputs.
+    /// </summary>
+    public StepOutput Run(DecoderState state, ReadOnlySpan<int> tokens, BoundSteering? steering, IReadOnlyList<Site> readout)
     {
         if (HasHooks != (steering is not null))
             throw new ArgumentException(HasHooks ? "the hooked graph needs steering tensors (bind an identity plan for none)" : "the plain graph takes no steering");
-        var count = tokens.Length;
+        if (steering is not null && steering.Batch != state.Batch)
+            throw new ArgumentException($"steering is bound for {steering.Batch} rows, the state has {state.Batch}");
+        var batch = state.Batch;
+        if (tokens.Length == 0 || tokens.Length % batch != 0) throw new ArgumentException($"{tokens.Length} tokens do not fill {batch} rows");
+        var count = tokens.Length / batch;
         var total = state.Position + count;
-        if (count == 0) throw new ArgumentException("no tokens to run");
         if (total > Architecture.ContextLength)
             throw new InvalidOperationException($"position {total} is past the context length {Architecture.ContextLength}");
 
-        var ids = new long[count];
-        var positions = new long[count];
-        for (var i = 0; i < count; i++)
+        var ids = new long[tokens.Length];
+        var positions = new long[tokens.Length];
+        for (var i = 0; i < tokens.Length; i++)
         {
             ids[i] = tokens[i];
-            positions[i] = state.Position + i;
+            positions[i] = state.Position + i % count;
         }
         var names = new List<string>(4 + 2 * Architecture.Layers + 4);
         var values = new List<OrtValue>(names.Capacity);
-        using var idsValue = OrtValue.CreateTensorValueFromMemory(ids, [1, count]);
-        using var maskValue = OrtValue.CreateTensorValueFromMemory(OrtMemoryInfo.DefaultInstance, new Memory<long>(_ones, 0, total), [1, total]);
-        using var positionsValue = OrtValue.CreateTensorValueFromMemory(positions, [1, count]);
+        using var idsValue = OrtValue.CreateTensorValueFromMemory(ids, [batch, count]);
+        if (_ones.Length < batch * total) throw new InvalidOperationException($"batch {batch} is larger than the attention-mask buffer allows");
+        using var maskValue = OrtValue.CreateTensorValueFromMemory(OrtMemoryInfo.DefaultInstance, new Memory<long>(_ones, 0, batch * total), [batch, total]);
+        using var positionsValue = OrtValue.CreateTensorValueFromMemory(positions, [batch, count]);
         names.AddRange([GraphNames.InputIds, GraphNames.AttentionMask, GraphNames.PositionIds]);
         values.AddRange([idsValue, maskValue, positionsValue]);
         for (var l = 0; l < Architecture.Layers; l++)
@@ -87,11 +102,15 @@ public sealed class HookedDecoder : IDisposable
             values.AddRange(steering.Values);
         }
 
-        var outputs = _session.Run(state.RunOptions, names, values, _outputNames);
+        var outputNames = readout.Count == 0 ? _outputNames : [.. _outputNames, .. readout.Select(s => s.HookName)];
+        var outputs = _session.Run(state.RunOptions, names, values, outputNames);
+        var presentCount = 2 * Architecture.Layers;
         float[] logits;
+        float[][] sites;
         try
         {
             logits = outputs[0].GetTensorDataAsSpan<float>().ToArray();
+            sites = Enumerable.Range(0, readout.Count).Select(i => outputs[1 + presentCount + i].GetTensorDataAsSpan<float>().ToArray()).ToArray();
         }
         catch
         {
@@ -99,25 +118,32 @@ public sealed class HookedDecoder : IDisposable
             throw;
         }
         outputs[0].Dispose();
-        var presents = new OrtValue[2 * Architecture.Layers];
+        for (var i = 0; i < readout.Count; i++) outputs[1 + presentCount + i].Dispose();
+        var presents = new OrtValue[presentCount];
         for (var i = 0; i < presents.Length; i++) presents[i] = outputs[1 + i];
         state.Advance(count, presents);
-        return logits;
+        return new StepOutput(logits, sites);
     }
 
     public void Dispose() => _session.Dispose();
 }
 
-/// <summary>The KV cache and position of one sequence. Owns the ONNX Runtime values it holds.</summary>
+/// <summary>Logits [batch, T, vocab] and the read-out site values [batch, T, d_model] of one step.</summary>
+public sealed record StepOutput(float[] Logits, float[][] Sites);
+
+/// <summary>The KV cache and position of a batch of equally long sequences. Owns the ONNX Runtime values it holds.</summary>
 public sealed class DecoderState : IDisposable
 {
-    internal DecoderState(ModelArchitecture arch)
+    internal DecoderState(ModelArchitecture arch, int batch)
     {
-        var empty = new long[] { 1, arch.KvHeads, 0, arch.HeadSize };
+        if (batch < 1) throw new ArgumentOutOfRangeException(nameof(batch), "batch must be at least 1");
+        Batch = batch;
+        var empty = new long[] { batch, arch.KvHeads, 0, arch.HeadSize };
         PastKeys = Enumerable.Range(0, arch.Layers).Select(_ => OrtValue.CreateTensorValueFromMemory(Array.Empty<float>(), empty)).ToArray();
         PastValues = Enumerable.Range(0, arch.Layers).Select(_ => OrtValue.CreateTensorValueFromMemory(Array.Empty<float>(), empty)).ToArray();
     }
 
+    public int Batch { get; }
     public int Position { get; private set; }
     internal OrtValue[] PastKeys { get; }
     internal OrtValue[] PastValues { get; }
@@ -144,21 +170,26 @@ public sealed class DecoderState : IDisposable
     }
 }
 
-/// <summary>A steering row bound as ONNX Runtime values over its (pinned) arrays.</summary>
+/// <summary>Steering rows bound as ONNX Runtime values (one row: over its pinned arrays; several: concatenated once).</summary>
 public sealed class BoundSteering : IDisposable
 {
-    internal BoundSteering(SteeringTensors t)
+    internal BoundSteering(IReadOnlyList<SteeringTensors> rows)
     {
-        long batch = 1, sites = t.Shape.Sites, slots = t.Shape.SlotsPerSite, d = t.Shape.DModel;
+        if (rows.Count == 0) throw new ArgumentException("no steering rows to bind");
+        var shape = rows[0].Shape;
+        long batch = rows.Count, sites = shape.Sites, slots = shape.SlotsPerSite, d = shape.DModel;
+        Batch = rows.Count;
+        float[] Rows(Func<SteeringTensors, float[]> part) => rows.Count == 1 ? part(rows[0]) : rows.SelectMany(part).ToArray();
         Values =
         [
-            OrtValue.CreateTensorValueFromMemory(t.Add, [batch, sites, d]),
-            OrtValue.CreateTensorValueFromMemory(t.Encoder, [batch, sites, d, slots]),
-            OrtValue.CreateTensorValueFromMemory(t.Decoder, [batch, sites, slots, d]),
-            OrtValue.CreateTensorValueFromMemory(t.Coefficients, [batch, sites, GraphNames.CoefficientRows, slots]),
+            OrtValue.CreateTensorValueFromMemory(Rows(t => t.Add), [batch, sites, d]),
+            OrtValue.CreateTensorValueFromMemory(Rows(t => t.Encoder), [batch, sites, d, slots]),
+            OrtValue.CreateTensorValueFromMemory(Rows(t => t.Decoder), [batch, sites, slots, d]),
+            OrtValue.CreateTensorValueFromMemory(Rows(t => t.Coefficients), [batch, sites, GraphNames.CoefficientRows, slots]),
         ];
     }
 
+    public int Batch { get; }
     internal OrtValue[] Values { get; }
 
     public void Dispose()

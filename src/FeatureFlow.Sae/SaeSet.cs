@@ -1,0 +1,47 @@
+using FeatureFlow.Models;
+using FeatureFlow.Sae.Formats;
+
+namespace FeatureFlow.Sae;
+
+/// <summary>A model's SAEs, one SAELens folder per site under one directory (folder name = hook name).</summary>
+public sealed class SaeSet
+{
+    private readonly Dictionary<Site, SparseAutoencoder> _saes;
+
+    private SaeSet(string directory, Dictionary<Site, SparseAutoencoder> saes)
+    {
+        Directory = directory;
+        _saes = saes;
+    }
+
+    public string Directory { get; }
+    public IReadOnlyDictionary<Site, SparseAutoencoder> BySite => _saes;
+
+    public static SaeSet Empty { get; } = new("", []);
+
+    /// <summary>Loads every SAE folder; checks each against the model (site exists, d_in = d_model).</summary>
+    public static SaeSet Load(string directory, ModelArchitecture architecture)
+    {
+        var saes = new Dictionary<Site, SparseAutoencoder>();
+        if (!System.IO.Directory.Exists(directory)) return new SaeSet(directory, saes);
+        foreach (var folder in System.IO.Directory.GetDirectories(directory).Order(StringComparer.Ordinal))
+        {
+            if (!File.Exists(Path.Combine(folder, SaeLensFormat.ConfigFile))) continue;
+            var sae = SaeLensFormat.Read(folder);
+            Check(sae, architecture, folder);
+            if (!saes.TryAdd(sae.Site, sae)) throw new InvalidDataException($"{folder}: a second SAE for {sae.Site}");
+        }
+        return new SaeSet(directory, saes);
+    }
+
+    public static void Check(SparseAutoencoder sae, ModelArchitecture architecture, string source)
+    {
+        if (sae.DIn != architecture.DModel)
+            throw new InvalidDataException($"{source}: d_in {sae.DIn} does not match the model's d_model {architecture.DModel}");
+        if (sae.Site.Layer >= architecture.Layers)
+            throw new InvalidDataException($"{source}: {sae.Site} is past the model's {architecture.Layers} layers");
+    }
+
+    public SparseAutoencoder Get(Site site, string field) =>
+        _saes.TryGetValue(site, out var sae) ? sae : throw new KeyNotFoundException($"{field}: no SAE is loaded for {site}");
+}
