@@ -13,6 +13,7 @@ public static class CliApp
         root.Subcommands.Add(InfoCommand.Build(output, error));
         root.Subcommands.Add(CollectCommand.Build(output, error));
         root.Subcommands.Add(SaeCommand.Build(output, error));
+        root.Subcommands.Add(FlowCommand.Build(output, error));
         return root;
     }
 

@@ -7,11 +7,16 @@ public sealed record ExecutionProviderInfo(string Name, string Reason);
 
 public static class SessionFactory
 {
+    /// <summary>A session over a graph built in memory (no file), e.g. the flow-map matcher.</summary>
+    public static (InferenceSession Session, ExecutionProviderInfo Provider) Create(byte[] model, EngineOptions options)
+    {
+        using var sessionOptions = NewSessionOptions(options, out var provider);
+        return (new InferenceSession(model, sessionOptions), provider);
+    }
+
     public static (InferenceSession Session, ExecutionProviderInfo Provider) Create(string modelPath, EngineOptions options)
     {
-        var sessionOptions = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
-        if (options.IntraOpThreads > 0) sessionOptions.IntraOpNumThreads = options.IntraOpThreads;
-        var provider = ChooseProvider(sessionOptions, options);
+        using var sessionOptions = NewSessionOptions(options, out var provider);
         try
         {
             return (new InferenceSession(modelPath, sessionOptions), provider);
@@ -20,9 +25,21 @@ public static class SessionFactory
         {
             throw new InvalidDataException($"{modelPath}: ONNX Runtime could not load the graph: {e.Message}", e);
         }
-        finally
+    }
+
+    private static SessionOptions NewSessionOptions(EngineOptions options, out ExecutionProviderInfo provider)
+    {
+        var sessionOptions = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
+        if (options.IntraOpThreads > 0) sessionOptions.IntraOpNumThreads = options.IntraOpThreads;
+        try
+        {
+            provider = ChooseProvider(sessionOptions, options);
+            return sessionOptions;
+        }
+        catch
         {
             sessionOptions.Dispose();
+            throw;
         }
     }
 

@@ -19,6 +19,9 @@ public sealed class SaeSet
 
     public static SaeSet Empty { get; } = new("", []);
 
+    /// <summary>A set held in memory (SAEs built or imported in this process).</summary>
+    public static SaeSet FromSaes(IEnumerable<SparseAutoencoder> saes) => new("", saes.ToDictionary(s => s.Site));
+
     /// <summary>Loads every SAE folder; checks each against the model (site exists, d_in = d_model).</summary>
     public static SaeSet Load(string directory, ModelArchitecture architecture)
     {

@@ -1,0 +1,169 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using FeatureFlow.Engine;
+using FeatureFlow.Flow;
+using FeatureFlow.Models.Folder;
+using FeatureFlow.Sae;
+
+namespace FeatureFlow.Cli;
+
+public static class FlowCommand
+{
+    public static Command Build(TextWriter output, TextWriter error)
+    {
+        var command = new Command("flow", "Build and query flow maps: cross-layer cosine matches of SAE decoders (Laptev et al. 2025).");
+        command.Subcommands.Add(BuildMap(output, error));
+        command.Subcommands.Add(Explain(output, error));
+        command.Subcommands.Add(Graph(output, error));
+        command.Subcommands.Add(Bench(output, error));
+        return command;
+    }
+
+    public static Option<string?> MapOption() => new("--map") { Description = "flow map file (default: the model folder's flow/flow_map.safetensors)" };
+
+    public static string MapPath(ModelFolder folder, string? map) => map ?? Path.Combine(folder.Directory, "flow", FlowMap.FileName);
+
+    public static FlowMap LoadMap(ModelFolder folder, string? map)
+    {
+        var path = MapPath(folder, map);
+        if (!File.Exists(path)) throw new FileNotFoundException($"no flow map at {path} (run `featureflow flow build`)", path);
+        return FlowMap.Load(path);
+    }
+
+    private static Command BuildMap(TextWriter output, TextWriter error)
+    {
+        var model = ServeCommand.ModelOption();
+        var saes = SaeCommand.SaesOption();
+        var map = MapOption();
+        var provider = ServeCommand.ProviderOption();
+        var block = new Option<int>("--block-rows") { Description = "target rows per ONNX Runtime run (bounds memory: rows × features × 4 bytes)", DefaultValueFactory = _ => 2048 };
+        var command = new Command("build", "Match every residual feature to its top-1 cosine predecessor in R(L-1), M(L) and A(L), and every R(L-1) feature forward into R(L).")
+        {
+            model, saes, map, provider, block,
+        };
+        command.SetAction((parse, _) => CliApp.Guard(error, () =>
+        {
+            var folder = ModelFolder.Open(parse.GetValue(model)!);
+            var set = SaeSet.Load(SaeCommand.SaeDirectory(folder, parse.GetValue(saes)), folder.Manifest.Architecture);
+            using var matcher = new CosineMatcher(new EngineOptions { ExecutionProvider = parse.GetValue(provider) }, parse.GetValue(block));
+            var bar = new ProgressBar(error, "flow build", "layers");
+            var clock = Stopwatch.StartNew();
+            var flow = FlowMap.Build(set, folder.Manifest.Architecture.Layers, matcher, (done, total) => bar.Report(done, total));
+            var path = MapPath(folder, parse.GetValue(map));
+            Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
+            flow.Save(path);
+            output.WriteLine($"wrote {path} ({flow.Layers} layers, {clock.Elapsed.TotalSeconds:F1} s on {matcher.Provider.Name})");
+            return Task.FromResult(0);
+        }));
+        return command;
+    }
+
+    public static JsonObject ExplainJson(FlowMap map, FeatureId feature, FlowThresholds thresholds)
+    {
+        var p = map.Explain(feature);
+        static JsonObject Match((FeatureId Feature, float Score) m) => new() { ["feature"] = m.Feature.ToString(), ["score"] = Math.Round(m.Score, 6) };
+        return new JsonObject
+        {
+            ["feature"] = feature.ToString(),
+            ["resid"] = p.Resid is { } r ? Match(r) : null,
+            ["mlp"] = Match(p.Mlp),
+            ["attn"] = Match(p.Attn),
+            ["category"] = map.Category(p, thresholds).ToString().ToLowerInvariant(),
+        };
+    }
+
+    private static Command Explain(TextWriter output, TextWriter error)
+    {
+        var feature = new Argument<string>("FEATURE") { Description = "blocks.L.hook_resid_post/N or L/res/N" };
+        var model = ServeCommand.ModelOption();
+        var map = MapOption();
+        var json = new Option<bool>("--json") { Description = "print {feature, resid, mlp, attn, category} as JSON" };
+        var (residHigh, moduleHigh) = ThresholdOptions();
+        var command = new Command("explain", "Print a residual feature's predecessors in R(L-1), M(L), A(L) with cosine scores, and its category.")
+        {
+            feature, model, map, json, residHigh, moduleHigh,
+        };
+        command.SetAction((parse, _) => CliApp.Guard(error, () =>
+        {
+            var folder = ModelFolder.Open(parse.GetValue(model)!);
+            var flow = LoadMap(folder, parse.GetValue(map));
+            var id = FeatureId.Parse(parse.GetValue(feature)!);
+            var result = ExplainJson(flow, id, new FlowThresholds(parse.GetValue(residHigh), parse.GetValue(moduleHigh)));
+            if (parse.GetValue(json))
+            {
+                output.WriteLine(result.ToJsonString());
+                return Task.FromResult(0);
+            }
+            output.WriteLine($"{id} ({id.Short}): {result["category"]}");
+            foreach (var key in new[] { "resid", "mlp", "attn" })
+                output.WriteLine(result[key] is JsonObject m
+                    ? string.Create(CultureInfo.InvariantCulture, $"  {key,-5} {m["feature"]}  cos {(double)m["score"]!:F3}")
+                    : $"  {key,-5} (none: layer 0 has no previous residual SAE)");
+            return Task.FromResult(0);
+        }));
+        return command;
+    }
+
+    private static (Option<float> Resid, Option<float> Module) ThresholdOptions()
+    {
+        var defaults = new FlowThresholds();
+        return (new Option<float>("--resid-high") { Description = "residual score that counts as high", DefaultValueFactory = _ => defaults.Residual },
+                new Option<float>("--module-high") { Description = "MLP/attention score that counts as high", DefaultValueFactory = _ => defaults.Module });
+    }
+
+    private static Command Graph(TextWriter output, TextWriter error)
+    {
+        var feature = new Argument<string>("FEATURE") { Description = "seed: blocks.L.hook_resid_post/N or L/res/N" };
+        var model = ServeCommand.ModelOption();
+        var map = MapOption();
+        var defaults = new FlowGraphOptions();
+        var cut = new Option<float>("--cut") { Description = "residual cosine below which the chain stops", DefaultValueFactory = _ => defaults.ResidualCut };
+        var module = new Option<float>("--module-threshold") { Description = "MLP/attention matches below this are dropped", DefaultValueFactory = _ => defaults.ModuleThreshold };
+        var argmax = new Option<bool>("--forward-argmax") { Description = "walk forward by arg-max only (default: backward-consistent, falling back to arg-max)" };
+        var outDir = new Option<string>("--out") { Description = "folder for FEATURE.json, .dot and .svg", DefaultValueFactory = _ => "artifacts/flow-graphs" };
+        var command = new Command("graph", "Trace a feature backward and forward through depth and write its flow graph as JSON, Graphviz DOT and SVG.")
+        {
+            feature, model, map, cut, module, argmax, outDir,
+        };
+        command.SetAction((parse, _) => CliApp.Guard(error, () =>
+        {
+            var folder = ModelFolder.Open(parse.GetValue(model)!);
+            var flow = LoadMap(folder, parse.GetValue(map));
+            var graph = FlowGraph.Build(flow, FeatureId.Parse(parse.GetValue(feature)!), new FlowGraphOptions
+            {
+                ResidualCut = parse.GetValue(cut), ModuleThreshold = parse.GetValue(module), BackwardConsistentForward = !parse.GetValue(argmax),
+            });
+            var dir = parse.GetValue(outDir)!;
+            Directory.CreateDirectory(dir);
+            var stem = Path.Combine(dir, graph.Seed.Short.Replace('/', '_'));
+            File.WriteAllText(stem + ".json", graph.ToJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+            File.WriteAllText(stem + ".dot", graph.ToDot());
+            File.WriteAllText(stem + ".svg", graph.ToSvg());
+            output.WriteLine($"{graph.Seed}: layers {graph.LStart}..{graph.LEnd}, {graph.Nodes.Count} nodes; wrote {stem}.json, .dot, .svg");
+            return Task.FromResult(0);
+        }));
+        return command;
+    }
+
+    private static Command Bench(TextWriter output, TextWriter error)
+    {
+        var features = new Option<int>("--features") { Description = "features per decoder", DefaultValueFactory = _ => 16384 };
+        var dModel = new Option<int>("--d-model") { Description = "decoder width", DefaultValueFactory = _ => 2304 };
+        var block = new Option<int>("--block-rows") { DefaultValueFactory = _ => 2048 };
+        var provider = ServeCommand.ProviderOption();
+        var command = new Command("bench", "Time one flow-map match of two synthetic decoders against a plain ONNX Runtime MatMul of the same size, in the same run.")
+        {
+            features, dModel, block, provider,
+        };
+        command.SetAction((parse, _) => CliApp.Guard(error, () =>
+        {
+            var result = FlowBenchmark.Run(parse.GetValue(features), parse.GetValue(dModel), parse.GetValue(block), new EngineOptions { ExecutionProvider = parse.GetValue(provider) });
+            output.WriteLine(result.ToMarkdown());
+            return Task.FromResult(0);
+        }));
+        return command;
+    }
+}
