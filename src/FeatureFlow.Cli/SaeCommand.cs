@@ -5,6 +5,7 @@ using FeatureFlow.Models;
 using FeatureFlow.Models.Folder;
 using FeatureFlow.Models.Formats;
 using FeatureFlow.Sae.Formats;
+using FeatureFlow.Sae;
 using FeatureFlow.Sae.Training;
 
 namespace FeatureFlow.Cli;
@@ -15,6 +16,8 @@ public static class SaeCommand
     {
         var command = new Command("sae", "Train, import and inspect sparse autoencoders.");
         command.Subcommands.Add(Train(output, error));
+        command.Subcommands.Add(Import(output, error));
+        command.Subcommands.Add(Top(output, error));
         return command;
     }
 
@@ -67,6 +70,61 @@ public static class SaeCommand
                 output.WriteLine($"{site}: held-out FVU {heldOut.Fvu:F4}, L0 {heldOut.MeanL0:F2}, dead {heldOut.DeadShare:P1} ({heldOut.Tokens:N0} tokens)");
             }
             WriteReadme(outDir, folder, data, options, rows, parse.GetValue(jumpRelu));
+            return Task.FromResult(0);
+        }));
+        return command;
+    }
+
+    private static Command Import(TextWriter output, TextWriter error)
+    {
+        var model = ServeCommand.ModelOption();
+        var saes = SaesOption();
+        var format = new Option<SaeSourceFormat>("--format") { Description = "SaeLens (cfg.json + sae_weights.safetensors), GemmaScope (params.npz) or Sparsify (cfg.json + sae.safetensors)", Required = true };
+        var path = new Option<string>("--path") { Description = "the SAE folder (or params.npz)", Required = true };
+        var site = new Option<string?>("--site") { Description = "hook name the SAE reads (required for GemmaScope and Sparsify, which name hookpoints their own way)" };
+        var command = new Command("import", "Import a public SAE, check it against the model (site, d_model), and store it as a SAELens folder in the model's SAE folder.")
+        {
+            model, saes, format, path, site,
+        };
+        command.SetAction((parse, _) => CliApp.Guard(error, () =>
+        {
+            var folder = ModelFolder.Open(parse.GetValue(model)!);
+            var at = parse.GetValue(site) is { } hook ? Site.Parse(hook) : (Site?)null;
+            var source = parse.GetValue(path)!;
+            var sae = SaeImport.Read(parse.GetValue(format), source, at, folder.Manifest.Name);
+            Sae.SaeSet.Check(sae, folder.Manifest.Architecture, source);
+            var target = Path.Combine(SaeDirectory(folder, parse.GetValue(saes)), sae.Site.HookName);
+            SaeLensFormat.Write(sae, target);
+            output.WriteLine($"imported {sae.Activation} SAE ({sae.DSae} features) at {sae.Site} into {target}");
+            return Task.FromResult(0);
+        }));
+        return command;
+    }
+
+    private static Command Top(TextWriter output, TextWriter error)
+    {
+        var feature = new Argument<string>("FEATURE") { Description = "blocks.L.hook_<site>/N or L/res|mlp|att/N" };
+        var model = ServeCommand.ModelOption();
+        var saes = SaesOption();
+        var corpus = CorpusOption();
+        var count = new Option<int>("--count") { Description = "contexts to show", DefaultValueFactory = _ => 12 };
+        var width = new Option<int>("--context") { Description = "tokens of context before the activating token", DefaultValueFactory = _ => 12 };
+        var command = new Command("top", "Show the contexts in the collected corpus where a feature activates most, so a person can name it.")
+        {
+            feature, model, saes, corpus, count, width,
+        };
+        command.SetAction((parse, _) => CliApp.Guard(error, () =>
+        {
+            var folder = ModelFolder.Open(parse.GetValue(model)!);
+            var id = Flow.FeatureId.Parse(parse.GetValue(feature)!);
+            var set = Sae.SaeSet.Load(SaeDirectory(folder, parse.GetValue(saes)), folder.Manifest.Architecture);
+            var sae = set.Get(id.Site, "FEATURE");
+            sae.CheckFeature(id.Index, "FEATURE");
+            var data = ActivationCorpus.Open(parse.GetValue(corpus)!);
+            var top = FeatureContexts.Top(sae, id.Index, data, folder.LoadTokenizer(), parse.GetValue(count), parse.GetValue(width));
+            output.WriteLine($"{id} ({id.Short}): top {top.Count} of {data.Manifest.TotalTokens:N0} tokens");
+            foreach (var c in top)
+                output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{c.Activation,8:F3}  …{c.Before.Replace("\n", "⏎", StringComparison.Ordinal)}[[{c.Token.Replace("\n", "⏎", StringComparison.Ordinal)}]]"));
             return Task.FromResult(0);
         }));
         return command;

@@ -1,0 +1,66 @@
+using FeatureFlow.Models;
+using FeatureFlow.Sae.Training;
+
+namespace FeatureFlow.Sae.Tests;
+
+public class TopKTrainerTests
+{
+    /// <summary>Each token is a sparse non-negative mix of 3 of 48 fixed directions in 16 dimensions.</summary>
+    private static float[] SparseData(int tokens, int seed)
+    {
+        const int d = 16, atoms = 48;
+        var rng = new Random(seed);
+        var dictionary = Numerics.RandomVector(new Random(99), atoms * d);
+        var data = new float[tokens * d];
+        for (var t = 0; t < tokens; t++)
+            for (var k = 0; k < 3; k++)
+            {
+                var a = rng.Next(atoms);
+                var c = (float)(0.5 + rng.NextDouble());
+                for (var i = 0; i < d; i++) data[t * d + i] += c * dictionary[a * d + i];
+            }
+        return data;
+    }
+
+    private static readonly TopKTrainingOptions Options = new() { DSae = 64, K = 4, Epochs = 10, BatchSize = 256, LearningRate = 3e-3f, DeadAfterTokens = 5000, ResampleEverySteps = 40 };
+
+    [Fact]
+    public void Learns_sparse_data_well_on_held_out_tokens()
+    {
+        var (sae, _, heldOut) = TopKTrainer.Train(SparseData(20_000, 1), 16, new Site(0, SiteKind.ResidPost), "synthetic", Options);
+        Assert.True(heldOut.Fvu < 0.15, $"held-out FVU {heldOut.Fvu:F3}");
+        Assert.Equal(4.0, heldOut.MeanL0, 1);
+        Assert.True(heldOut.DeadShare < 0.1, $"dead share {heldOut.DeadShare:P1}");
+        Assert.Equal(heldOut.Fvu.ToString("R", System.Globalization.CultureInfo.InvariantCulture), sae.Metadata["held_out_fvu"]);
+        for (var j = 0; j < sae.DSae; j++)
+        {
+            var norm = MathF.Sqrt(sae.DecoderRow(j).ToArray().Sum(v => v * v));
+            Assert.InRange(norm, 0.999f, 1.001f);
+        }
+    }
+
+    [Fact]
+    public void Same_seed_gives_bit_identical_weights_and_another_seed_does_not()
+    {
+        var data = SparseData(6_000, 2);
+        var quick = Options with { Epochs = 1 };
+        var a = TopKTrainer.Train(data, 16, new Site(0, SiteKind.MlpOut), "m", quick).Sae;
+        var b = TopKTrainer.Train(data, 16, new Site(0, SiteKind.MlpOut), "m", quick).Sae;
+        var c = TopKTrainer.Train(data, 16, new Site(0, SiteKind.MlpOut), "m", quick with { Seed = 2 }).Sae;
+        Assert.Equal(a.Encoder, b.Encoder);
+        Assert.Equal(a.Decoder, b.Decoder);
+        Assert.Equal(a.DecoderBias, b.DecoderBias);
+        Assert.NotEqual(a.Decoder, c.Decoder);
+    }
+
+    [Fact]
+    public void Top_k_keeps_the_largest_positive_values_and_breaks_ties_by_index()
+    {
+        float[] v = [1f, 3f, 3f, -2f, 0.5f, 3f];
+        SparseAutoencoder.KeepTopK(v, 2);
+        Assert.Equal([0f, 3f, 3f, 0f, 0f, 0f], v);
+        float[] negative = [-1f, -2f, 0.25f];
+        SparseAutoencoder.KeepTopK(negative, 2);
+        Assert.Equal([0f, 0f, 0.25f], negative);
+    }
+}
