@@ -79,7 +79,7 @@ public static class GenerateCommand
     private static async IAsyncEnumerable<GenerateResponse> Local(GenerateRequest request, string modelDir, ExecutionProviderPreference provider, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken ct)
     {
         using var engine = new GenerationEngine(ModelFolder.Open(modelDir), new EngineOptions { ExecutionProvider = provider });
-        await foreach (var u in engine.GenerateAsync(RequestMapper.ToDomain(request, engine), ct))
+        await foreach (var u in engine.GenerateAsync(RequestMapper.ToDomain(request, engine, Steering.Packs.SteeringCatalog.Load(engine.Folder)), ct))
         {
             var response = new GenerateResponse { Text = u.Text };
             response.TokenIds.AddRange(u.TokenIds);

@@ -2,6 +2,7 @@ using FeatureFlow.Api.V1;
 using FeatureFlow.Engine;
 using FeatureFlow.Models;
 using FeatureFlow.Steering;
+using FeatureFlow.Steering.Packs;
 using ApiOperation = FeatureFlow.Api.V1.SteeringOperation;
 using ApiScope = FeatureFlow.Api.V1.SteeringScope;
 using DomainOperation = FeatureFlow.Steering.SteeringOperation;
@@ -16,7 +17,7 @@ namespace FeatureFlow.Server;
 /// <summary>Wire messages → domain requests. Shape errors are reported with the proto field path.</summary>
 public static class RequestMapper
 {
-    public static GenerationRequest ToDomain(GenerateRequest r, GenerationEngine engine)
+    public static GenerationRequest ToDomain(GenerateRequest r, GenerationEngine engine, SteeringCatalog catalog)
     {
         if (r.Prompt.Length > 0 && r.PromptTokenIds.Count > 0)
             throw new FieldValidationException("prompt_token_ids", "give either prompt or prompt_token_ids, not both");
@@ -34,25 +35,18 @@ public static class RequestMapper
                 Seed = r.HasSeed ? r.Seed : (ulong)Random.Shared.NextInt64(),
             },
             Stop = r.Stop.ToArray(),
-            Steering = ToDomain(r.Steering),
+            Steering = ToDomain(r.Steering, catalog),
         };
     }
 
-    public static SteeringSpec ToDomain(Api.V1.SteeringSpec? spec)
+    public static SteeringSpec ToDomain(Api.V1.SteeringSpec? spec, SteeringCatalog catalog)
     {
         if (spec is null || spec.Terms.Count == 0) return SteeringSpec.None;
-        return new SteeringSpec(spec.Terms.Select((t, i) => ToDomain(t, $"steering.terms[{i}]")).ToArray());
+        return new SteeringSpec(spec.Terms.SelectMany((t, i) => ToDomain(t, $"steering.terms[{i}]", catalog)).ToArray());
     }
 
-    private static SteeringTerm ToDomain(Api.V1.SteeringTerm t, string field)
+    private static IEnumerable<SteeringTerm> ToDomain(Api.V1.SteeringTerm t, string field, SteeringCatalog catalog)
     {
-        var operation = t.Operation switch
-        {
-            ApiOperation.Add => DomainOperation.Add,
-            ApiOperation.Rescale => DomainOperation.Rescale,
-            ApiOperation.Clamp => DomainOperation.Clamp,
-            _ => throw new FieldValidationException($"{field}.operation", $"must be ADD, RESCALE or CLAMP, got {t.Operation}"),
-        };
         var scope = t.Scope switch
         {
             ApiScope.Unspecified or ApiScope.All => DomainScope.All,
@@ -60,14 +54,30 @@ public static class RequestMapper
             ApiScope.Generated => DomainScope.GeneratedOnly,
             _ => throw new FieldValidationException($"{field}.scope", $"unknown scope {t.Scope}"),
         };
-        if (t.FeatureCase != Api.V1.SteeringTerm.FeatureOneofCase.Vector)
-            throw new FieldValidationException($"{field}.vector", "the term names no feature vector");
-        var v = t.Vector;
-        var feature = new FeatureVector(v.Direction.ToArray(), v.Encoder.Count > 0 ? v.Encoder.ToArray() : null, v.EncoderBias, v.Threshold);
-        return new SteeringTerm(ResolveSite(t, field), operation, t.Value, feature, scope)
+        if (t.FeatureCase == Api.V1.SteeringTerm.FeatureOneofCase.Pack)
         {
-            Field = field,
+            if (t.Hook.Length > 0 || t.Site != ApiSiteKind.Unspecified || t.Layer != 0 || t.Operation != ApiOperation.Unspecified || t.Value != 0f)
+                throw new FieldValidationException($"{field}.pack", "a pack term takes only pack (name, strength) and scope: the pack's terms carry their own sites, operations and values");
+            var pack = catalog.Packs.Get(t.Pack.Name, $"{field}.pack.name");
+            var strength = t.Pack.HasStrength ? t.Pack.Strength : pack.Metadata.DefaultStrength;
+            if (!float.IsFinite(strength)) throw new FieldValidationException($"{field}.pack.strength", $"is {strength}; it must be finite");
+            return pack.At(strength, scope, field).ToArray();
+        }
+        var operation = t.Operation switch
+        {
+            ApiOperation.Add => DomainOperation.Add,
+            ApiOperation.Rescale => DomainOperation.Rescale,
+            ApiOperation.Clamp => DomainOperation.Clamp,
+            _ => throw new FieldValidationException($"{field}.operation", $"must be ADD, RESCALE or CLAMP, got {t.Operation}"),
         };
+        var site = ResolveSite(t, field);
+        var feature = t.FeatureCase switch
+        {
+            Api.V1.SteeringTerm.FeatureOneofCase.Vector => new FeatureVector(t.Vector.Direction.ToArray(), t.Vector.Encoder.Count > 0 ? t.Vector.Encoder.ToArray() : null, t.Vector.EncoderBias, t.Vector.Threshold),
+            Api.V1.SteeringTerm.FeatureOneofCase.SaeFeature => catalog.SaeFeature(site, t.SaeFeature.Index, $"{field}.sae_feature"),
+            _ => throw new FieldValidationException($"{field}.vector", "the term names no feature: give vector, pack or sae_feature"),
+        };
+        return [new SteeringTerm(site, operation, t.Value, feature, scope) { Field = field }];
     }
 
     private static Site ResolveSite(Api.V1.SteeringTerm t, string field)

@@ -1,5 +1,6 @@
 using FeatureFlow.Engine;
 using FeatureFlow.Models.Folder;
+using FeatureFlow.Steering.Packs;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
@@ -35,6 +36,7 @@ public sealed class ServerHost : IAsyncDisposable
             else k.Listen(System.Net.IPAddress.Parse(options.Host), options.Port, o => o.Protocols = HttpProtocols.Http2);
         });
         builder.Services.AddSingleton(_ => new GenerationEngine(folder, options.Engine));
+        builder.Services.AddSingleton(_ => SteeringCatalog.Load(folder));
         builder.Services.AddGrpc(o => o.EnableDetailedErrors = false);
         builder.Services.AddGrpcReflection();
         builder.Services.AddGrpcHealthChecks().AddCheck("model", () => Microsoft.Extensions.Diagnostics.HealthChecks.HealthCheckResult.Healthy());
@@ -54,6 +56,10 @@ public sealed class ServerHost : IAsyncDisposable
         log.LogInformation("model {Name} from {Dir}: {Layers} layers, d_model {D}, {Sites} hook sites; execution provider {Provider} ({Reason})",
             engine.Folder.Manifest.Name, engine.Folder.Directory, engine.Architecture.Layers, engine.Architecture.DModel,
             engine.Folder.Manifest.Steering.Sites.Count, engine.Decoder.Provider.Name, engine.Decoder.Provider.Reason);
+        var catalog = _app.Services.GetRequiredService<SteeringCatalog>();
+        log.LogInformation("steering: {Packs} packs ({Names}), SAEs at {Saes} sites", catalog.Packs.Packs.Count,
+            string.Join(", ", catalog.Packs.Packs.Select(p => p.Name).Order(StringComparer.Ordinal)), catalog.Saes.BySite.Count);
+        foreach (var refused in catalog.Packs.Errors) log.LogError("refused steering pack {Path}: {Reason}", refused.Path, refused.Message);
         await _app.StartAsync(cancellationToken);
         log.LogInformation("serving featureflow.v1.Inference on {Address}", Address);
     }

@@ -1,0 +1,28 @@
+using FeatureFlow.Models;
+using FeatureFlow.Models.Folder;
+using FeatureFlow.Sae;
+
+namespace FeatureFlow.Steering.Packs;
+
+/// <summary>What steering terms can refer to by name: the model folder's packs and SAEs.</summary>
+public sealed class SteeringCatalog(PackRegistry packs, SaeSet saes)
+{
+    public PackRegistry Packs { get; } = packs;
+    public SaeSet Saes { get; } = saes;
+
+    public static SteeringCatalog Load(ModelFolder folder) => new(
+        PackRegistry.Load(Path.Combine(folder.Directory, "packs"), folder.Manifest),
+        SaeSet.Load(Path.Combine(folder.Directory, "saes"), folder.Manifest.Architecture));
+
+    /// <summary>The hook form of SAE feature <paramref name="index"/> at <paramref name="site"/>.</summary>
+    public FeatureVector SaeFeature(Site site, int index, string field)
+    {
+        SparseAutoencoder sae;
+        try { sae = Saes.Get(site, field); }
+        catch (KeyNotFoundException e) { throw new FieldValidationException(field, e.Message); }
+        if ((uint)index >= (uint)sae.DSae)
+            throw new FieldValidationException($"{field}.index", $"feature {index} does not exist (the SAE at {site} has features 0..{sae.DSae - 1})");
+        var (decoder, encoder, bias, threshold) = sae.HookFeature(index);
+        return new FeatureVector(decoder, encoder, bias, threshold);
+    }
+}
