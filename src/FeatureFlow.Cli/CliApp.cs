@@ -14,6 +14,7 @@ public static class CliApp
         root.Subcommands.Add(CollectCommand.Build(output, error));
         root.Subcommands.Add(SaeCommand.Build(output, error));
         root.Subcommands.Add(FlowCommand.Build(output, error));
+        root.Subcommands.Add(SteerCommand.Build(output, error));
         return root;
     }
 

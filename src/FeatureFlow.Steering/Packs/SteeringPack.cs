@@ -24,6 +24,8 @@ public sealed record PackMetadata
     public string Units { get; init; } = "raw";
     public float DefaultStrength { get; init; } = 1f;
     public float[] RecommendedRange { get; init; } = [0f, 2f];
+    /// <summary>Words that mark the pack's theme in generated text (for the theme-word rate of <c>steer report</c>).</summary>
+    public IReadOnlyList<string> ThemeWords { get; init; } = [];
     public string ContentSha256 { get; init; } = "";
     public string BuildCommand { get; init; } = "";
 }
