@@ -1,0 +1,108 @@
+using FeatureFlow.Models;
+using FeatureFlow.Models.Folder;
+using FeatureFlow.Steering.Packs;
+
+namespace FeatureFlow.Steering.Tests;
+
+public sealed class PackTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("featureflow-packs-").FullName;
+    private static readonly ModelManifest Manifest = ModelFolder.Open(RepoPaths.Stories260kModel).Manifest;
+
+    public void Dispose() => Directory.Delete(_dir, true);
+
+    internal static SteeringPack SamplePack(string name, ModelManifest manifest, string? fingerprint = null)
+    {
+        var rng = new Random(4);
+        var v = Numerics.RandomVector(rng, 64);
+        var e = Numerics.RandomVector(rng, 64);
+        return new SteeringPack(new PackMetadata { Name = name, ModelFingerprint = fingerprint ?? SteeringPack.Fingerprint(manifest), Seed = "blocks.2.hook_resid_post/3", DefaultStrength = 1.5f },
+        [
+            new SteeringTerm(new Site(2, SiteKind.ResidPost), SteeringOperation.Add, 3f, new FeatureVector(v)),
+            new SteeringTerm(new Site(3, SiteKind.ResidPost), SteeringOperation.Add, 2f, new FeatureVector(e)),
+            new SteeringTerm(new Site(1, SiteKind.MlpOut), SteeringOperation.Rescale, -2f, new FeatureVector(v, e, 0.3f, 0.1f)),
+            new SteeringTerm(new Site(4, SiteKind.AttnOut), SteeringOperation.Clamp, 5f, new FeatureVector(e, v, -0.2f, 0f)),
+        ]);
+    }
+
+    [Fact]
+    public void A_pack_reads_back_with_the_same_terms_and_hash()
+    {
+        var pack = SamplePack("p", Manifest);
+        var path = Path.Combine(_dir, "p" + SteeringPack.Extension);
+        pack.Write(path);
+        var back = SteeringPack.Read(path, Manifest);
+        Assert.Equal(pack.Metadata.ContentSha256, back.Metadata.ContentSha256);
+        Assert.Equal(64, pack.Metadata.ContentSha256.Length);
+        Assert.Equal(pack.Terms.Select(t => (t.Site, t.Operation, t.Value)), back.Terms.Select(t => (t.Site, t.Operation, t.Value)));
+        Assert.Equal(pack.Terms[2].Feature.Encoder, back.Terms[2].Feature.Encoder);
+        Assert.Null(back.Terms[0].Feature.Encoder);
+        var compiler = new SteeringCompiler(new SteeringShape(5, 64, 8));
+        Assert.Equal(compiler.Compile(new SteeringSpec(pack.Terms)).Prompt.Decoder, compiler.Compile(new SteeringSpec(back.Terms)).Prompt.Decoder);
+    }
+
+    [Fact]
+    public void Strength_multiplies_every_coefficient()
+    {
+        var terms = SamplePack("p", Manifest).At(0.5f, SteeringScope.GeneratedOnly, "steering.terms[0]").ToArray();
+        Assert.Equal([1.5f, 1f, -1f, 2.5f], terms.Select(t => t.Value));
+        Assert.All(terms, t => Assert.Equal(SteeringScope.GeneratedOnly, t.Scope));
+        Assert.All(terms, t => Assert.StartsWith("steering.terms[0]", t.Field));
+    }
+
+    [Fact]
+    public void A_pack_for_another_model_is_refused_and_named()
+    {
+        var path = Path.Combine(_dir, "other" + SteeringPack.Extension);
+        SamplePack("other", Manifest, fingerprint: "gpt2:abc:d768:L12").Write(path);
+        var e = Assert.Throws<InvalidDataException>(() => SteeringPack.Read(path, Manifest));
+        Assert.Contains(path, e.Message);
+        Assert.Contains("gpt2:abc", e.Message);
+    }
+
+    [Fact]
+    public void An_altered_pack_fails_its_content_hash()
+    {
+        var path = Path.Combine(_dir, "p" + SteeringPack.Extension);
+        SamplePack("p", Manifest).Write(path);
+        var bytes = File.ReadAllBytes(path);
+        bytes[^1] ^= 0x40; // flip a bit of the last threshold
+        File.WriteAllBytes(path, bytes);
+        var e = Assert.Throws<InvalidDataException>(() => SteeringPack.Read(path, Manifest));
+        Assert.Contains("content hash", e.Message);
+    }
+
+    [Fact]
+    public void The_registry_refuses_bad_packs_and_keeps_the_others()
+    {
+        SamplePack("good", Manifest).Write(Path.Combine(_dir, "good" + SteeringPack.Extension));
+        SamplePack("foreign", Manifest, fingerprint: "x").Write(Path.Combine(_dir, "foreign" + SteeringPack.Extension));
+        File.WriteAllText(Path.Combine(_dir, "garbage" + SteeringPack.Extension), "not a pack");
+        var registry = PackRegistry.Load(_dir, Manifest);
+        Assert.Equal(["good"], registry.Packs.Select(p => p.Name));
+        Assert.Equal(2, registry.Errors.Count);
+        Assert.Contains(registry.Errors, e => e.Path.EndsWith("garbage" + SteeringPack.Extension, StringComparison.Ordinal));
+        var missing = Assert.Throws<FieldValidationException>(() => registry.Get("nope", "steering.terms[0].pack.name"));
+        Assert.Equal("steering.terms[0].pack.name", missing.Field);
+        Assert.Contains("good", missing.Message);
+    }
+
+    [Fact]
+    public void Control_vector_directions_are_one_based_and_round_trip()
+    {
+        var pack = SamplePack("p", Manifest);
+        var path = Path.Combine(_dir, "p.gguf");
+        var skipped = ControlVectorGguf.Write(pack, 2f, 5, "llama", path);
+        Assert.Equal(2, skipped.Count); // the rescale and clamp terms
+        var bytes = File.ReadAllBytes(path);
+        Assert.Equal("GGUF"u8.ToArray(), bytes[..4]);
+        var text = System.Text.Encoding.ASCII.GetString(bytes);
+        Assert.Contains("direction.3", text);  // blocks.2.hook_resid_post
+        Assert.Contains("direction.4", text);  // blocks.3.hook_resid_post
+        Assert.DoesNotContain("direction.0", text);
+        var terms = ControlVectorGguf.Read(path, 64, 5);
+        Assert.Equal([new Site(2, SiteKind.ResidPost), new Site(3, SiteKind.ResidPost)], terms.Select(t => t.Site));
+        Assert.Equal(pack.Terms[0].Feature.Decoder.Select(x => x * 3f * 2f), terms[0].Feature.Decoder);
+        Assert.Throws<InvalidDataException>(() => ControlVectorGguf.Read(path, 32, 5));
+    }
+}
