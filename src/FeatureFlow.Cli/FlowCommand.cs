@@ -18,6 +18,7 @@ public static class FlowCommand
         command.Subcommands.Add(BuildMap(output, error));
         command.Subcommands.Add(Explain(output, error));
         command.Subcommands.Add(Graph(output, error));
+        command.Subcommands.Add(Stats(output, error));
         command.Subcommands.Add(Bench(output, error));
         return command;
     }
@@ -143,6 +144,32 @@ public static class FlowCommand
             File.WriteAllText(stem + ".dot", graph.ToDot());
             File.WriteAllText(stem + ".svg", graph.ToSvg());
             output.WriteLine($"{graph.Seed}: layers {graph.LStart}..{graph.LEnd}, {graph.Nodes.Count} nodes; wrote {stem}.json, .dot, .svg");
+            return Task.FromResult(0);
+        }));
+        return command;
+    }
+
+    private static Command Stats(TextWriter output, TextWriter error)
+    {
+        var model = ServeCommand.ModelOption();
+        var map = MapOption();
+        var outDir = new Option<string>("--out") { Description = "folder for categories.csv/.png and scores.csv/.png (default: next to the flow map)" };
+        var (residHigh, moduleHigh) = ThresholdOptions();
+        var command = new Command("stats", "Per-layer category shares and predecessor-score histograms, as CSV and PNG.")
+        {
+            model, map, outDir, residHigh, moduleHigh,
+        };
+        command.SetAction((parse, _) => CliApp.Guard(error, () =>
+        {
+            var folder = ModelFolder.Open(parse.GetValue(model)!);
+            var flow = LoadMap(folder, parse.GetValue(map));
+            var dir = parse.GetValue(outDir) ?? Path.GetDirectoryName(Path.GetFullPath(MapPath(folder, parse.GetValue(map))))!;
+            var stats = FlowStatistics.Compute(flow, new FlowThresholds(parse.GetValue(residHigh), parse.GetValue(moduleHigh)));
+            FlowStatistics.Write(stats, dir);
+            foreach (var s in stats)
+                output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"layer {s.Layer}: translated {s.CategoryCounts[0]}, processed {s.CategoryCounts[1]}, newborn {s.CategoryCounts[2]}, unexplained {s.CategoryCounts[3]}"));
+            output.WriteLine($"wrote categories.csv, categories.png, scores.csv, scores.png to {dir}");
             return Task.FromResult(0);
         }));
         return command;

@@ -100,16 +100,22 @@ public static class PackBuilder
         return new SteeringPack(metadata, terms);
     }
 
+    /// <summary>The nodes to steer, in site order (so equal recipes give byte-identical packs).</summary>
     private static List<FlowNode> Select(FlowGraph? graph, IReadOnlyList<FeatureId> features, PackBuildOptions o)
     {
-        if (graph is null) return features.Select(f => new FlowNode(f, 1f, "explicit")).ToList();
-        var l = o.Layer ?? graph.LEnd;
-        return o.Mode switch
+        IEnumerable<FlowNode> nodes;
+        if (graph is null) nodes = features.Select(f => new FlowNode(f, 1f, "explicit"));
+        else
         {
-            PackMode.Baseline => graph.Nodes.Where(n => n.Role == "seed").ToList(),
-            PackMode.SingleLayer => graph.Nodes.Where(n => n.Feature.Site.Layer == l).ToList(),
-            _ => graph.Nodes.Where(n => n.Feature.Site.Layer >= graph.LStart && n.Feature.Site.Layer <= l).ToList(),
-        };
+            var l = o.Layer ?? graph.LEnd;
+            nodes = o.Mode switch
+            {
+                PackMode.Baseline => graph.Nodes.Where(n => n.Role == "seed"),
+                PackMode.SingleLayer => graph.Nodes.Where(n => n.Feature.Site.Layer == l),
+                _ => graph.Nodes.Where(n => n.Feature.Site.Layer >= graph.LStart && n.Feature.Site.Layer <= l),
+            };
+        }
+        return nodes.OrderBy(n => n.Feature.Site.Index).ThenBy(n => n.Feature.Index).ToList();
     }
 
     /// <summary>The schedule's coefficient at <paramref name="layer"/>.</summary>

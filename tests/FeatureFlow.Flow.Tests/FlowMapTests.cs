@@ -68,12 +68,12 @@ public class FlowMapTests
         for (var i = 0; i < 50; i++) Assert.Equal(before.Backward.Score[i], after.Backward.Score[i], 1e-5);
     }
 
-    internal static SaeSet RandomSaes(int layers, int d, int features, int seed)
+    internal static SaeSet RandomSaes(int layers, int d, int features, int seed, SaeActivation activation = SaeActivation.Relu)
     {
         var rng = new Random(seed);
         return SaeSet.FromSaes(Site.All(layers).Select(site =>
         {
-            var sae = new SparseAutoencoder(d, features, SaeActivation.Relu, site);
+            var sae = new SparseAutoencoder(d, features, activation, site);
             RandomRows(rng, features, d).CopyTo(sae.Decoder, 0);
             return sae;
         }));

@@ -1,0 +1,117 @@
+using System.Buffers.Binary;
+using System.IO.Compression;
+using System.Text;
+
+namespace FeatureFlow.Flow;
+
+/// <summary>
+/// A small RGB raster with rectangles and a 5×7 bitmap font, saved as PNG — enough for the flow
+/// statistics charts without a native graphics dependency.
+/// </summary>
+public sealed class Raster(int width, int height)
+{
+    private readonly byte[] _pixels = Enumerable.Repeat((byte)255, width * height * 3).ToArray();
+
+    public int Width { get; } = width;
+    public int Height { get; } = height;
+
+    public void Fill(int x, int y, int w, int h, (byte R, byte G, byte B) c)
+    {
+        for (var yy = Math.Max(0, y); yy < Math.Min(Height, y + h); yy++)
+            for (var xx = Math.Max(0, x); xx < Math.Min(Width, x + w); xx++)
+            {
+                var i = (yy * Width + xx) * 3;
+                (_pixels[i], _pixels[i + 1], _pixels[i + 2]) = c;
+            }
+    }
+
+    /// <summary>Draws upper-cased text at (x, y), 6 pixels per character at scale 1.</summary>
+    public void Text(int x, int y, string text, int scale = 1, (byte, byte, byte)? colour = null)
+    {
+        var c = colour ?? ((byte)30, (byte)30, (byte)30);
+        foreach (var ch in text.ToUpperInvariant())
+        {
+            if (Glyphs.TryGetValue(ch, out var rows))
+                for (var r = 0; r < 7; r++)
+                    for (var b = 0; b < 5; b++)
+                        if ((rows[r] >> (4 - b) & 1) != 0) Fill(x + b * scale, y + r * scale, scale, scale, c);
+            x += 6 * scale;
+        }
+    }
+
+    public byte[] ToPng()
+    {
+        using var png = new MemoryStream();
+        png.Write([0x89, (byte)'P', (byte)'N', (byte)'G', 0x0D, 0x0A, 0x1A, 0x0A]);
+        var header = new byte[13];
+        BinaryPrimitives.WriteInt32BigEndian(header, Width);
+        BinaryPrimitives.WriteInt32BigEndian(header.AsSpan(4), Height);
+        header[8] = 8;  // bit depth
+        header[9] = 2;  // RGB
+        Chunk(png, "IHDR", header);
+        using var raw = new MemoryStream();
+        using (var z = new ZLibStream(raw, CompressionLevel.Optimal, leaveOpen: true))
+            for (var y = 0; y < Height; y++)
+            {
+                z.WriteByte(0); // filter: none
+                z.Write(_pixels, y * Width * 3, Width * 3);
+            }
+        Chunk(png, "IDAT", raw.ToArray());
+        Chunk(png, "IEND", []);
+        return png.ToArray();
+    }
+
+    private static void Chunk(Stream s, string type, byte[] data)
+    {
+        Span<byte> length = stackalloc byte[4];
+        BinaryPrimitives.WriteInt32BigEndian(length, data.Length);
+        s.Write(length);
+        var typeBytes = Encoding.ASCII.GetBytes(type);
+        s.Write(typeBytes);
+        s.Write(data);
+        var crc = Crc32(typeBytes.Concat(data));
+        Span<byte> crcBytes = stackalloc byte[4];
+        BinaryPrimitives.WriteUInt32BigEndian(crcBytes, crc);
+        s.Write(crcBytes);
+    }
+
+    private static readonly uint[] CrcTable = Enumerable.Range(0, 256).Select(n =>
+    {
+        var c = (uint)n;
+        for (var k = 0; k < 8; k++) c = (c & 1) != 0 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        return c;
+    }).ToArray();
+
+    private static uint Crc32(IEnumerable<byte> bytes)
+    {
+        var c = 0xFFFFFFFFu;
+        foreach (var b in bytes) c = CrcTable[(c ^ b) & 0xFF] ^ (c >> 8);
+        return c ^ 0xFFFFFFFFu;
+    }
+
+    private static readonly Dictionary<char, byte[]> Glyphs = new()
+    {
+        ['0'] = [0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E], ['1'] = [0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E],
+        ['2'] = [0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F], ['3'] = [0x1F, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0E],
+        ['4'] = [0x02, 0x06, 0x0A, 0x12, 0x1F, 0x02, 0x02], ['5'] = [0x1F, 0x10, 0x1E, 0x01, 0x01, 0x11, 0x0E],
+        ['6'] = [0x06, 0x08, 0x10, 0x1E, 0x11, 0x11, 0x0E], ['7'] = [0x1F, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08],
+        ['8'] = [0x0E, 0x11, 0x11, 0x0E, 0x11, 0x11, 0x0E], ['9'] = [0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C],
+        ['A'] = [0x0E, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11], ['B'] = [0x1E, 0x11, 0x11, 0x1E, 0x11, 0x11, 0x1E],
+        ['C'] = [0x0E, 0x11, 0x10, 0x10, 0x10, 0x11, 0x0E], ['D'] = [0x1C, 0x12, 0x11, 0x11, 0x11, 0x12, 0x1C],
+        ['E'] = [0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x1F], ['F'] = [0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x10],
+        ['G'] = [0x0E, 0x11, 0x10, 0x17, 0x11, 0x11, 0x0F], ['H'] = [0x11, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11],
+        ['I'] = [0x0E, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E], ['J'] = [0x07, 0x02, 0x02, 0x02, 0x02, 0x12, 0x0C],
+        ['K'] = [0x11, 0x12, 0x14, 0x18, 0x14, 0x12, 0x11], ['L'] = [0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x1F],
+        ['M'] = [0x11, 0x1B, 0x15, 0x15, 0x11, 0x11, 0x11], ['N'] = [0x11, 0x11, 0x19, 0x15, 0x13, 0x11, 0x11],
+        ['O'] = [0x0E, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E], ['P'] = [0x1E, 0x11, 0x11, 0x1E, 0x10, 0x10, 0x10],
+        ['Q'] = [0x0E, 0x11, 0x11, 0x11, 0x15, 0x12, 0x0D], ['R'] = [0x1E, 0x11, 0x11, 0x1E, 0x14, 0x12, 0x11],
+        ['S'] = [0x0F, 0x10, 0x10, 0x0E, 0x01, 0x01, 0x1E], ['T'] = [0x1F, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04],
+        ['U'] = [0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E], ['V'] = [0x11, 0x11, 0x11, 0x11, 0x11, 0x0A, 0x04],
+        ['W'] = [0x11, 0x11, 0x11, 0x15, 0x15, 0x15, 0x0A], ['X'] = [0x11, 0x11, 0x0A, 0x04, 0x0A, 0x11, 0x11],
+        ['Y'] = [0x11, 0x11, 0x11, 0x0A, 0x04, 0x04, 0x04], ['Z'] = [0x1F, 0x01, 0x02, 0x04, 0x08, 0x10, 0x1F],
+        ['.'] = [0, 0, 0, 0, 0, 0x0C, 0x0C], ['%'] = [0x18, 0x19, 0x02, 0x04, 0x08, 0x13, 0x03],
+        ['/'] = [0, 0x01, 0x02, 0x04, 0x08, 0x10, 0], ['-'] = [0, 0, 0, 0x1F, 0, 0, 0],
+        [':'] = [0, 0x0C, 0x0C, 0, 0x0C, 0x0C, 0], ['('] = [0x02, 0x04, 0x08, 0x08, 0x08, 0x04, 0x02],
+        [')'] = [0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08], ['_'] = [0, 0, 0, 0, 0, 0, 0x1F], ['='] = [0, 0, 0x1F, 0, 0x1F, 0, 0],
+    };
+}
