@@ -18,6 +18,7 @@ public static class SaeCommand
         command.Subcommands.Add(Train(output, error));
         command.Subcommands.Add(Import(output, error));
         command.Subcommands.Add(Top(output, error));
+        command.Subcommands.Add(Find(output, error));
         return command;
     }
 
@@ -129,6 +130,36 @@ public static class SaeCommand
         }));
         return command;
     }
+
+    private static Command Find(TextWriter output, TextWriter error)
+    {
+        var words = new Argument<string[]>("WORD") { Description = "words to find features for", Arity = ArgumentArity.OneOrMore };
+        var site = new Option<string>("--site") { Description = "hook name whose SAE to search", DefaultValueFactory = _ => "blocks.2.hook_resid_post" };
+        var model = ServeCommand.ModelOption();
+        var saes = SaesOption();
+        var corpus = CorpusOption();
+        var top = new Option<int>("--top") { DefaultValueFactory = _ => 3 };
+        var tokens = new Option<long>("--tokens") { Description = "corpus tokens to scan", DefaultValueFactory = _ => 200_000 };
+        var command = new Command("find", "Rank features by how selectively they fire on the token that ends a word (then check them with `sae top`).")
+        {
+            words, site, model, saes, corpus, top, tokens,
+        };
+        command.SetAction((parse, _) => CliApp.Guard(error, () =>
+        {
+            var folder = ModelFolder.Open(parse.GetValue(model)!);
+            var set = Sae.SaeSet.Load(SaeDirectory(folder, parse.GetValue(saes)), folder.Manifest.Architecture);
+            var at = Site.Parse(parse.GetValue(site)!);
+            var results = FeatureContexts.FindByWord(set.Get(at, "--site"), ActivationCorpus.Open(parse.GetValue(corpus)!), folder.LoadTokenizer(),
+                parse.GetValue(words)!, parse.GetValue(top), parse.GetValue(tokens));
+            foreach (var (word, best) in results)
+                output.WriteLine(best.Length == 0 ? $"{word}: not in the scanned corpus"
+                    : $"{word} ({best[0].Occurrences} times): " + string.Join("  ", best.Select(b => string.Create(CultureInfo.InvariantCulture, $"{at.Layer}/{Kind(at)}/{b.Feature} (on word {b.OnWord:F2}, overall {b.Overall:F3})"))));
+            return Task.FromResult(0);
+        }));
+        return command;
+    }
+
+    private static string Kind(Site site) => site.Kind switch { SiteKind.ResidPost => "res", SiteKind.MlpOut => "mlp", _ => "att" };
 
     private static void WriteReadme(string outDir, ModelFolder folder, ActivationCorpus corpus, TopKTrainingOptions options, List<string> rows, bool jumpRelu)
     {

@@ -54,6 +54,18 @@ public class TopKTrainerTests
     }
 
     [Fact]
+    public void Each_site_starts_from_its_own_initialisation()
+    {
+        // Shared initial decoders would keep feature j of every site aligned and fake cross-layer matches.
+        var data = SparseData(3_000, 3);
+        var quick = Options with { Epochs = 1 };
+        var a = TopKTrainer.Train(data, 16, new Site(1, SiteKind.ResidPost), "m", quick).Sae;
+        var b = TopKTrainer.Train(data, 16, new Site(2, SiteKind.ResidPost), "m", quick).Sae;
+        var meanCos = Enumerable.Range(0, a.DSae).Average(j => Math.Abs(a.DecoderRow(j).ToArray().Zip(b.DecoderRow(j).ToArray(), (x, y) => x * y).Sum()));
+        Assert.True(meanCos < 0.5, $"same-index decoder rows of two sites have mean |cos| {meanCos:F2}");
+    }
+
+    [Fact]
     public void Top_k_keeps_the_largest_positive_values_and_breaks_ties_by_index()
     {
         float[] v = [1f, 3f, 3f, -2f, 0.5f, 3f];

@@ -46,7 +46,9 @@ public static class TopKTrainer
         var dSae = options.DSae > 0 ? options.DSae : 8 * dIn;
         if (options.K < 1 || options.K > dSae) throw new ArgumentException($"k = {options.K} must be in 1..{dSae}");
 
-        var rng = new Random(unchecked((int)options.Seed ^ (int)(options.Seed >> 32)));
+        // Each site gets its own stream: SAEs initialised from one shared matrix would keep feature j
+        // aligned across sites and fake cross-layer matches in the flow map.
+        var rng = new Random(SeedFor(options.Seed, site));
         var train = activations.AsMemory(0, trainCount * dIn);
         // Train on x / scale (mean squared norm ≈ d_in) so one learning rate suits every site; folded back below.
         var scale = (float)Math.Sqrt(MeanSquaredNorm(train.Span, dIn) / dIn);
@@ -110,6 +112,15 @@ public static class TopKTrainer
         sae.Metadata["held_out_dead_share"] = heldOutReport.DeadShare.ToString("R", System.Globalization.CultureInfo.InvariantCulture);
         sae.Metadata["held_out_tokens"] = heldOutReport.Tokens.ToString(System.Globalization.CultureInfo.InvariantCulture);
         return (sae, trainReport, heldOutReport);
+    }
+
+    /// <summary>A per-site seed (SplitMix64 finaliser: stable across processes, unlike HashCode).</summary>
+    private static int SeedFor(ulong seed, Site site)
+    {
+        var z = seed + (ulong)(site.Index + 1) * 0x9E3779B97F4A7C15UL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        return unchecked((int)(z ^ (z >> 31)));
     }
 
     /// <summary>FVU = Σ‖x − x̂‖² / Σ‖x − x̄‖²; dead = features that never fire on these activations.</summary>
