@@ -6,14 +6,6 @@ namespace FeatureFlow.Cli.Tests;
 
 public class CliTests
 {
-    private static async Task<(int Exit, string Out, string Err)> Run(params string[] args)
-    {
-        var output = new StringWriter();
-        var error = new StringWriter();
-        var exit = await CliApp.Build(output, error).Parse(args).InvokeAsync();
-        return (exit, output.ToString(), error.ToString());
-    }
-
     [Fact]
     public async Task Export_regenerates_the_committed_model_folder_byte_for_byte()
     {
@@ -22,7 +14,7 @@ public class CliTests
         try
         {
             // The folder's own copies of the llama2.c files are the shared ones (CheckpointTests pins their hash).
-            var (exit, stdout, stderr) = await Run("export", "--checkpoint", Path.Combine(model, "stories260K.bin"),
+            var (exit, stdout, stderr) = await CliRunner.Run("export", "--checkpoint", Path.Combine(model, "stories260K.bin"),
                 "--tokenizer", Path.Combine(model, "tok512.bin"), "--out", outDir);
             Assert.True(exit == 0, stderr);
             Assert.Contains("wrote decoder_hooked.onnx", stdout);
@@ -41,7 +33,7 @@ public class CliTests
     public async Task Generate_local_json_prints_text_and_run_c_token_ids()
     {
         var c = RunCReference.Case("greedy_prompt_once_upon_a_time");
-        var (exit, stdout, stderr) = await Run("generate", "--local", "--provider", "Cpu", "--model", RepoPaths.Stories260kModel,
+        var (exit, stdout, stderr) = await CliRunner.Run("generate", "--local", "--provider", "Cpu", "--model", RepoPaths.Stories260kModel,
             "--prompt-ids", string.Join(",", c.PromptIds), "--temperature", "0", "--max-tokens", "12", "--json");
         Assert.True(exit == 0, stderr);
         using var json = JsonDocument.Parse(stdout);
@@ -61,15 +53,15 @@ public class CliTests
         });
         await server.StartAsync();
 
-        var (exit, stdout, stderr) = await Run("generate", "--server", server.Address, "--prompt", "Once upon a time", "--temperature", "0", "--max-tokens", "9");
+        var (exit, stdout, stderr) = await CliRunner.Run("generate", "--server", server.Address, "--prompt", "Once upon a time", "--temperature", "0", "--max-tokens", "9");
         Assert.True(exit == 0, stderr);
         Assert.Equal(", there was a little girl named\n", stdout);
 
-        (exit, stdout, stderr) = await Run("info", "--server", server.Address);
+        (exit, stdout, stderr) = await CliRunner.Run("info", "--server", server.Address);
         Assert.True(exit == 0, stderr);
         Assert.Contains("\"executionProvider\": \"CPUExecutionProvider\"", stdout);
 
-        (exit, _, stderr) = await Run("generate", "--server", server.Address, "--top-p", "0");
+        (exit, _, stderr) = await CliRunner.Run("generate", "--server", server.Address, "--top-p", "0");
         Assert.Equal(1, exit);
         Assert.Contains("InvalidArgument: top_p:", stderr);
     }
@@ -80,8 +72,8 @@ public class CliTests
         var direction = string.Join(",", Enumerable.Repeat("0.5", 64));
         var spec = "{\"terms\":[{\"hook\":\"blocks.2.hook_resid_post\",\"operation\":\"STEERING_OPERATION_ADD\",\"value\":8,\"vector\":{\"direction\":[" + direction + "]}}]}";
         string[] common = ["generate", "--local", "--provider", "Cpu", "--model", RepoPaths.Stories260kModel, "--temperature", "0", "--max-tokens", "16", "--json"];
-        var plain = await Run(common);
-        var steered = await Run([.. common, "--steering", spec]);
+        var plain = await CliRunner.Run(common);
+        var steered = await CliRunner.Run([.. common, "--steering", spec]);
         Assert.True(steered.Exit == 0, steered.Err);
         Assert.NotEqual(JsonDocument.Parse(plain.Out).RootElement.GetProperty("token_ids").ToString(), JsonDocument.Parse(steered.Out).RootElement.GetProperty("token_ids").ToString());
     }
@@ -89,7 +81,7 @@ public class CliTests
     [Fact]
     public async Task A_missing_model_folder_is_one_clear_line_and_exit_code_1()
     {
-        var (exit, _, stderr) = await Run("generate", "--local", "--model", "/nonexistent/model");
+        var (exit, _, stderr) = await CliRunner.Run("generate", "--local", "--model", "/nonexistent/model");
         Assert.Equal(1, exit);
         Assert.Contains("featureflow export", stderr);
     }

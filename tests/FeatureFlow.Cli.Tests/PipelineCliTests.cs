@@ -9,18 +9,10 @@ public sealed class PipelineCliTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, true);
 
-    private static async Task<(int Exit, string Out, string Err)> Run(params string[] args)
-    {
-        var output = new StringWriter();
-        var error = new StringWriter();
-        var exit = await CliApp.Build(output, error).Parse(args).InvokeAsync();
-        return (exit, output.ToString(), error.ToString());
-    }
-
     [Fact]
     public async Task Flow_explain_json_has_the_documented_shape()
     {
-        var (exit, stdout, stderr) = await Run("flow", "explain", "3/res/17", "--json", "--model", RepoPaths.Stories260kModel);
+        var (exit, stdout, stderr) = await CliRunner.Run("flow", "explain", "3/res/17", "--json", "--model", RepoPaths.Stories260kModel);
         Assert.True(exit == 0, stderr);
         var json = JsonDocument.Parse(stdout).RootElement;
         Assert.Equal("blocks.3.hook_resid_post/17", json.GetProperty("feature").GetString());
@@ -34,7 +26,7 @@ public sealed class PipelineCliTests : IDisposable
     [Fact]
     public async Task Flow_graph_writes_json_dot_and_svg()
     {
-        var (exit, _, stderr) = await Run("flow", "graph", "blocks.2.hook_resid_post/5", "--out", _dir, "--model", RepoPaths.Stories260kModel);
+        var (exit, _, stderr) = await CliRunner.Run("flow", "graph", "blocks.2.hook_resid_post/5", "--out", _dir, "--model", RepoPaths.Stories260kModel);
         Assert.True(exit == 0, stderr);
         var json = JsonDocument.Parse(File.ReadAllText(Path.Combine(_dir, "2_res_5.json"))).RootElement;
         Assert.Equal("blocks.2.hook_resid_post/5", json.GetProperty("seed").GetString());
@@ -45,15 +37,15 @@ public sealed class PipelineCliTests : IDisposable
     [Fact]
     public async Task Steer_build_then_gguf_export_and_import_round_trip()
     {
-        var (exit, stdout, stderr) = await Run("steer", "build", "--name", "t", "--seed", "2/res/5", "--value", "3", "--packs", _dir, "--model", RepoPaths.Stories260kModel);
+        var (exit, stdout, stderr) = await CliRunner.Run("steer", "build", "--name", "t", "--seed", "2/res/5", "--value", "3", "--packs", _dir, "--model", RepoPaths.Stories260kModel);
         Assert.True(exit == 0, stderr);
         Assert.Contains("wrote", stdout);
         Assert.True(File.Exists(Path.Combine(_dir, "t.pack.safetensors")));
         Assert.True(File.Exists(Path.Combine(_dir, "t.svg")));
         var gguf = Path.Combine(_dir, "t.gguf");
-        (exit, _, stderr) = await Run("steer", "export-gguf", "t", "--out", gguf, "--packs", _dir, "--model", RepoPaths.Stories260kModel);
+        (exit, _, stderr) = await CliRunner.Run("steer", "export-gguf", "t", "--out", gguf, "--packs", _dir, "--model", RepoPaths.Stories260kModel);
         Assert.True(exit == 0, stderr);
-        (exit, stdout, stderr) = await Run("steer", "import-gguf", gguf, "--name", "back", "--packs", _dir, "--model", RepoPaths.Stories260kModel);
+        (exit, stdout, stderr) = await CliRunner.Run("steer", "import-gguf", gguf, "--name", "back", "--packs", _dir, "--model", RepoPaths.Stories260kModel);
         Assert.True(exit == 0, stderr);
         Assert.Contains("imported", stdout);
     }
@@ -66,7 +58,7 @@ public sealed class PipelineCliTests : IDisposable
     [InlineData("steer export-gguf nope --out /tmp/x.gguf", "nope.pack.safetensors")]
     public async Task Bad_input_is_one_clear_line_and_exit_code_1(string args, string expected)
     {
-        var (exit, _, stderr) = await Run([.. args.Split(' '), "--model", RepoPaths.Stories260kModel]);
+        var (exit, _, stderr) = await CliRunner.Run([.. args.Split(' '), "--model", RepoPaths.Stories260kModel]);
         Assert.Equal(1, exit);
         Assert.Contains(expected, stderr);
     }
