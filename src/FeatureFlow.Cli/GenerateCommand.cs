@@ -27,6 +27,7 @@ public static class GenerateCommand
         var seed = new Option<ulong?>("--seed") { Description = "random seed (same seed, same tokens)" };
         var stop = new Option<string[]>("--stop") { Description = "stop string (repeatable)", AllowMultipleArgumentsPerToken = false };
         var steering = new Option<string?>("--steering") { Description = "steering spec as featureflow.v1.SteeringSpec JSON, inline or a file path" };
+        var packs = new Option<string[]>("--pack") { Description = "apply a server-side steering pack: NAME or NAME:STRENGTH (repeatable)" };
         var json = new Option<bool>("--json") { Description = "print one JSON object {text, token_ids, finish_reason, usage} instead of streaming text" };
         var local = new Option<bool>("--local") { Description = "run the model in this process instead of calling a server" };
         var model = ServeCommand.ModelOption();
@@ -34,7 +35,7 @@ public static class GenerateCommand
         var server = ServerOption();
         var command = new Command("generate", "Stream a (steered) completion from a running server, or in-process with --local.")
         {
-            prompt, promptIds, maxTokens, temperature, topP, topK, seed, stop, steering, json, local, model, provider, server,
+            prompt, promptIds, maxTokens, temperature, topP, topK, seed, stop, steering, packs, json, local, model, provider, server,
         };
         command.SetAction((parse, ct) => CliApp.Guard(error, async () =>
         {
@@ -47,6 +48,11 @@ public static class GenerateCommand
             if (parse.GetValue(seed) is { } s) request.Seed = s;
             request.Stop.AddRange(parse.GetValue(stop) ?? []);
             if (parse.GetValue(steering) is { } spec) request.Steering = ParseSteering(spec);
+            foreach (var pack in parse.GetValue(packs) ?? [])
+            {
+                request.Steering ??= new Api.V1.SteeringSpec();
+                request.Steering.Terms.Add(new Api.V1.SteeringTerm { Pack = ParsePack(pack) });
+            }
 
             var responses = parse.GetValue(local)
                 ? Local(request, parse.GetValue(model)!, parse.GetValue(provider), ct)
@@ -61,6 +67,15 @@ public static class GenerateCommand
         text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
             .Select(s => int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var id) ? id : throw new FormatException($"--prompt-ids: '{s}' is not an integer"))
             .ToArray();
+
+    private static PackRef ParsePack(string text)
+    {
+        var colon = text.LastIndexOf(':');
+        if (colon < 0) return new PackRef { Name = text };
+        return float.TryParse(text[(colon + 1)..], NumberStyles.Float, CultureInfo.InvariantCulture, out var strength)
+            ? new PackRef { Name = text[..colon], Strength = strength }
+            : throw new FormatException($"--pack: '{text}' is not NAME or NAME:STRENGTH");
+    }
 
     private static Api.V1.SteeringSpec ParseSteering(string spec)
     {

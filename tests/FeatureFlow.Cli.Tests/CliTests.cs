@@ -79,6 +79,19 @@ public class CliTests
     }
 
     [Fact]
+    public async Task Pack_flag_is_a_pack_term()
+    {
+        string[] common = ["generate", "--local", "--provider", "Cpu", "--model", RepoPaths.Stories260kModel, "--seed", "3", "--max-tokens", "24", "--json"];
+        var byFlag = await CliRunner.Run([.. common, "--pack", "happy:0.8"]);
+        var byJson = await CliRunner.Run([.. common, "--steering", "{\"terms\":[{\"pack\":{\"name\":\"happy\",\"strength\":0.8}}]}"]);
+        var plain = await CliRunner.Run(common);
+        Assert.True(byFlag.Exit == 0, byFlag.Err);
+        string Ids((int, string Out, string) r) => JsonDocument.Parse(r.Out).RootElement.GetProperty("token_ids").ToString();
+        Assert.Equal(Ids(byJson), Ids(byFlag));
+        Assert.NotEqual(Ids(plain), Ids(byFlag));
+    }
+
+    [Fact]
     public async Task A_missing_model_folder_is_one_clear_line_and_exit_code_1()
     {
         var (exit, _, stderr) = await CliRunner.Run("generate", "--local", "--model", "/nonexistent/model");
