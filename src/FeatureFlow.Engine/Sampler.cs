@@ -1,9 +1,10 @@
 namespace FeatureFlow.Engine;
 
 /// <summary>
-/// Token sampling as llama2.c's run.c does it (temperature, softmax, top-p with its cutoff before sorting,
-/// xorshift* random numbers), plus top-k. Temperature 0 is greedy (first maximum wins, as in run.c).
-/// The same seed gives the same tokens.
+/// Token sampling after llama2.c's run.c: temperature, softmax, xorshift* random numbers, run.c's
+/// pre-sort cutoff for top-p, plus top-k. The nucleus is measured within the candidates that survive
+/// the cutoff and top-k (renormalised), so with top-p alone it can differ from run.c's by the dropped
+/// tail's mass. Temperature 0 is greedy (first maximum wins, as in run.c). The same seed gives the same tokens.
 /// </summary>
 public sealed class Sampler
 {
