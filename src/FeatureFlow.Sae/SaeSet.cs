@@ -17,8 +17,6 @@ public sealed class SaeSet
     public string Directory { get; }
     public IReadOnlyDictionary<Site, SparseAutoencoder> BySite => _saes;
 
-    public static SaeSet Empty { get; } = new("", []);
-
     /// <summary>A set held in memory (SAEs built or imported in this process).</summary>
     public static SaeSet FromSaes(IEnumerable<SparseAutoencoder> saes) => new("", saes.ToDictionary(s => s.Site));
 
