@@ -20,17 +20,28 @@ public sealed class SaeSet
     /// <summary>A set held in memory (SAEs built or imported in this process).</summary>
     public static SaeSet FromSaes(IEnumerable<SparseAutoencoder> saes) => new("", saes.ToDictionary(s => s.Site));
 
-    /// <summary>Loads every SAE folder; checks each against the model (site exists, d_in = d_model).</summary>
-    public static SaeSet Load(string directory, ModelArchitecture architecture)
+    /// <summary>
+    /// Loads every SAE folder and checks each against the model (site exists, d_in = d_model). With
+    /// <paramref name="refused"/>, a bad folder is recorded there and skipped (a server keeps serving
+    /// with the rest); without it, the first bad folder throws.
+    /// </summary>
+    public static SaeSet Load(string directory, ModelArchitecture architecture, List<(string Path, string Reason)>? refused = null)
     {
         var saes = new Dictionary<Site, SparseAutoencoder>();
         if (!System.IO.Directory.Exists(directory)) return new SaeSet(directory, saes);
         foreach (var folder in System.IO.Directory.GetDirectories(directory).Order(StringComparer.Ordinal))
         {
             if (!File.Exists(Path.Combine(folder, SaeLensFormat.ConfigFile))) continue;
-            var sae = SaeLensFormat.Read(folder);
-            Check(sae, architecture, folder);
-            if (!saes.TryAdd(sae.Site, sae)) throw new InvalidDataException($"{folder}: a second SAE for {sae.Site}");
+            try
+            {
+                var sae = SaeLensFormat.Read(folder);
+                Check(sae, architecture, folder);
+                if (!saes.TryAdd(sae.Site, sae)) throw new InvalidDataException($"{folder}: a second SAE for {sae.Site}");
+            }
+            catch (Exception e) when (refused is not null && e is InvalidDataException or IOException or InvalidOperationException)
+            {
+                refused.Add((folder, e.Message));
+            }
         }
         return new SaeSet(directory, saes);
     }

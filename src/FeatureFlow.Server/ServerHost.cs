@@ -60,6 +60,7 @@ public sealed class ServerHost : IAsyncDisposable
         log.LogInformation("steering: {Packs} packs ({Names}), SAEs at {Saes} sites", catalog.Packs.Packs.Count,
             string.Join(", ", catalog.Packs.Packs.Select(p => p.Name).Order(StringComparer.Ordinal)), catalog.Saes.BySite.Count);
         foreach (var refused in catalog.Packs.Errors) log.LogError("refused steering pack {Path}: {Reason}", refused.Path, refused.Message);
+        foreach (var (path, reason) in catalog.RefusedSaes) log.LogError("refused SAE {Path}: {Reason}", path, reason);
         await _app.StartAsync(cancellationToken);
         log.LogInformation("serving featureflow.v1.Inference on {Address}", Address);
     }

@@ -196,6 +196,22 @@ public sealed class SaeFormatTests : IDisposable
     }
 
     [Fact]
+    public void A_set_load_can_refuse_a_bad_folder_and_keep_the_others()
+    {
+        var arch = new ModelArchitecture { Family = "t", DModel = DIn, HiddenDim = 8, Layers = 5, Heads = 1, KvHeads = 1, VocabSize = 10, ContextLength = 8 };
+        WriteSaeLens(Path.Combine(_dir, "set", "good"), """{"architecture": "standard", "d_in": 3, "d_sae": 4, "hook_name": "blocks.2.hook_resid_post"}""", _ => { });
+        Directory.CreateDirectory(Path.Combine(_dir, "set", "bad"));
+        File.WriteAllText(Path.Combine(_dir, "set", "bad", "cfg.json"), "{ not json");
+        var refused = new List<(string Path, string Reason)>();
+        var set = SaeSet.Load(Path.Combine(_dir, "set"), arch, refused);
+        Assert.Equal([Site2], set.BySite.Keys);
+        var (path, reason) = Assert.Single(refused);
+        Assert.EndsWith("bad", path);
+        Assert.Contains("malformed", reason);
+        Assert.Throws<InvalidDataException>(() => SaeSet.Load(Path.Combine(_dir, "set"), arch));
+    }
+
+    [Fact]
     public void Hook_feature_folds_b_dec_into_the_bias()
     {
         var folder = Path.Combine(_dir, "fold");

@@ -14,7 +14,7 @@ using SiteKind = FeatureFlow.Models.SiteKind;
 
 namespace FeatureFlow.Server.Tests;
 
-/// <summary>A copy of the shipped model folder with a test pack, a pack for another model, and one SAE; served on a free port.</summary>
+/// <summary>A copy of the shipped model folder with a test pack, a pack for another model, one SAE and one broken SAE folder; served on a free port.</summary>
 public sealed class PackServerFixture : IAsyncLifetime
 {
     public string Folder { get; } = Directory.CreateTempSubdirectory("featureflow-packserver-").FullName;
@@ -47,6 +47,9 @@ public sealed class PackServerFixture : IAsyncLifetime
         Numerics.RandomVector(rng, 64, 0.1f).CopyTo(Sae.DecoderBias, 0);
         Enumerable.Repeat(0.2f, 32).ToArray().CopyTo(Sae.Threshold, 0);
         SaeLensFormat.Write(Sae, Path.Combine(Folder, "saes", Sae.Site.HookName));
+        // A broken SAE folder next to the good one: the server must refuse it and still serve the rest.
+        Directory.CreateDirectory(Path.Combine(Folder, "saes", "blocks.2.hook_mlp_out"));
+        File.WriteAllText(Path.Combine(Folder, "saes", "blocks.2.hook_mlp_out", SaeLensFormat.ConfigFile), "{ not json");
 
         Host = ServerHost.Create(new ServerOptions { ModelDirectory = Folder, Port = 0, Engine = new EngineOptions { ExecutionProvider = ExecutionProviderPreference.Cpu } });
         await Host.StartAsync();

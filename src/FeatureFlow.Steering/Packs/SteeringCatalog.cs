@@ -5,14 +5,19 @@ using FeatureFlow.Sae;
 namespace FeatureFlow.Steering.Packs;
 
 /// <summary>What steering terms can refer to by name: the model folder's packs and SAEs.</summary>
-public sealed class SteeringCatalog(PackRegistry packs, SaeSet saes)
+public sealed class SteeringCatalog(PackRegistry packs, SaeSet saes, IReadOnlyList<(string Path, string Reason)>? refusedSaes = null)
 {
     public PackRegistry Packs { get; } = packs;
     public SaeSet Saes { get; } = saes;
+    /// <summary>SAE folders that could not be used, and why (the others load).</summary>
+    public IReadOnlyList<(string Path, string Reason)> RefusedSaes { get; } = refusedSaes ?? [];
 
-    public static SteeringCatalog Load(ModelFolder folder) => new(
-        PackRegistry.Load(Path.Combine(folder.Directory, "packs"), folder.Manifest),
-        SaeSet.Load(Path.Combine(folder.Directory, "saes"), folder.Manifest.Architecture));
+    public static SteeringCatalog Load(ModelFolder folder)
+    {
+        var refused = new List<(string, string)>();
+        var saes = SaeSet.Load(Path.Combine(folder.Directory, "saes"), folder.Manifest.Architecture, refused);
+        return new SteeringCatalog(PackRegistry.Load(Path.Combine(folder.Directory, "packs"), folder.Manifest), saes, refused);
+    }
 
     /// <summary>The hook form of SAE feature <paramref name="index"/> at <paramref name="site"/>.</summary>
     public FeatureVector SaeFeature(Site site, int index, string field)
