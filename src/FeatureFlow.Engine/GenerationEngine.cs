@@ -83,23 +83,35 @@ public sealed class GenerationEngine : IDisposable
             FullMode = BoundedChannelFullMode.Wait,
         });
         await _slots.WaitAsync(cancellationToken).ConfigureAwait(false);
+        // Also stopped when the reader abandons the stream (disposes the enumerator) without cancelling.
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var token = stop.Token;
         var worker = Task.Run(() =>
         {
-            try { Run(request, plan, Emit, cancellationToken); }
+            try { Run(request, plan, Emit, token); }
             finally { _slots.Release(); }
         }, CancellationToken.None);
         _ = worker.ContinueWith(t => channel.Writer.TryComplete(t.Exception?.InnerException), TaskScheduler.Default);
 
-        // Read to the end even when cancelled: the worker stops within a step and completes the channel.
-        await foreach (var update in channel.Reader.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
-            yield return update;
+        try
+        {
+            // Read to the end even when cancelled: the worker stops within a step and completes the channel.
+            await foreach (var update in channel.Reader.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
+                yield return update;
+        }
+        finally
+        {
+            stop.Cancel();
+            // The worker stops within a step; wait for it so nothing uses the token source after disposal.
+            await worker.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        }
         cancellationToken.ThrowIfCancellationRequested();
 
         bool Emit(GenerationUpdate update)
         {
             try
             {
-                var write = channel.Writer.WriteAsync(update, cancellationToken);
+                var write = channel.Writer.WriteAsync(update, token);
                 if (!write.IsCompletedSuccessfully) write.AsTask().GetAwaiter().GetResult();
                 return true;
             }

@@ -124,6 +124,29 @@ public class GenerationTests(EngineFixture f) : IClassFixture<EngineFixture>
         }
     }
 
+    [Fact]
+    public async Task A_reader_that_abandons_the_stream_stops_the_loop_and_frees_its_slot()
+    {
+        var records = new List<GenerationRecord>();
+        void OnFinished(GenerationRecord r)
+        {
+            lock (records) records.Add(r);
+        }
+        f.Engine.GenerationFinished += OnFinished;
+        try
+        {
+            var taken = 0;
+            await foreach (var _ in f.Engine.GenerateAsync(new GenerationRequest { PromptIds = [1], MaxTokens = 400, Sampling = Greedy }))
+                if (++taken == 2) break;
+            var record = await WaitForRecord(records, r => r.Finish == FinishReason.Cancelled);
+            Assert.True(record.CompletionTokens <= 2 + f.Engine.Options.StreamBufferUpdates + 2, $"{record.CompletionTokens} tokens after the reader left");
+        }
+        finally
+        {
+            f.Engine.GenerationFinished -= OnFinished;
+        }
+    }
+
     private static async Task<GenerationRecord> WaitForRecord(List<GenerationRecord> records, Func<GenerationRecord, bool> match)
     {
         for (var i = 0; i < 200; i++)
