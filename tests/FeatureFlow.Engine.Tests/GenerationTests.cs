@@ -98,63 +98,50 @@ public class GenerationTests(EngineFixture f) : IClassFixture<EngineFixture>
     [Fact]
     public async Task Cancelling_stops_the_loop_within_a_step()
     {
-        var records = new List<GenerationRecord>();
-        void OnFinished(GenerationRecord r)
-        {
-            lock (records) records.Add(r);
-        }
-        f.Engine.GenerationFinished += OnFinished;
-        try
+        var received = 0;
+        var record = await FinishedRecordOf(async () =>
         {
             using var cts = new CancellationTokenSource();
-            var received = 0;
             await Assert.ThrowsAnyAsync<OperationCanceledException>(async () =>
             {
                 await foreach (var _ in f.Engine.GenerateAsync(new GenerationRequest { PromptIds = [1], MaxTokens = 400, Sampling = Greedy }, cts.Token))
                     if (++received == 3) cts.Cancel();
             });
-            var record = await WaitForRecord(records, r => r.Finish == FinishReason.Cancelled);
-            // The loop may run at most the stream buffer (plus the update in hand) ahead of the reader.
-            var bound = received + f.Engine.Options.StreamBufferUpdates + 2;
-            Assert.True(record.CompletionTokens <= bound, $"{record.CompletionTokens} tokens generated; cancellation after {received} should stop by {bound}");
-        }
-        finally
-        {
-            f.Engine.GenerationFinished -= OnFinished;
-        }
+        });
+        Assert.Equal(FinishReason.Cancelled, record.Finish);
+        // The loop may run at most the stream buffer (plus the update in hand) ahead of the reader.
+        var bound = received + f.Engine.Options.StreamBufferUpdates + 2;
+        Assert.True(record.CompletionTokens <= bound, $"{record.CompletionTokens} tokens generated; cancellation after {received} should stop by {bound}");
     }
 
     [Fact]
     public async Task A_reader_that_abandons_the_stream_stops_the_loop_and_frees_its_slot()
     {
-        var records = new List<GenerationRecord>();
-        void OnFinished(GenerationRecord r)
-        {
-            lock (records) records.Add(r);
-        }
-        f.Engine.GenerationFinished += OnFinished;
-        try
+        var record = await FinishedRecordOf(async () =>
         {
             var taken = 0;
             await foreach (var _ in f.Engine.GenerateAsync(new GenerationRequest { PromptIds = [1], MaxTokens = 400, Sampling = Greedy }))
                 if (++taken == 2) break;
-            var record = await WaitForRecord(records, r => r.Finish == FinishReason.Cancelled);
-            Assert.True(record.CompletionTokens <= 2 + f.Engine.Options.StreamBufferUpdates + 2, $"{record.CompletionTokens} tokens after the reader left");
+        });
+        Assert.Equal(FinishReason.Cancelled, record.Finish);
+        Assert.True(record.CompletionTokens <= 2 + f.Engine.Options.StreamBufferUpdates + 2, $"{record.CompletionTokens} tokens after the reader left");
+        Assert.Equal(0, f.Engine.ActiveGenerations);
+    }
+
+    /// <summary>Runs <paramref name="act"/> and returns the engine's record of the generation it started.</summary>
+    private async Task<GenerationRecord> FinishedRecordOf(Func<Task> act)
+    {
+        var finished = new TaskCompletionSource<GenerationRecord>(TaskCreationOptions.RunContinuationsAsynchronously);
+        void OnFinished(GenerationRecord r) => finished.TrySetResult(r);
+        f.Engine.GenerationFinished += OnFinished;
+        try
+        {
+            await act();
+            return await finished.Task.WaitAsync(TimeSpan.FromSeconds(10));
         }
         finally
         {
             f.Engine.GenerationFinished -= OnFinished;
         }
-    }
-
-    private static async Task<GenerationRecord> WaitForRecord(List<GenerationRecord> records, Func<GenerationRecord, bool> match)
-    {
-        for (var i = 0; i < 200; i++)
-        {
-            lock (records)
-                if (records.FirstOrDefault(match) is { } r) return r;
-            await Task.Delay(25);
-        }
-        throw new TimeoutException("the engine did not report the generation as finished");
     }
 }
