@@ -95,16 +95,7 @@ public static class GenerateCommand
     {
         using var engine = new GenerationEngine(ModelFolder.Open(modelDir), new EngineOptions { ExecutionProvider = provider });
         await foreach (var u in engine.GenerateAsync(RequestMapper.ToDomain(request, engine, Steering.Packs.SteeringCatalog.Load(engine.Folder)), ct))
-        {
-            var response = new GenerateResponse { Text = u.Text };
-            response.TokenIds.AddRange(u.TokenIds);
-            if (u.Finish is { } finish)
-            {
-                response.FinishReason = RequestMapper.ToApi(finish);
-                response.Usage = new TokenUsage { PromptTokens = u.Usage!.PromptTokens, CompletionTokens = u.Usage.CompletionTokens };
-            }
-            yield return response;
-        }
+            yield return RequestMapper.ToApi(u);
     }
 
     private static async Task Print(IAsyncEnumerable<GenerateResponse> responses, bool json, TextWriter output)

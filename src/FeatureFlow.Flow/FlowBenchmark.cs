@@ -46,9 +46,7 @@ public static class FlowBenchmark
         var (session, _) = SessionFactory.Create(OnnxModelFile.Serialize(g.Build(new OnnxModelOptions())), options);
         using (session)
         {
-            var bt = new float[b.Length];
-            for (var r = 0; r < features; r++)
-                for (var c = 0; c < dModel; c++) bt[c * features + r] = b[r * dModel + c];
+            var bt = Models.Matrix.Transpose(b, features, dModel);
             using var av = OrtValue.CreateTensorValueFromMemory(a, [features, dModel]);
             using var bv = OrtValue.CreateTensorValueFromMemory(bt, [dModel, features]);
             using var run = new RunOptions();

@@ -27,16 +27,8 @@ public sealed class InferenceService(GenerationEngine engine, SteeringCatalog ca
         {
             do
             {
-                var u = updates.Current;
-                var response = new GenerateResponse { Text = u.Text };
-                response.TokenIds.AddRange(u.TokenIds);
-                if (u.Finish is { } finish)
-                {
-                    response.FinishReason = RequestMapper.ToApi(finish);
-                    response.Usage = new TokenUsage { PromptTokens = u.Usage!.PromptTokens, CompletionTokens = u.Usage.CompletionTokens };
-                }
                 if (ct.IsCancellationRequested) break;
-                await responseStream.WriteAsync(response, ct);
+                await responseStream.WriteAsync(RequestMapper.ToApi(updates.Current), ct);
             } while (await updates.MoveNextAsync());
         }
         logger.LogDebug("Generate finished (cancelled: {Cancelled})", ct.IsCancellationRequested);

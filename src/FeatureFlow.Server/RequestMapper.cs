@@ -99,6 +99,19 @@ public static class RequestMapper
         return new Site(t.Layer, kind);
     }
 
+    /// <summary>One streamed update as the wire message; finish reason and usage only on the last.</summary>
+    public static GenerateResponse ToApi(GenerationUpdate u)
+    {
+        var response = new GenerateResponse { Text = u.Text };
+        response.TokenIds.AddRange(u.TokenIds);
+        if (u.Finish is { } finish)
+        {
+            response.FinishReason = ToApi(finish);
+            response.Usage = new TokenUsage { PromptTokens = u.Usage!.PromptTokens, CompletionTokens = u.Usage.CompletionTokens };
+        }
+        return response;
+    }
+
     public static Api.V1.FinishReason ToApi(Engine.FinishReason reason) => reason switch
     {
         Engine.FinishReason.Length => Api.V1.FinishReason.Length,

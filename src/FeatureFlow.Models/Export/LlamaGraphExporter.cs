@@ -189,14 +189,8 @@ public static class LlamaGraphExporter
     }
 
     /// <summary>y = x·Wᵀ for W stored [out][in]; the initializer holds Wᵀ so MatMul needs no transpose at run time.</summary>
-    private static string Linear(GraphBuilder g, string x, string name, float[] weight, int outDim, int inDim)
-    {
-        var transposed = new float[weight.Length];
-        for (var o = 0; o < outDim; o++)
-            for (var i = 0; i < inDim; i++)
-                transposed[i * outDim + o] = weight[o * inDim + i];
-        return g.Op("MatMul", [x, g.Initializer(name, transposed, inDim, outDim)]);
-    }
+    private static string Linear(GraphBuilder g, string x, string name, float[] weight, int outDim, int inDim) =>
+        g.Op("MatMul", [x, g.Initializer(name, Matrix.Transpose(weight, outDim, inDim), inDim, outDim)]);
 
     private static string Hook(GraphBuilder g, SiteSlices? steering, Site site, string h, HookedGraphOptions options, int d)
     {

@@ -65,6 +65,6 @@ public static class SaeImport
     {
         if (!array.Shape.SequenceEqual(shape))
             throw new InvalidDataException($"{file}: '{name}' has shape [{string.Join(", ", array.Shape)}], expected [{string.Join(", ", shape)}]");
-        (transpose ? SaeLensFormat.Transpose(array.Values, (int)shape[0], (int)shape[1]) : array.Values).CopyTo(target, 0);
+        (transpose ? Matrix.Transpose(array.Values, (int)shape[0], (int)shape[1]) : array.Values).CopyTo(target, 0);
     }
 }

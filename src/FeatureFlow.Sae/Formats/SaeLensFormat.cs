@@ -51,7 +51,7 @@ public static class SaeLensFormat
         File.WriteAllText(Path.Combine(directory, ConfigFile), cfg.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }) + "\n");
 
         var writer = new SafeTensorsWriter()
-            .AddFloat32("W_enc", Transpose(sae.Encoder, sae.DSae, sae.DIn), sae.DIn, sae.DSae)
+            .AddFloat32("W_enc", Matrix.Transpose(sae.Encoder, sae.DSae, sae.DIn), sae.DIn, sae.DSae)
             .AddFloat32("W_dec", sae.Decoder, sae.DSae, sae.DIn)
             .AddFloat32("b_enc", sae.EncoderBias, sae.DSae)
             .AddFloat32("b_dec", sae.DecoderBias, sae.DIn);
@@ -99,7 +99,7 @@ public static class SaeLensFormat
 
         var weightsPath = Path.Combine(directory, WeightsFile);
         var weights = SafeTensorsFile.Read(weightsPath);
-        CopyChecked(weights, "W_enc", [dIn, dSae], Transposer(dIn, dSae), sae.Encoder);
+        CopyChecked(weights, "W_enc", [dIn, dSae], m => Matrix.Transpose(m, dIn, dSae), sae.Encoder);
         CopyChecked(weights, "W_dec", [dSae, dIn], null, sae.Decoder);
         CopyChecked(weights, "b_enc", [dSae], null, sae.EncoderBias);
         CopyChecked(weights, "b_dec", [dIn], null, sae.DecoderBias);
@@ -118,16 +118,6 @@ public static class SaeLensFormat
             CopyChecked(SafeTensorsFile.Read(thresholds), "threshold", [dSae], null, sae.Threshold);
         return sae;
     }
-
-    internal static float[] Transpose(float[] m, int rows, int cols)
-    {
-        var t = new float[m.Length];
-        for (var r = 0; r < rows; r++)
-            for (var c = 0; c < cols; c++) t[c * rows + r] = m[r * cols + c];
-        return t;
-    }
-
-    internal static Func<float[], float[]> Transposer(int rows, int cols) => m => Transpose(m, rows, cols);
 
     /// <summary>Reads a tensor, checks its shape, and copies it (transformed if asked) into <paramref name="target"/>.</summary>
     internal static void CopyChecked(SafeTensorsFile file, string name, long[] shape, Func<float[], float[]>? transform, float[] target)
