@@ -83,10 +83,18 @@ public sealed class GraphBuilder
         Node(opType, inputs, Enumerable.Range(0, outputCount).Select(_ => NewName(opType, claim: false)).ToArray(), attributes);
 
     /// <summary>Adds a node whose outputs carry the given (already meaningful) names.</summary>
-    public string[] Node(string opType, string[] inputs, string[] outputs, params AttributeProto[] attributes)
+    public string[] Node(string opType, string[] inputs, string[] outputs, params AttributeProto[] attributes) =>
+        DomainNode("", opType, inputs, outputs, attributes);
+
+    /// <summary>
+    /// As <see cref="Node"/> for an operator outside the default ONNX domain (e.g. "com.microsoft"); the model
+    /// must import that domain's opset (<see cref="OnnxModelOptions.DomainOpsets"/>).
+    /// </summary>
+    public string[] DomainNode(string domain, string opType, string[] inputs, string[] outputs,
+        params AttributeProto[] attributes)
     {
         foreach (var o in outputs) Claim(o);
-        var node = new NodeProto { OpType = opType, Name = NodeName(opType) };
+        var node = new NodeProto { OpType = opType, Name = NodeName(opType), Domain = domain };
         node.Input.AddRange(inputs);
         node.Output.AddRange(outputs);
         node.Attribute.AddRange(attributes);
@@ -105,6 +113,8 @@ public sealed class GraphBuilder
             Graph = _graph,
         };
         model.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = options.Opset });
+        foreach (var (domain, version) in options.DomainOpsets)
+            model.OpsetImport.Add(new OperatorSetIdProto { Domain = domain, Version = version });
         foreach (var (key, value) in options.Metadata)
             model.MetadataProps.Add(new StringStringEntryProto { Key = key, Value = value });
         return model;
@@ -161,6 +171,8 @@ public sealed record OnnxModelOptions
     public string ProducerVersion { get; init; } = "0.1";
     public string DocString { get; init; } = "";
     public IReadOnlyList<KeyValuePair<string, string>> Metadata { get; init; } = [];
+    /// <summary>Opsets of further operator domains, imported after the default one (none: nothing written).</summary>
+    public IReadOnlyList<KeyValuePair<string, long>> DomainOpsets { get; init; } = [];
 }
 
 public static class Attr

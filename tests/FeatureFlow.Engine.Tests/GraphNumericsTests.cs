@@ -41,7 +41,7 @@ public class GraphNumericsTests(EngineFixture f) : IClassFixture<EngineFixture>
         return new FeatureVector(v.Select(x => x / norm).ToArray(), Numerics.RandomVector(rng, 64, 0.5f), 0.1f, threshold);
     }
 
-    private static readonly Dictionary<string, SteeringTerm[]> Interventions = new()
+    internal static readonly Dictionary<string, SteeringTerm[]> Interventions = new()
     {
         ["add at blocks.2.hook_resid_post"] = [new(new Site(2, SiteKind.ResidPost), SteeringOperation.Add, 4f, Feature(1))],
         ["rescale r=0 at blocks.2.hook_mlp_out"] = [new(new Site(2, SiteKind.MlpOut), SteeringOperation.Rescale, 0f, Feature(2))],

@@ -31,6 +31,107 @@ public class ModelFolderTests
     }
 
     [Fact]
+    public void Re_export_reproduces_every_file_of_the_shipped_folder_byte_for_byte_including_the_batched_graph()
+    {
+        var folder = ModelFolder.Open(RepoPaths.Stories260kModel);
+        var outDir = Directory.CreateTempSubdirectory("featureflow-reexport-").FullName;
+        try
+        {
+            var m = folder.Manifest;
+            ModelFolderExporter.ExportLlama2c(new Llama2cExportRequest
+            {
+                CheckpointPath = Path.Combine(folder.Directory, m.Provenance.Checkpoint.File),
+                TokenizerPath = folder.TokenizerPath,
+                OutputDirectory = outDir,
+                ModelName = m.Name,
+                Hooks = new() { SlotsPerSite = m.Steering.SlotsPerSite, SiteOutputs = m.Steering.SiteOutputs },
+                Description = m.Provenance.Description,
+                License = m.Provenance.License,
+            });
+            var written = Directory.GetFiles(outDir).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToArray();
+            Assert.Contains(ModelFolderExporter.BatchedGraphFile, written);
+            Assert.Equal(m.Files.Keys.Append(ModelManifest.FileName).Order(StringComparer.Ordinal), written);
+            foreach (var file in written)
+            {
+                var bytes = File.ReadAllBytes(Path.Combine(outDir, file!));
+                Assert.True(bytes.AsSpan().SequenceEqual(File.ReadAllBytes(Path.Combine(folder.Directory, file!))),
+                    $"{file} differs from the committed one");
+            }
+        }
+        finally
+        {
+            Directory.Delete(outDir, true);
+        }
+    }
+
+    [Fact]
+    public void Batched_graph_has_the_shared_kv_buffer_interface()
+    {
+        var folder = ModelFolder.Open(RepoPaths.Stories260kModel);
+        Assert.Equal(Path.Combine(folder.Directory, ModelFolderExporter.BatchedGraphFile), folder.BatchedGraphPath);
+        var model = OnnxModelFile.Read(folder.BatchedGraphPath!);
+        Assert.Contains(model.OpsetImport, o => o.Domain == "com.microsoft" && o.Version == 1);
+        var g = model.Graph;
+        Assert.Equal(5, g.Node.Count(n => n.Domain == "com.microsoft" && n.OpType == "GroupQueryAttention"));
+        static string Describe(Onnx.Ir.ValueInfoProto v)
+        {
+            var dims = v.Type.TensorType.Shape.Dim.Select(d => d.DimParam is { Length: > 0 } p ? p : d.DimValue.ToString());
+            return $"{v.Name} {(Onnx.Ir.TensorProto.Types.DataType)v.Type.TensorType.ElemType} [{string.Join(",", dims)}]";
+        }
+        string[] inputs =
+        [
+            "input_ids Int64 [batch,sequence_length]",
+            "position_ids Int64 [batch,sequence_length]",
+            "seqlens_k Int32 [batch]",
+            "total_sequence_length Int32 []",
+            .. Enumerable.Range(0, 5).SelectMany(l => new[]
+            {
+                $"past_key_values.{l}.key Float [batch,4,max_sequence_length,8]",
+                $"past_key_values.{l}.value Float [batch,4,max_sequence_length,8]",
+            }),
+            "steering.add Float [batch,15,64]",
+            "steering.encoder Float [batch,15,64,8]",
+            "steering.decoder Float [batch,15,8,64]",
+            "steering.coefficients Float [batch,15,4,8]",
+        ];
+        Assert.Equal(inputs, g.Input.Select(Describe));
+        string[] outputs =
+        [
+            .. Enumerable.Range(0, 5).SelectMany(l => new[]
+            {
+                $"present.{l}.key Float [batch,4,max_sequence_length,8]",
+                $"present.{l}.value Float [batch,4,max_sequence_length,8]",
+            }),
+            "logits Float [batch,sequence_length,512]",
+        ];
+        Assert.Equal(outputs, g.Output.Select(Describe).Where(o => !o.StartsWith("blocks.", StringComparison.Ordinal)));
+        Assert.All(folder.Manifest.Steering.Sites, s => Assert.Contains(g.Output, o => o.Name == s));
+    }
+
+    [Fact]
+    public void A_folder_exported_before_the_batched_graph_still_opens()
+    {
+        var manifestPath = Path.Combine(RepoPaths.Stories260kModel, ModelManifest.FileName);
+        var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(manifestPath))!;
+        json["graphs"]!.AsObject().Remove("batched");
+        var dir = Directory.CreateTempSubdirectory().FullName;
+        try
+        {
+            File.WriteAllText(Path.Combine(dir, ModelManifest.FileName), json.ToJsonString());
+            // Open checks only that the files it needs exist.
+            foreach (var file in new[] { ModelFolderExporter.HookedGraphFile, "tok512.bin" })
+                File.WriteAllBytes(Path.Combine(dir, file), []);
+            var folder = ModelFolder.Open(dir);
+            Assert.Null(folder.Manifest.Graphs.Batched);
+            Assert.Null(folder.BatchedGraphPath);
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
+
+    [Fact]
     public void Genai_config_points_at_the_plain_graph()
     {
         var json = System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(RepoPaths.Stories260kModel, GenAiConfig.FileName)));

@@ -11,6 +11,32 @@ public sealed record HookedGraphOptions
 
     /// <summary>Expose each site's (steered) value as a graph output named after the site, for read-out.</summary>
     public bool SiteOutputs { get; init; } = true;
+
+    /// <summary>How the KV cache crosses the graph boundary; see <see cref="KvCacheLayout"/>.</summary>
+    public KvCacheLayout KvLayout { get; init; } = KvCacheLayout.Concat;
+}
+
+/// <summary>The two ways an exported graph keeps its KV cache.</summary>
+public enum KvCacheLayout
+{
+    /// <summary>
+    /// present = Concat(past, new) with plain operators: a fresh, one-longer tensor every step, and an
+    /// attention_mask. Runs anywhere (ONNX Runtime GenAI included), but rows of one batch share one length:
+    /// shorter ones need left padding and are then only close (not bit-identical) to the row alone.
+    /// </summary>
+    Concat,
+
+    /// <summary>
+    /// com.microsoft.GroupQueryAttention writes the new K/V in place into one preallocated
+    /// [batch, kv_heads, max_sequence_length, head_size] buffer that the caller binds as both past and present
+    /// (no copies, fixed shapes, 0 B allocated per step). Each row says its own length through seqlens_k, so rows
+    /// of different lengths decode in one batch and each row's logits are bit-identical to that row run alone:
+    /// the layout for continuous batching. GQA never reads a slot beyond seqlens_k, so a freed row's stale
+    /// K/V need no clearing. A run with more than one new token per row (T &gt; 1) must either hold only fresh
+    /// rows (past 0, right-padded) or be a single row continuing after its past (chunked prefill): ORT refuses
+    /// T &gt; 1 with a past at batch &gt; 1, and when T == total_sequence_length it treats every row as fresh.
+    /// </summary>
+    SharedBuffer,
 }
 
 /// <summary>Names of the graph's inputs and outputs; Optimum/GenAI names so other runtimes can drive the plain graph.</summary>
@@ -19,6 +45,11 @@ public static class GraphNames
     public const string InputIds = "input_ids";
     public const string AttentionMask = "attention_mask";
     public const string PositionIds = "position_ids";
+    /// <summary>SharedBuffer graphs, int32 [batch]: per row, past length + real new tokens − 1 (GQA's total − 1).
+    /// </summary>
+    public const string SeqlensK = "seqlens_k";
+    /// <summary>SharedBuffer graphs, int32 scalar: the largest past length + real new tokens over the rows.</summary>
+    public const string TotalSequenceLength = "total_sequence_length";
     public const string Logits = "logits";
     public const string SteeringAdd = "steering.add";
     public const string SteeringEncoder = "steering.encoder";

@@ -9,11 +9,14 @@ namespace FeatureFlow.Models.Export;
 /// as an ONNX graph with a KV cache, and optionally a steering hook at every
 /// <c>blocks.L.hook_attn_out|hook_mlp_out|hook_resid_post</c> site. Each hook computes, per batch row,
 /// h ← h + add + Σ_k (α_k·a_k(h) + β_k)·v_k with a_k(h) = JumpReLU_θk(e_k·h + b_k); every steering input
-/// zero makes it the exact identity.
+/// zero makes it the exact identity. The KV cache is either concatenated (past → present, one longer) or one
+/// shared buffer written in place by com.microsoft.GroupQueryAttention (<see cref="KvCacheLayout"/>).
 /// </summary>
 public static class LlamaGraphExporter
 {
     private const string B = "batch", T = "sequence_length", P = "past_sequence_length", S = "total_sequence_length";
+    private const string M = "max_sequence_length";
+    private const string MicrosoftDomain = "com.microsoft";
 
     public static ModelProto Export(ModelArchitecture arch, LlamaWeights w, HookedGraphOptions options, string modelName)
     {
@@ -22,16 +25,19 @@ public static class LlamaGraphExporter
         var g = new GraphBuilder(modelName);
         int d = arch.DModel, hs = arch.HeadSize, kvHeads = arch.KvHeads, sites = arch.Layers * Site.KindsPerLayer;
         int k = options.SlotsPerSite;
+        var shared = options.KvLayout == KvCacheLayout.SharedBuffer;
 
         var inputIds = g.Input(GraphNames.InputIds, DataType.Int64, B, T);
-        var attentionMask = g.Input(GraphNames.AttentionMask, DataType.Int64, B, S);
+        var attentionMask = shared ? null : g.Input(GraphNames.AttentionMask, DataType.Int64, B, S);
         var positionIds = g.Input(GraphNames.PositionIds, DataType.Int64, B, T);
+        var seqlensK = shared ? g.Input(GraphNames.SeqlensK, DataType.Int32, B) : null;
+        var totalLength = shared ? g.Input(GraphNames.TotalSequenceLength, DataType.Int32) : null;
         var pastKeys = new string[arch.Layers];
         var pastValues = new string[arch.Layers];
         for (var l = 0; l < arch.Layers; l++)
         {
-            pastKeys[l] = g.Input(GraphNames.PastKey(l), DataType.Float, B, kvHeads, P, hs);
-            pastValues[l] = g.Input(GraphNames.PastValue(l), DataType.Float, B, kvHeads, P, hs);
+            pastKeys[l] = g.Input(GraphNames.PastKey(l), DataType.Float, B, kvHeads, shared ? M : P, hs);
+            pastValues[l] = g.Input(GraphNames.PastValue(l), DataType.Float, B, kvHeads, shared ? M : P, hs);
         }
         var steering = options.Hooks
             ? SiteSlices.Split(g, sites,
@@ -44,13 +50,15 @@ public static class LlamaGraphExporter
         var embedding = g.Initializer("model.embed_tokens.weight", w.TokenEmbedding, arch.VocabSize, d);
         var x = g.Op("Gather", [embedding, inputIds], Attr.Int("axis", 0));
         var (cos, sin) = RotaryTables(g, arch, positionIds);
-        var allowed = AttentionAllowed(g, inputIds, attentionMask);
+        var cache = shared
+            ? new KvCache(KvCacheLayout.SharedBuffer, null, seqlensK, totalLength)
+            : new KvCache(KvCacheLayout.Concat, AttentionAllowed(g, inputIds, attentionMask!), null, null);
 
         for (var l = 0; l < arch.Layers; l++)
         {
             using var _ = g.Scope($"blocks.{l}");
             var xn = RmsNorm(g, x, g.Initializer($"blocks.{l}.ln_1.weight", w.RmsAttention[l], d), arch.NormEpsilon);
-            var attn = Attention(g, arch, l, w, xn, cos, sin, allowed, pastKeys[l], pastValues[l]);
+            var attn = Attention(g, arch, l, w, xn, cos, sin, cache, pastKeys[l], pastValues[l]);
             attn = Hook(g, steering, new Site(l, SiteKind.AttnOut), attn, options, d);
             x = g.Op("Add", [x, attn]);
             xn = RmsNorm(g, x, g.Initializer($"blocks.{l}.ln_2.weight", w.RmsFfn[l], d), arch.NormEpsilon);
@@ -65,16 +73,27 @@ public static class LlamaGraphExporter
         var logits = g.Op("MatMul", [x, g.Op("Transpose", [classifier], Attr.Ints("perm", 1, 0))]);
         g.Output(logits, GraphNames.Logits, DataType.Float, B, T, arch.VocabSize);
 
+        var doc = options.Hooks
+            ? "Llama decoder with FeatureFlow steering hooks at every attn_out, mlp_out and resid_post site."
+            : "Llama decoder (no hooks).";
+        List<KeyValuePair<string, string>> metadata =
+        [
+            new("featureflow.hooks", options.Hooks ? "true" : "false"),
+            new("featureflow.slots_per_site",
+                options.Hooks ? k.ToString(System.Globalization.CultureInfo.InvariantCulture) : "0"),
+        ];
+        // Only the new layout adds anything, so Concat graphs keep their committed bytes.
+        if (shared)
+        {
+            doc += " KV cache: one [batch, kv_heads, max_sequence_length, head_size] buffer per layer, bound as past and"
+                + " present and written in place by com.microsoft.GroupQueryAttention at seqlens_k.";
+            metadata.Add(new("featureflow.kv_layout", "shared_buffer"));
+        }
         return g.Build(new OnnxModelOptions
         {
-            DocString = options.Hooks
-                ? "Llama decoder with FeatureFlow steering hooks at every attn_out, mlp_out and resid_post site."
-                : "Llama decoder (no hooks).",
-            Metadata =
-            [
-                new("featureflow.hooks", options.Hooks ? "true" : "false"),
-                new("featureflow.slots_per_site", options.Hooks ? k.ToString(System.Globalization.CultureInfo.InvariantCulture) : "0"),
-            ],
+            DocString = doc,
+            Metadata = metadata,
+            DomainOpsets = shared ? [new(MicrosoftDomain, 1)] : [],
         });
     }
 
@@ -137,8 +156,14 @@ public static class LlamaGraphExporter
         return g.Op("And", [causal, notPadding]);
     }
 
+    /// <summary>
+    /// What attention reads besides q, k, v and the past: the Concat layout's mask ([B, 1, 1, T, S]), or the
+    /// SharedBuffer layout's per-row lengths (seqlens_k, total_sequence_length).
+    /// </summary>
+    private sealed record KvCache(KvCacheLayout Layout, string? Allowed, string? SeqlensK, string? TotalLength);
+
     private static string Attention(GraphBuilder g, ModelArchitecture arch, int l, LlamaWeights w, string xn,
-        string cos, string sin, string allowed, string pastKey, string pastValue)
+        string cos, string sin, KvCache cache, string pastKey, string pastValue)
     {
         using var _ = g.Scope("attn");
         int d = arch.DModel, hs = arch.HeadSize, kv = arch.KvHeads;
@@ -147,7 +172,17 @@ public static class LlamaGraphExporter
         var value = g.Op("Reshape", [Linear(g, xn, $"blocks.{l}.attn.W_V", w.Wv[l], arch.KvDim, d), g.ConstInt64(0, 0, kv, hs)]);
         q = Rotate(g, q, hs, cos, sin);
         key = Rotate(g, key, hs, cos, sin);
+        var context = cache.Layout == KvCacheLayout.SharedBuffer
+            ? SharedBufferAttention(g, arch, l, q, key, value, cache, pastKey, pastValue)
+            : ConcatAttention(g, arch, l, q, key, value, cache.Allowed!, pastKey, pastValue);
+        return Linear(g, context, $"blocks.{l}.attn.W_O", w.Wo[l], d, d);
+    }
 
+    /// <summary>Causal attention over Concat(past, new) with plain operators; q, key, value: [B, T, heads, hs].</summary>
+    private static string ConcatAttention(GraphBuilder g, ModelArchitecture arch, int l, string q, string key,
+        string value, string allowed, string pastKey, string pastValue)
+    {
+        int d = arch.DModel, hs = arch.HeadSize, kv = arch.KvHeads;
         var toHeadMajor = Attr.Ints("perm", 0, 2, 1, 3);
         var presentKey = g.Node("Concat", [pastKey, g.Op("Transpose", [key], toHeadMajor)], [GraphNames.PresentKey(l)], Attr.Int("axis", 2))[0];
         var presentValue = g.Node("Concat", [pastValue, g.Op("Transpose", [value], toHeadMajor)], [GraphNames.PresentValue(l)], Attr.Int("axis", 2))[0];
@@ -164,8 +199,28 @@ public static class LlamaGraphExporter
         var probs = g.Op("Softmax", [scores], Attr.Int("axis", -1));
         var context = g.Op("MatMul", [probs, g.Op("Unsqueeze", [presentValue, groupAxis])]);
         context = g.Op("Reshape", [context, g.ConstInt64(0, arch.Heads, -1, hs)]);
-        context = g.Op("Reshape", [g.Op("Transpose", [context], toHeadMajor), g.ConstInt64(0, 0, d)]);
-        return Linear(g, context, $"blocks.{l}.attn.W_O", w.Wo[l], d, d);
+        return g.Op("Reshape", [g.Op("Transpose", [context], toHeadMajor), g.ConstInt64(0, 0, d)]);
+    }
+
+    /// <summary>
+    /// One com.microsoft.GroupQueryAttention node over the already rotated q, key, value ([B, T, heads, hs] →
+    /// [B, T, heads·hs]); GQA's own do_rotary needs head_size % 16 == 0, which stories260K (8) is not. It writes the
+    /// new K/V into past_key/past_value's buffer at rows seqlens_k − T + 1 … seqlens_k and attends to positions
+    /// 0 … seqlens_k only, so a caller that binds one buffer as past and present never copies the cache and stale
+    /// slots beyond a row's length are never read. Its default scale is 1/√hs, the reference's.
+    /// </summary>
+    private static string SharedBufferAttention(GraphBuilder g, ModelArchitecture arch, int l, string q, string key,
+        string value, KvCache cache, string pastKey, string pastValue)
+    {
+        var flat = g.ConstInt64(0, 0, -1);
+        var outputs = g.DomainNode(MicrosoftDomain, "GroupQueryAttention",
+            [g.Op("Reshape", [q, flat]), g.Op("Reshape", [key, flat]), g.Op("Reshape", [value, flat]),
+                pastKey, pastValue, cache.SeqlensK!, cache.TotalLength!],
+            [$"blocks.{l}/attn/context", GraphNames.PresentKey(l), GraphNames.PresentValue(l)],
+            Attr.Int("num_heads", arch.Heads), Attr.Int("kv_num_heads", arch.KvHeads));
+        g.Output(outputs[1], outputs[1], DataType.Float, B, arch.KvHeads, M, arch.HeadSize);
+        g.Output(outputs[2], outputs[2], DataType.Float, B, arch.KvHeads, M, arch.HeadSize);
+        return outputs[0];
     }
 
     /// <summary>Rotates interleaved channel pairs (2i, 2i+1) of [B, T, heads, hs] by the position's angle.</summary>

@@ -20,7 +20,8 @@ public sealed record Llama2cExportRequest
 }
 
 /// <summary>
-/// <c>featureflow export</c> for llama2.c checkpoints: writes the hooked graph, the plain graph,
+/// <c>featureflow export</c> for llama2.c checkpoints: writes the hooked graph, the plain graph, the
+/// hooked graph with a shared KV buffer (continuous batching),
 /// the tokenizer, <c>genai_config.json</c> and the manifest. Output is a pure function of the inputs,
 /// so re-running it on the same sources reproduces committed folders byte for byte.
 /// </summary>
@@ -28,6 +29,7 @@ public static class ModelFolderExporter
 {
     public const string HookedGraphFile = "decoder_hooked.onnx";
     public const string PlainGraphFile = "decoder.onnx";
+    public const string BatchedGraphFile = "decoder_hooked_batched.onnx";
     public const string ExporterVersion = "featureflow export 0.1";
 
     public static ModelManifest ExportLlama2c(Llama2cExportRequest request, Action<string>? progress = null)
@@ -47,9 +49,13 @@ public static class ModelFolderExporter
             progress($"wrote {name} ({bytes.Length:N0} bytes)");
         }
 
-        var hooked = request.Hooks with { Hooks = true };
+        // decoder_hooked.onnx stays the Concat graph whatever the request says: GenAI and the engine read it.
+        var hooked = request.Hooks with { Hooks = true, KvLayout = KvCacheLayout.Concat };
         Write(HookedGraphFile, OnnxModelFile.Serialize(LlamaGraphExporter.Export(arch, checkpoint.Weights, hooked, request.ModelName)));
         Write(PlainGraphFile, OnnxModelFile.Serialize(LlamaGraphExporter.Export(arch, checkpoint.Weights, hooked with { Hooks = false, SiteOutputs = false }, request.ModelName)));
+        var batched = hooked with { KvLayout = KvCacheLayout.SharedBuffer };
+        Write(BatchedGraphFile,
+            OnnxModelFile.Serialize(LlamaGraphExporter.Export(arch, checkpoint.Weights, batched, request.ModelName)));
 
         var tokenizerFile = Path.GetFileName(request.TokenizerPath);
         var checkpointFile = Path.GetFileName(request.CheckpointPath);
@@ -66,7 +72,7 @@ public static class ModelFolderExporter
             Name = request.ModelName,
             Architecture = arch,
             Tokenizer = new TokenizerEntry("llama2c", tokenizerFile, tokenizer.BosId, tokenizer.EosId),
-            Graphs = new GraphEntry(HookedGraphFile, PlainGraphFile),
+            Graphs = new GraphEntry(HookedGraphFile, PlainGraphFile, BatchedGraphFile),
             Steering = new SteeringLayout(hooked.SlotsPerSite, Site.All(arch.Layers).Select(s => s.HookName).ToArray(), hooked.SiteOutputs),
             Provenance = new Provenance(request.Description, request.License,
                 new SourceFile(checkpointFile, checkpoint.Sha256),

@@ -45,8 +45,12 @@ public sealed record ModelManifest
 
 public sealed record TokenizerEntry(string Format, string File, int BosId, int EosId);
 
-/// <summary>The hooked graph the server runs, and the same model without hooks (for comparison and ONNX Runtime GenAI).</summary>
-public sealed record GraphEntry(string Hooked, string Plain);
+/// <summary>
+/// The hooked graph the server runs, the same model without hooks (for comparison and ONNX Runtime GenAI), and
+/// optionally the hooked graph with a shared, preallocated KV buffer for continuous batching
+/// (<see cref="Export.KvCacheLayout.SharedBuffer"/>; absent from folders exported before it existed).
+/// </summary>
+public sealed record GraphEntry(string Hooked, string Plain, string? Batched = null);
 
 public sealed record SteeringLayout(int SlotsPerSite, IReadOnlyList<string> Sites, bool SiteOutputs);
 
