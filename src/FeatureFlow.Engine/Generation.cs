@@ -24,7 +24,11 @@ public enum FinishReason
 public sealed record Usage(int PromptTokens, int CompletionTokens);
 
 /// <summary>One streamed piece: new text and token ids since the previous update; the last one has <see cref="Finish"/>.</summary>
-public sealed record GenerationUpdate(string Text, IReadOnlyList<int> TokenIds, FinishReason? Finish = null, Usage? Usage = null);
+public sealed record GenerationUpdate(string Text, IReadOnlyList<int> TokenIds, FinishReason? Finish = null, Usage? Usage = null)
+{
+    /// <summary>Each token's log-probability under the (steered) model's logits, before temperature and truncation.</summary>
+    public IReadOnlyList<float> LogProbs { get; init; } = [];
+}
 
 /// <summary>What the engine reports about each finished generation (for metrics, logs and tests).</summary>
 public sealed record GenerationRecord(long Id, int PromptTokens, int CompletionTokens, int DecodeSteps, FinishReason Finish);

@@ -1,5 +1,4 @@
 using System.Runtime.CompilerServices;
-using System.Threading.Channels;
 using FeatureFlow.Models;
 using FeatureFlow.Models.Folder;
 using FeatureFlow.Models.Tokenization;
@@ -8,45 +7,84 @@ using FeatureFlow.Steering;
 namespace FeatureFlow.Engine;
 
 /// <summary>
-/// Serves one model folder: validates and compiles requests, then runs prefill and decode with the
-/// request's steering bound on every step, streaming text as it becomes final.
+/// Serves one model folder. A request is validated and its steering compiled here, once and before it is queued,
+/// so a bad request never reaches the scheduler; the scheduler's loop then runs it as one row of a batch.
 /// </summary>
 public sealed class GenerationEngine : IDisposable
 {
-    private readonly SemaphoreSlim _slots;
-    private readonly SteeringCompiler _compiler;
+    private readonly Scheduler _scheduler;
     private long _nextId;
-    private int _active;
 
     public GenerationEngine(ModelFolder folder, EngineOptions options)
     {
+        options.Validate();
         Folder = folder;
         Options = options;
         Tokenizer = folder.LoadTokenizer();
-        Decoder = new HookedDecoder(folder.HookedGraphPath, folder.Manifest.Architecture, options);
-        if (Decoder.SteeringShape is null) throw new InvalidDataException($"{folder.HookedGraphPath}: the graph has no steering inputs");
-        _compiler = new SteeringCompiler(Decoder.SteeringShape);
-        _slots = new SemaphoreSlim(options.MaxConcurrentGenerations);
+        var graph = folder.BatchedGraphPath
+            ?? throw new InvalidDataException($"{folder.Directory}: the manifest names no batched graph (re-export the folder with `featureflow export`)");
+        Runner = new ModelRunner(graph, folder.Manifest.Architecture, options);
+        Compiler = new SteeringCompiler(Runner.SteeringShape);
+        _scheduler = new Scheduler(Runner, options);
     }
 
     public ModelFolder Folder { get; }
     public EngineOptions Options { get; }
     public ITokenizer Tokenizer { get; }
-    public HookedDecoder Decoder { get; }
+    /// <summary>The batched graph's runner: execution provider, steering shape, KV cache. Owned by the scheduler's loop.</summary>
+    public ModelRunner Runner { get; }
     public ModelArchitecture Architecture => Folder.Manifest.Architecture;
-    public int ActiveGenerations => Volatile.Read(ref _active);
+    public SteeringShape SteeringShape => Runner.SteeringShape;
+    /// <summary>Checks and compiles steering for this model's graph.</summary>
+    public SteeringCompiler Compiler { get; }
+    public ExecutionProviderInfo Provider => Runner.Provider;
 
-    /// <summary>Raised on the generating thread after each generated token: generation id and tokens so far.</summary>
-    public event Action<long, int>? TokenGenerated;
+    /// <summary>Requests queued or running.</summary>
+    public int ActiveGenerations => Figures() is var f ? f.QueuedRequests + f.RunningRows : 0;
 
-    /// <summary>Raised on the generating thread when a generation ends, however it ends.</summary>
-    public event Action<GenerationRecord>? GenerationFinished;
+    /// <summary>Raised on the scheduler's thread after each generated token: generation id and tokens so far.</summary>
+    public event Action<long, int>? TokenGenerated
+    {
+        add => _scheduler.TokenGenerated += value;
+        remove => _scheduler.TokenGenerated -= value;
+    }
+
+    /// <summary>Raised on the scheduler's thread when a generation ends, however it ends, after its row is freed.</summary>
+    public event Action<GenerationRecord>? GenerationFinished
+    {
+        add => _scheduler.GenerationFinished += value;
+        remove => _scheduler.GenerationFinished -= value;
+    }
+
+    public EngineFigures Figures() => _scheduler.Figures();
 
     /// <summary>Prompt text as the model sees it: BOS, then the tokens of the text (none for empty text).</summary>
     public int[] EncodePrompt(string text) => Tokenizer.Encode(text, addBos: true);
 
-    /// <summary>Checks a request against this model; throws <see cref="FieldValidationException"/> naming the bad field.</summary>
-    public SteeringPlan Prepare(GenerationRequest request)
+    /// <summary>
+    /// Validates and compiles <paramref name="request"/> and queues it. Throws <see cref="FieldValidationException"/>
+    /// naming the bad field, or <see cref="EngineOverloadedException"/> naming the full queue's limit; either way
+    /// nothing was queued.
+    /// </summary>
+    public Generation Submit(GenerationRequest request)
+    {
+        Validate(request);
+        var plan = Compiler.Compile(request.Steering);
+        var sequence = new Sequence(Interlocked.Increment(ref _nextId), request, plan, Tokenizer, Architecture.VocabSize);
+        _scheduler.Enqueue(sequence);
+        return new Generation(sequence, _scheduler);
+    }
+
+    /// <summary>Submits and streams a generation; cancelling or abandoning the stream ends the row at the next step.</summary>
+    public async IAsyncEnumerable<GenerationUpdate> GenerateAsync(GenerationRequest request, [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        using var generation = Submit(request);
+        await foreach (var update in generation.ReadAllAsync(cancellationToken).ConfigureAwait(false))
+            yield return update;
+    }
+
+    /// <summary>Every request-level check, in one place; steering terms are checked by the compiler.</summary>
+    private void Validate(GenerationRequest request)
     {
         var arch = Architecture;
         if (request.PromptIds.Length == 0) throw new FieldValidationException("prompt_token_ids", "the prompt has no tokens");
@@ -65,131 +103,54 @@ public sealed class GenerationEngine : IDisposable
         if (s.TopK < 0) throw new FieldValidationException("top_k", $"must be ≥ 0 (0 turns it off), got {s.TopK}");
         for (var i = 0; i < request.Stop.Count; i++)
             if (string.IsNullOrEmpty(request.Stop[i])) throw new FieldValidationException($"stop[{i}]", "stop strings must not be empty");
-        return _compiler.Compile(request.Steering);
-    }
-
-    /// <summary>
-    /// Streams a generation. The loop runs on a worker thread and checks <paramref name="cancellationToken"/>
-    /// before every step, so a cancelled request stops computing within one step.
-    /// </summary>
-    public async IAsyncEnumerable<GenerationUpdate> GenerateAsync(GenerationRequest request, [EnumeratorCancellation] CancellationToken cancellationToken = default)
-    {
-        var plan = Prepare(request);
-        // Bounded, so a slow or departed reader holds the loop back instead of letting it run ahead.
-        var channel = Channel.CreateBounded<GenerationUpdate>(new BoundedChannelOptions(Options.StreamBufferUpdates)
-        {
-            SingleReader = true,
-            SingleWriter = true,
-            FullMode = BoundedChannelFullMode.Wait,
-        });
-        await _slots.WaitAsync(cancellationToken).ConfigureAwait(false);
-        // Also stopped when the reader abandons the stream (disposes the enumerator) without cancelling.
-        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        var token = stop.Token;
-        var worker = Task.Run(() =>
-        {
-            try { Run(request, plan, Emit, token); }
-            finally { _slots.Release(); }
-        }, CancellationToken.None);
-        _ = worker.ContinueWith(t => channel.Writer.TryComplete(t.Exception?.InnerException), TaskScheduler.Default);
-
-        try
-        {
-            // Read to the end even when cancelled: the worker stops within a step and completes the channel.
-            await foreach (var update in channel.Reader.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
-                yield return update;
-        }
-        finally
-        {
-            stop.Cancel();
-            // The worker stops within a step; wait for it so nothing uses the token source after disposal.
-            await worker.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
-        }
-        cancellationToken.ThrowIfCancellationRequested();
-
-        bool Emit(GenerationUpdate update)
-        {
-            try
-            {
-                var write = channel.Writer.WriteAsync(update, token);
-                if (!write.IsCompletedSuccessfully) write.AsTask().GetAwaiter().GetResult();
-                return true;
-            }
-            catch (OperationCanceledException)
-            {
-                return false;
-            }
-        }
-    }
-
-    /// <summary>
-    /// The generation loop: prefill, then one decode step per token. <paramref name="emit"/> returns
-    /// false when nobody is listening any more, which ends the loop like cancellation does.
-    /// </summary>
-    public GenerationRecord Run(GenerationRequest request, SteeringPlan plan, Func<GenerationUpdate, bool> emit, CancellationToken cancellationToken)
-    {
-        var id = Interlocked.Increment(ref _nextId);
-        Interlocked.Increment(ref _active);
-        var completion = 0;
-        var steps = 0;
-        var finish = FinishReason.Cancelled;
-        try
-        {
-            using var state = Decoder.NewState();
-            using var promptSteering = Decoder.Bind(plan.Prompt);
-            using var generatedSteering = Decoder.Bind(plan.Generated);
-            var sampler = new Sampler(request.Sampling);
-            var text = new TextStream(Tokenizer, request.PromptIds[^1], request.Stop);
-            var vocab = Architecture.VocabSize;
-
-            if (cancellationToken.IsCancellationRequested) return Finish();
-            var logits = Decoder.Forward(state, request.PromptIds, promptSteering);
-            var last = logits.AsSpan((request.PromptIds.Length - 1) * vocab, vocab);
-            while (true)
-            {
-                var next = sampler.Sample(last);
-                if (next == Tokenizer.BosId || next == Tokenizer.EosId)
-                {
-                    finish = FinishReason.Stop;
-                    emit(new GenerationUpdate(text.Flush(), [], finish, new Usage(request.PromptIds.Length, completion)));
-                    return Finish();
-                }
-                completion++;
-                TokenGenerated?.Invoke(id, completion);
-                var piece = text.Push(next);
-                if (text.Stopped)
-                {
-                    finish = FinishReason.Stop;
-                    emit(new GenerationUpdate(piece, [next], finish, new Usage(request.PromptIds.Length, completion)));
-                    return Finish();
-                }
-                if (completion == request.MaxTokens)
-                {
-                    finish = FinishReason.Length;
-                    emit(new GenerationUpdate(piece + text.Flush(), [next], finish, new Usage(request.PromptIds.Length, completion)));
-                    return Finish();
-                }
-                if (!emit(new GenerationUpdate(piece, [next])) || cancellationToken.IsCancellationRequested) return Finish();
-                last = Decoder.Forward(state, [next], generatedSteering);
-                steps++;
-            }
-        }
-        finally
-        {
-            Interlocked.Decrement(ref _active);
-        }
-
-        GenerationRecord Finish()
-        {
-            var record = new GenerationRecord(id, request.PromptIds.Length, completion, steps, finish);
-            GenerationFinished?.Invoke(record);
-            return record;
-        }
+        if (request.PromptIds.Length + request.MaxTokens > Runner.Cache.TokenBudget)
+            throw new FieldValidationException("max_tokens", $"prompt + max_tokens = {request.PromptIds.Length + request.MaxTokens} tokens exceed the server's KV budget ({Runner.Cache.TokenBudget})");
     }
 
     public void Dispose()
     {
-        Decoder.Dispose();
-        _slots.Dispose();
+        _scheduler.Dispose();
+        Runner.Dispose();
     }
+}
+
+/// <summary>
+/// A queued or running generation: read its updates once with <see cref="ReadAllAsync"/>. Cancelling, or
+/// disposing before it finished, ends its row at the next step and frees its KV slot.
+/// </summary>
+public sealed class Generation : IDisposable
+{
+    private readonly Sequence _sequence;
+    private readonly Scheduler _scheduler;
+
+    internal Generation(Sequence sequence, Scheduler scheduler) => (_sequence, _scheduler) = (sequence, scheduler);
+
+    public long Id => _sequence.Id;
+
+    public async IAsyncEnumerable<GenerationUpdate> ReadAllAsync([EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        await using (cancellationToken.Register(Cancel).ConfigureAwait(false))
+        {
+            try
+            {
+                // Read to the end even when cancelled: the loop ends the row within a step and completes the channel.
+                await foreach (var update in _sequence.Output.Reader.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
+                    yield return update;
+            }
+            finally
+            {
+                Cancel(); // a reader that leaves early frees the row
+            }
+        }
+        cancellationToken.ThrowIfCancellationRequested();
+    }
+
+    public void Cancel()
+    {
+        if (_sequence.Output.Reader.Completion.IsCompleted) return;
+        _sequence.Cancel();
+        _scheduler.Wake();
+    }
+
+    public void Dispose() => Cancel();
 }

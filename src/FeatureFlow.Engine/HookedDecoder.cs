@@ -14,7 +14,7 @@ public sealed class HookedDecoder : IDisposable
 {
     private readonly InferenceSession _session;
     private readonly string[] _outputNames;
-    private readonly long[] _ones;
+    private long[] _ones = [];
 
     public HookedDecoder(string graphPath, ModelArchitecture architecture, EngineOptions options)
     {
@@ -27,7 +27,6 @@ public sealed class HookedDecoder : IDisposable
             SteeringShape = new SteeringShape(architecture.Layers, architecture.DModel, dims[2]);
         }
         _outputNames = [GraphNames.Logits, .. Enumerable.Range(0, architecture.Layers).SelectMany(l => new[] { GraphNames.PresentKey(l), GraphNames.PresentValue(l) })];
-        _ones = Enumerable.Repeat(1L, architecture.ContextLength * options.MaxBatchRows).ToArray();
     }
 
     public ModelArchitecture Architecture { get; }
@@ -84,8 +83,9 @@ public sealed class HookedDecoder : IDisposable
         var names = new List<string>(4 + 2 * Architecture.Layers + 4);
         var values = new List<OrtValue>(names.Capacity);
         using var idsValue = OrtValue.CreateTensorValueFromMemory(ids, [batch, count]);
-        if (_ones.Length < batch * total) throw new InvalidOperationException($"batch {batch} is larger than the attention-mask buffer allows");
-        using var maskValue = OrtValue.CreateTensorValueFromMemory(OrtMemoryInfo.DefaultInstance, new Memory<long>(_ones, 0, batch * total), [batch, total]);
+        var ones = _ones;
+        if (ones.Length < batch * total) _ones = ones = Enumerable.Repeat(1L, batch * Architecture.ContextLength).ToArray();
+        using var maskValue = OrtValue.CreateTensorValueFromMemory(OrtMemoryInfo.DefaultInstance, new Memory<long>(ones, 0, batch * total), [batch, total]);
         using var positionsValue = OrtValue.CreateTensorValueFromMemory(positions, [batch, count]);
         names.AddRange([GraphNames.InputIds, GraphNames.AttentionMask, GraphNames.PositionIds]);
         values.AddRange([idsValue, maskValue, positionsValue]);

@@ -31,6 +31,12 @@ public static class SessionFactory
     {
         var sessionOptions = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
         if (options.IntraOpThreads > 0) sessionOptions.IntraOpNumThreads = options.IntraOpThreads;
+        // ONNX Runtime's per-operator profile (a Chrome trace JSON), for finding where a step's time goes.
+        if (Environment.GetEnvironmentVariable("FEATUREFLOW_ORT_PROFILE") is { Length: > 0 } prefix)
+        {
+            sessionOptions.EnableProfiling = true;
+            sessionOptions.ProfileOutputPathPrefix = prefix;
+        }
         try
         {
             provider = ChooseProvider(sessionOptions, options);

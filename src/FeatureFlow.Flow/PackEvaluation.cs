@@ -47,43 +47,51 @@ public static partial class PackEvaluation
         var strength = options.Strength ?? pack.Metadata.DefaultStrength;
         var seed = FeatureId.Parse(pack.Metadata.Seed.Split(',')[0]);
         var sae = saes.Get(seed.Site, "seed");
+        // Scoring reads the seed feature's site from the unsteered reference graph, one sequence at a time.
+        using var reader = new HookedDecoder(engine.Folder.HookedGraphPath, engine.Architecture, engine.Options);
         var arms = new[] { SteeringSpec.None, new SteeringSpec(pack.At(strength, SteeringScope.All, "pack").ToArray()) }
-            .Select(spec => RunArm(engine, spec, sae, seed.Index, pack.Metadata.ThemeWords, options))
+            .Select(spec => RunArm(engine, reader, spec, sae, seed.Index, pack.Metadata.ThemeWords, options))
             .ToArray();
         return new PackEvaluationResult(pack.Name, strength, seed.ToString(), arms[0], arms[1], options);
     }
 
-    private static ArmResult RunArm(GenerationEngine engine, SteeringSpec spec, SparseAutoencoder sae, int feature, IReadOnlyList<string> themeWords, PackEvaluationOptions options)
+    private static ArmResult RunArm(GenerationEngine engine, HookedDecoder reader, SteeringSpec spec, SparseAutoencoder sae, int feature,
+        IReadOnlyList<string> themeWords, PackEvaluationOptions options)
     {
         var activation = new List<double>();
         var themeRate = new List<double>();
         var perplexity = new List<double>();
-        var example = "";
-        for (var s = 0; s < options.Seeds; s++)
+        // All seeds run at once as rows of one batch; each gives exactly the tokens it would give alone.
+        var generations = Enumerable.Range(0, options.Seeds).Select(s => Generate(engine, new GenerationRequest
         {
-            var request = new GenerationRequest
-            {
-                PromptIds = [engine.Tokenizer.BosId],
-                MaxTokens = options.Tokens,
-                Sampling = new SamplingOptions { Temperature = options.Temperature, TopP = options.TopP, Seed = (ulong)s + 1 },
-                Steering = spec,
-            };
-            var ids = new List<int>();
-            var text = new System.Text.StringBuilder();
-            engine.Run(request, engine.Prepare(request), u =>
-            {
-                ids.AddRange(u.TokenIds);
-                text.Append(u.Text);
-                return true;
-            }, CancellationToken.None);
-            if (s == 0) example = text.ToString();
-            var (meanActivation, ppl) = Score(engine.Decoder, ids, sae, feature);
+            PromptIds = [engine.Tokenizer.BosId],
+            MaxTokens = options.Tokens,
+            Sampling = new SamplingOptions { Temperature = options.Temperature, TopP = options.TopP, Seed = (ulong)s + 1 },
+            Steering = spec,
+        })).ToArray();
+        Task.WaitAll(generations);
+        var example = generations[0].Result.Text;
+        foreach (var (ids, text) in generations.Select(g => g.Result))
+        {
+            var (meanActivation, ppl) = Score(reader, ids, sae, feature);
             activation.Add(meanActivation);
             perplexity.Add(ppl);
-            var words = WordPattern().Matches(text.ToString()).Select(m => m.Value.ToLowerInvariant()).ToArray();
+            var words = WordPattern().Matches(text).Select(m => m.Value.ToLowerInvariant()).ToArray();
             themeRate.Add(words.Length == 0 ? 0 : words.Count(w => themeWords.Contains(w, StringComparer.OrdinalIgnoreCase)) / (double)words.Length);
         }
         return new ArmResult(Estimate.Of(activation), Estimate.Of(themeRate), Estimate.Of(perplexity), example);
+    }
+
+    private static async Task<(List<int> Ids, string Text)> Generate(GenerationEngine engine, GenerationRequest request)
+    {
+        var ids = new List<int>();
+        var text = new System.Text.StringBuilder();
+        await foreach (var u in engine.GenerateAsync(request).ConfigureAwait(false))
+        {
+            ids.AddRange(u.TokenIds);
+            text.Append(u.Text);
+        }
+        return (ids, text.ToString());
     }
 
     /// <summary>Runs BOS + tokens through the unsteered model: the feature's mean activation over the generated positions, and their perplexity.</summary>

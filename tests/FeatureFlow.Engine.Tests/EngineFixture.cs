@@ -3,13 +3,14 @@ using FeatureFlow.Models.Llama2c;
 
 namespace FeatureFlow.Engine.Tests;
 
-/// <summary>The shipped model loaded once per test class: the engine, both graphs and the reference pass's weights.</summary>
+/// <summary>The shipped model loaded once per test class: the engine, the plain-operator graphs and the reference pass's weights.</summary>
 public sealed class EngineFixture : IDisposable
 {
     public EngineFixture()
     {
         Folder = ModelFolder.Open(RepoPaths.Stories260kModel);
         Engine = new GenerationEngine(Folder, Options);
+        Hooked = new HookedDecoder(Folder.HookedGraphPath, Folder.Manifest.Architecture, Options);
         Plain = new HookedDecoder(Folder.PlainGraphPath, Folder.Manifest.Architecture, Options);
         Checkpoint = Llama2cCheckpoint.Read(Path.Combine(Folder.Directory, Folder.Manifest.Provenance.Checkpoint.File));
     }
@@ -17,13 +18,15 @@ public sealed class EngineFixture : IDisposable
     public static EngineOptions Options { get; } = new() { ExecutionProvider = ExecutionProviderPreference.Cpu };
     public ModelFolder Folder { get; }
     public GenerationEngine Engine { get; }
-    public HookedDecoder Hooked => Engine.Decoder;
+    /// <summary>The plain-operator hooked graph, the reference the batched graph is checked against.</summary>
+    public HookedDecoder Hooked { get; }
     public HookedDecoder Plain { get; }
     public Models.LoadedCheckpoint Checkpoint { get; }
 
     public void Dispose()
     {
         Engine.Dispose();
+        Hooked.Dispose();
         Plain.Dispose();
     }
 }

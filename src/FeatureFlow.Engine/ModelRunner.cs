@@ -1,0 +1,176 @@
+using FeatureFlow.Models;
+using FeatureFlow.Models.Export;
+using FeatureFlow.Steering;
+using Microsoft.ML.OnnxRuntime;
+
+namespace FeatureFlow.Engine;
+
+/// <summary>
+/// Runs the batched graph (GroupQueryAttention over a shared KV buffer) one step at a time: a prefill of one
+/// row's prompt into its slot, or a decode step of rows 0..n−1 with one token each. Owns the session, the KV
+/// cache, the steering slots and every input and output buffer; a decode step binds views made once and
+/// allocates nothing. Used by the scheduler's loop thread only.
+/// </summary>
+public sealed class ModelRunner : IDisposable
+{
+    private readonly InferenceSession _session;
+    private readonly RunOptions _runOptions = new();
+    private readonly OrtIoBinding _decode, _prefill;
+    private readonly RowTensor<long> _tokens, _positions;
+    private readonly RowTensor<int> _seqLens;
+    private readonly RowTensor<float> _logits;
+    private readonly int[] _total = GC.AllocateArray<int>(1, pinned: true);
+    private readonly OrtValue _totalValue;
+    private readonly long[] _prefillTokens, _prefillPositions;
+    private readonly float[] _lastLogits;
+    private int _boundRows = -1;
+
+    public ModelRunner(string graphPath, ModelArchitecture architecture, EngineOptions options)
+    {
+        Architecture = architecture;
+        // The KV cache, steering slots and logits live in pinned host memory, bound in place. On CUDA, ONNX Runtime
+        // would copy them to the device and back every step and GroupQueryAttention could not share one buffer,
+        // so until device-resident buffers exist this runner is CPU only, and says so rather than run wrongly.
+        if (options.ExecutionProvider == ExecutionProviderPreference.Cuda)
+            throw new InvalidOperationException("the batching engine runs on CPU for now (its KV cache is host memory); use --provider Cpu or Auto");
+        (_session, var provider) = SessionFactory.Create(graphPath, options with { ExecutionProvider = ExecutionProviderPreference.Cpu });
+        Provider = options.ExecutionProvider == ExecutionProviderPreference.Auto
+            ? provider with { Reason = "the batching engine's KV cache is host memory, so it runs on CPU (CUDA support is pending)" }
+            : provider;
+        var inputs = _session.InputMetadata;
+        if (!inputs.ContainsKey(GraphNames.SeqlensK) || !inputs.ContainsKey(GraphNames.SteeringAdd))
+            throw new InvalidDataException($"{graphPath}: not a batched hooked graph (it needs {GraphNames.SeqlensK} and the steering inputs; re-export the model folder)");
+        SteeringShape = new SteeringShape(architecture.Layers, architecture.DModel, inputs[GraphNames.SteeringDecoder].Dimensions[2]);
+        Rows = options.MaxBatchRows;
+        Cache = new KvCache(architecture, Rows, options.KvTokenBudget ?? (long)Rows * architecture.ContextLength);
+        Steering = new SteeringSlots(SteeringShape, Rows);
+        _tokens = new RowTensor<long>(Rows, 1);
+        _positions = new RowTensor<long>(Rows, 1);
+        _seqLens = new RowTensor<int>(Rows);
+        _logits = new RowTensor<float>(Rows, 1, architecture.VocabSize);
+        _totalValue = OrtValue.CreateTensorValueFromMemory(OrtMemoryInfo.DefaultInstance, new Memory<int>(_total), []);
+        _prefillTokens = GC.AllocateArray<long>(architecture.ContextLength, pinned: true);
+        _prefillPositions = GC.AllocateArray<long>(architecture.ContextLength, pinned: true);
+        _lastLogits = new float[architecture.VocabSize];
+        _decode = _session.CreateIoBinding();
+        _prefill = _session.CreateIoBinding();
+    }
+
+    public ModelArchitecture Architecture { get; }
+    public ExecutionProviderInfo Provider { get; }
+    public SteeringShape SteeringShape { get; }
+    /// <summary>Most rows one decode step runs (the KV cache's slots).</summary>
+    public int Rows { get; }
+    public KvCache Cache { get; }
+    public SteeringSlots Steering { get; }
+
+    /// <summary>The token the row in <paramref name="slot"/> feeds at the next decode step.</summary>
+    public void SetNextToken(int slot, int token) => _tokens.Row(slot)[0] = token;
+
+    /// <summary>Moves everything a row owns (KV, steering, next token) into another slot.</summary>
+    public void Move(int from, int to)
+    {
+        Cache.Move(from, to);
+        Steering.Move(from, to);
+        _tokens.Row(to)[0] = _tokens.Row(from)[0];
+    }
+
+    /// <summary>
+    /// Runs a whole prompt for the row in <paramref name="slot"/> (its KV starts empty) and returns the logits
+    /// of its last position. The span is valid until the next prefill.
+    /// </summary>
+    public ReadOnlySpan<float> Prefill(int slot, ReadOnlySpan<int> prompt)
+    {
+        var count = prompt.Length;
+        Cache.Reset(slot);
+        if (count > Cache.Capacity) throw new ArgumentException($"a {count}-token prompt does not fit the context ({Cache.Capacity})");
+        for (var i = 0; i < count; i++)
+        {
+            _prefillTokens[i] = prompt[i];
+            _prefillPositions[i] = i;
+        }
+        _seqLens.Row(slot)[0] = count - 1;
+        _total[0] = count;
+        using var ids = OrtValue.CreateTensorValueFromMemory(OrtMemoryInfo.DefaultInstance, new Memory<long>(_prefillTokens, 0, count), [1, count]);
+        using var positions = OrtValue.CreateTensorValueFromMemory(OrtMemoryInfo.DefaultInstance, new Memory<long>(_prefillPositions, 0, count), [1, count]);
+        // Prefill logits [1, T, vocab] vary in size: ONNX Runtime allocates them (once per request, not per token).
+        _prefill.BindOutputToDevice(GraphNames.Logits, OrtMemoryInfo.DefaultInstance);
+        Bind(_prefill, ids, positions, _seqLens.RowValue(slot), Cache.Row(slot), Steering.Row(slot), logits: null);
+        _session.RunWithBinding(_runOptions, _prefill);
+        using (var outputs = _prefill.GetOutputValues())
+        {
+            var vocab = Architecture.VocabSize;
+            outputs[0].GetTensorDataAsSpan<float>().Slice((count - 1) * vocab, vocab).CopyTo(_lastLogits);
+        }
+        _prefill.ClearBoundInputs();
+        _prefill.ClearBoundOutputs();
+        Cache.Advance(slot, count);
+        return _lastLogits;
+    }
+
+    /// <summary>
+    /// One decode step for rows 0..<paramref name="rows"/>−1, each feeding its next token at its own position.
+    /// Returns logits [rows, vocab]; the span is valid until the next decode step.
+    /// </summary>
+    public ReadOnlySpan<float> Decode(int rows)
+    {
+        if (rows < 1 || rows > Rows) throw new ArgumentOutOfRangeException(nameof(rows), $"{rows} rows; the cache has {Rows}");
+        var longest = 0;
+        for (var i = 0; i < rows; i++)
+        {
+            var past = Cache.Length(i);
+            if (past >= Cache.Capacity) throw new InvalidOperationException($"row {i} is full ({past} tokens)");
+            _positions.Row(i)[0] = past;
+            _seqLens.Row(i)[0] = past; // GroupQueryAttention's seqlens_k: total length − 1
+            longest = Math.Max(longest, past + 1);
+        }
+        _total[0] = longest;
+        if (_boundRows != rows)
+        {
+            // Views of a prefix are made once per row count; binding changes only when rows join or leave.
+            _decode.ClearBoundInputs();
+            _decode.ClearBoundOutputs();
+            Bind(_decode, _tokens.Prefix(rows), _positions.Prefix(rows), _seqLens.Prefix(rows), Cache.Prefix(rows),
+                Steering.Prefix(rows), _logits.Prefix(rows));
+            _boundRows = rows;
+        }
+        _session.RunWithBinding(_runOptions, _decode);
+        for (var i = 0; i < rows; i++) Cache.Advance(i, 1);
+        return _logits.Leading(rows);
+    }
+
+    private void Bind(OrtIoBinding binding, OrtValue ids, OrtValue positions, OrtValue seqLens, OrtValue[] kv,
+        OrtValue[] steering, OrtValue? logits)
+    {
+        binding.BindInput(GraphNames.InputIds, ids);
+        binding.BindInput(GraphNames.PositionIds, positions);
+        binding.BindInput(GraphNames.SeqlensK, seqLens);
+        binding.BindInput(GraphNames.TotalSequenceLength, _totalValue);
+        for (var l = 0; l < Architecture.Layers; l++)
+        {
+            // The same tensor as past and present: GroupQueryAttention appends in place.
+            binding.BindInput(GraphNames.PastKey(l), kv[2 * l]);
+            binding.BindInput(GraphNames.PastValue(l), kv[2 * l + 1]);
+            binding.BindOutput(GraphNames.PresentKey(l), kv[2 * l]);
+            binding.BindOutput(GraphNames.PresentValue(l), kv[2 * l + 1]);
+        }
+        binding.BindInput(GraphNames.SteeringAdd, steering[0]);
+        binding.BindInput(GraphNames.SteeringEncoder, steering[1]);
+        binding.BindInput(GraphNames.SteeringDecoder, steering[2]);
+        binding.BindInput(GraphNames.SteeringCoefficients, steering[3]);
+        if (logits is not null) binding.BindOutput(GraphNames.Logits, logits);
+    }
+
+    public void Dispose()
+    {
+        if (Environment.GetEnvironmentVariable("FEATUREFLOW_ORT_PROFILE") is { Length: > 0 }) _session.EndProfiling();
+        _decode.Dispose();
+        _prefill.Dispose();
+        _session.Dispose();
+        _runOptions.Dispose();
+        _totalValue.Dispose();
+        Cache.Dispose();
+        Steering.Dispose();
+        foreach (var t in new IDisposable[] { _tokens, _positions, _seqLens, _logits }) t.Dispose();
+    }
+}

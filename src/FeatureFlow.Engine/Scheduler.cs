@@ -1,0 +1,266 @@
+using System.Diagnostics;
+
+namespace FeatureFlow.Engine;
+
+/// <summary>
+/// The one loop that owns the model. Between steps it retires finished and cancelled rows (freeing their KV slot
+/// at once), admits waiting requests while rows and KV budget allow and prefills each into its slot, then runs
+/// one decode step for every running row.
+/// </summary>
+/// <remarks>
+/// Prefill and decode are separate steps: a prefill runs one request's whole prompt in its own slot (batch 1),
+/// then the row joins the next decode step. That keeps every kernel shape a function of the row alone, which is
+/// what makes a row's logits bit-identical to its solo run, and prompts on this scale cost about one decode step.
+/// <see cref="EngineOptions.MaxPrefillTokensPerStep"/> bounds how long a burst of arrivals stalls running rows.
+/// </remarks>
+internal sealed class Scheduler : IDisposable
+{
+    private readonly ModelRunner _runner;
+    private readonly EngineOptions _options;
+    private readonly int _vocab;
+    private readonly object _lock = new();
+    private readonly LinkedList<Sequence> _waiting = new();
+    private readonly List<Sequence> _running = [];
+    private readonly List<int> _finished = [];
+    private readonly List<Sequence> _dropped = [];
+    private readonly SemaphoreSlim _wake = new(0);
+    private readonly Thread _thread;
+    private long _queuedTokens;
+    private volatile bool _stopping;
+    private long _prefillSteps, _decodeSteps, _decodeRows, _generated, _decodeAllocated, _decodeTicks, _loopTicks;
+    private int _runningRows;
+    private long _kvReserved, _kvInUse;
+    private double _tokensPerSecond = 100; // refined from measured steps; only used for retry-after estimates
+
+    public Scheduler(ModelRunner runner, EngineOptions options)
+    {
+        _runner = runner;
+        _options = options;
+        _vocab = runner.Architecture.VocabSize;
+        _thread = new Thread(Loop) { IsBackground = true, Name = "featureflow-scheduler" };
+        _thread.Start();
+    }
+
+    public event Action<long, int>? TokenGenerated;
+    public event Action<GenerationRecord>? GenerationFinished;
+
+    public void Enqueue(Sequence sequence)
+    {
+        lock (_lock)
+        {
+            ObjectDisposedException.ThrowIf(_stopping, this);
+            if (_waiting.Count >= _options.MaxQueuedRequests)
+                throw Overloaded("max_queued_requests", $"{_waiting.Count} requests are waiting, the most max_queued_requests ({_options.MaxQueuedRequests}) allows");
+            if (_queuedTokens + sequence.Reserved > _options.MaxQueuedTokens)
+                throw Overloaded("max_queued_tokens",
+                    $"waiting requests hold {_queuedTokens} tokens (prompt + max_tokens); this one's {sequence.Reserved} would pass max_queued_tokens ({_options.MaxQueuedTokens})");
+            _waiting.AddLast(sequence);
+            _queuedTokens += sequence.Reserved;
+        }
+        _wake.Release();
+    }
+
+    private EngineOverloadedException Overloaded(string limit, string reason)
+    {
+        var seconds = Math.Clamp((_queuedTokens + _kvReserved) / Math.Max(1, _tokensPerSecond), 1, 600);
+        var retry = TimeSpan.FromSeconds(Math.Ceiling(seconds));
+        return new EngineOverloadedException(limit, $"the server is busy: {reason}; retry in about {retry.TotalSeconds:0} s", retry);
+    }
+
+    /// <summary>Makes the loop look again (a queued request was cancelled, or shutdown).</summary>
+    public void Wake() => _wake.Release();
+
+    public EngineFigures Figures()
+    {
+        int queued;
+        long queuedTokens;
+        lock (_lock) (queued, queuedTokens) = (_waiting.Count, _queuedTokens);
+        return new EngineFigures
+        {
+            QueuedRequests = queued,
+            QueuedTokens = queuedTokens,
+            RunningRows = Volatile.Read(ref _runningRows),
+            KvTokensReserved = Volatile.Read(ref _kvReserved),
+            KvTokensInUse = Volatile.Read(ref _kvInUse),
+            KvTokenBudget = _runner.Cache.TokenBudget,
+            PrefillSteps = Volatile.Read(ref _prefillSteps),
+            DecodeSteps = Volatile.Read(ref _decodeSteps),
+            DecodeRows = Volatile.Read(ref _decodeRows),
+            GeneratedTokens = Volatile.Read(ref _generated),
+            DecodeAllocatedBytes = Volatile.Read(ref _decodeAllocated),
+            DecodeModelSeconds = Volatile.Read(ref _decodeTicks) / (double)Stopwatch.Frequency,
+            DecodeStepSeconds = Volatile.Read(ref _loopTicks) / (double)Stopwatch.Frequency,
+        };
+    }
+
+    private void Loop()
+    {
+        while (!_stopping)
+        {
+            RetireCancelled();
+            Admit();
+            if (_running.Count > 0) Decode();
+            Publish();
+            if (_running.Count == 0 && !_stopping) _wake.Wait();
+        }
+        foreach (var s in _running) s.Abort(FinishReason.Cancelled, new ObjectDisposedException(nameof(GenerationEngine), "the engine shut down"));
+        lock (_lock)
+            foreach (var s in _waiting) s.Abort(FinishReason.Cancelled, new ObjectDisposedException(nameof(GenerationEngine), "the engine shut down"));
+    }
+
+    /// <summary>Drops cancelled requests from the queue and prefills waiting ones while rows, budget and the step's prefill share allow.</summary>
+    private void Admit()
+    {
+        var prefilled = 0;
+        while (true)
+        {
+            Sequence? next = null;
+            _dropped.Clear();
+            lock (_lock)
+            {
+                for (var node = _waiting.First; node is not null;)
+                {
+                    var after = node.Next;
+                    if (node.Value.IsCancelled)
+                    {
+                        _waiting.Remove(node);
+                        _queuedTokens -= node.Value.Reserved;
+                        _dropped.Add(node.Value);
+                    }
+                    node = after;
+                }
+                if (_waiting.First?.Value is { } head && _running.Count < _runner.Rows
+                    && (prefilled == 0 || prefilled + head.Request.PromptIds.Length <= _options.MaxPrefillTokensPerStep)
+                    && _runner.Cache.TryReserve(head.Reserved))
+                {
+                    _waiting.RemoveFirst();
+                    _queuedTokens -= head.Reserved;
+                    next = head;
+                }
+            }
+            foreach (var s in _dropped) End(s, FinishReason.Cancelled);
+            if (next is null) return;
+            prefilled += next.Request.PromptIds.Length;
+            Join(next);
+        }
+    }
+
+    private void Join(Sequence sequence)
+    {
+        var slot = _running.Count;
+        _running.Add(sequence);
+        bool finished;
+        try
+        {
+            _runner.Steering.Write(slot, sequence.Plan.Prompt);
+            var logits = _runner.Prefill(slot, sequence.Request.PromptIds);
+            _prefillSteps++;
+            // Generated-only and prompt-only terms switch here, once, for the rest of the generation.
+            if (!ReferenceEquals(sequence.Plan.Generated, sequence.Plan.Prompt)) _runner.Steering.Write(slot, sequence.Plan.Generated);
+            finished = Accept(sequence, logits);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            sequence.Abort(FinishReason.Cancelled, e);
+            finished = true;
+        }
+        if (finished) Retire(slot);
+        else _runner.SetNextToken(slot, sequence.NextToken);
+    }
+
+    private void Decode()
+    {
+        var rows = _running.Count;
+        var started = Stopwatch.GetTimestamp();
+        ReadOnlySpan<float> logits;
+        try
+        {
+            var allocated = GC.GetAllocatedBytesForCurrentThread();
+            logits = _runner.Decode(rows);
+            _decodeAllocated += GC.GetAllocatedBytesForCurrentThread() - allocated;
+            _decodeTicks += Stopwatch.GetTimestamp() - started;
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            // A failed step has no trustworthy KV for any row: end them all with the error, keep serving.
+            for (var i = rows - 1; i >= 0; i--)
+            {
+                _running[i].Abort(FinishReason.Cancelled, e);
+                Retire(i);
+            }
+            return;
+        }
+        _decodeSteps++;
+        _decodeRows += rows;
+        _finished.Clear();
+        for (var i = 0; i < rows; i++)
+        {
+            var s = _running[i];
+            s.DecodeSteps++;
+            if (Accept(s, logits.Slice(i * _vocab, _vocab))) _finished.Add(i);
+            else _runner.SetNextToken(i, s.NextToken);
+        }
+        // Highest slot first: the last row, which fills a freed slot, is then never one that is leaving too.
+        for (var j = _finished.Count - 1; j >= 0; j--) Retire(_finished[j]);
+        var elapsed = Stopwatch.GetTimestamp() - started;
+        _loopTicks += elapsed;
+        var seconds = Stopwatch.GetElapsedTime(started).TotalSeconds;
+        if (seconds > 0) _tokensPerSecond = 0.9 * _tokensPerSecond + 0.1 * (rows / seconds);
+    }
+
+    /// <summary>Cancelled or abandoned rows leave before the next step computes anything for them.</summary>
+    private void RetireCancelled()
+    {
+        for (var i = _running.Count - 1; i >= 0; i--)
+            if (_running[i].IsCancelled) Retire(i);
+    }
+
+    private bool Accept(Sequence s, ReadOnlySpan<float> logits)
+    {
+        var before = s.Completion;
+        var finished = s.Accept(logits);
+        if (s.Completion != before)
+        {
+            _generated++;
+            TokenGenerated?.Invoke(s.Id, s.Completion);
+        }
+        return finished;
+    }
+
+    /// <summary>Ends the row in <paramref name="slot"/>: its slot and KV reservation are free before the next step.</summary>
+    private void Retire(int slot)
+    {
+        var s = _running[slot];
+        var last = _running.Count - 1;
+        if (slot != last)
+        {
+            _runner.Move(last, slot);
+            _running[slot] = _running[last];
+        }
+        _running.RemoveAt(last);
+        _runner.Cache.Release(s.Reserved);
+        Publish(); // whoever hears that the generation ended sees its row and KV already free
+        End(s, s.Finish ?? FinishReason.Cancelled);
+    }
+
+    private void End(Sequence s, FinishReason reason)
+    {
+        s.Abort(reason);
+        GenerationFinished?.Invoke(s.Record());
+    }
+
+    private void Publish()
+    {
+        Volatile.Write(ref _runningRows, _running.Count);
+        Volatile.Write(ref _kvReserved, _runner.Cache.TokensReserved);
+        Volatile.Write(ref _kvInUse, _runner.Cache.TokensInUse(_running.Count));
+    }
+
+    public void Dispose()
+    {
+        lock (_lock) _stopping = true;
+        _wake.Release();
+        _thread.Join();
+        _wake.Dispose();
+    }
+}

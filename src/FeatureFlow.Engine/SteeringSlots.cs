@@ -1,0 +1,57 @@
+using FeatureFlow.Models.Export;
+using FeatureFlow.Steering;
+using Microsoft.ML.OnnxRuntime;
+
+namespace FeatureFlow.Engine;
+
+/// <summary>
+/// The four steering inputs of the batched graph, one row per KV slot. A row's tensors are written once when it
+/// joins (the prompt set) and once after its prefill (the generated set); steps bind the prefix as it is, so
+/// steering costs no copy per step, and a row without steering is all zeros (the hook's identity).
+/// </summary>
+public sealed class SteeringSlots : IDisposable
+{
+    private readonly RowTensor<float> _add, _encoder, _decoder, _coefficients;
+    private readonly OrtValue[]?[] _prefixes;
+    private readonly OrtValue[]?[] _rows;
+
+    public SteeringSlots(SteeringShape shape, int rows)
+    {
+        Shape = shape;
+        long sites = shape.Sites, d = shape.DModel, k = shape.SlotsPerSite;
+        _add = new RowTensor<float>(rows, sites, d);
+        _encoder = new RowTensor<float>(rows, sites, d, k);
+        _decoder = new RowTensor<float>(rows, sites, k, d);
+        _coefficients = new RowTensor<float>(rows, sites, GraphNames.CoefficientRows, k);
+        _prefixes = new OrtValue[rows + 1][];
+        _rows = new OrtValue[rows][];
+    }
+
+    public SteeringShape Shape { get; }
+
+    private RowTensor<float>[] Parts => [_add, _encoder, _decoder, _coefficients];
+
+    public void Write(int slot, SteeringTensors tensors)
+    {
+        if (tensors.Shape != Shape) throw new ArgumentException($"steering tensors {tensors.Shape} do not fit the graph's {Shape}");
+        tensors.Add.CopyTo(_add.Row(slot));
+        tensors.Encoder.CopyTo(_encoder.Row(slot));
+        tensors.Decoder.CopyTo(_decoder.Row(slot));
+        tensors.Coefficients.CopyTo(_coefficients.Row(slot));
+    }
+
+    public void Move(int from, int to)
+    {
+        foreach (var part in Parts) part.Copy(from, to);
+    }
+
+    /// <summary>add, encoder, decoder, coefficients of rows 0..<paramref name="rows"/>−1.</summary>
+    public OrtValue[] Prefix(int rows) => _prefixes[rows] ??= Parts.Select(p => p.Prefix(rows)).ToArray();
+
+    public OrtValue[] Row(int slot) => _rows[slot] ??= Parts.Select(p => p.RowValue(slot)).ToArray();
+
+    public void Dispose()
+    {
+        foreach (var part in Parts) part.Dispose();
+    }
+}

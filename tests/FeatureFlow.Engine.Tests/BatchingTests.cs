@@ -1,0 +1,246 @@
+using FeatureFlow.Models;
+using FeatureFlow.Steering;
+using FeatureFlow.Steering.Packs;
+
+namespace FeatureFlow.Engine.Tests;
+
+/// <summary>The scheduler: batch invariance, limits, departures and the KV accounting.</summary>
+public class BatchingTests(EngineFixture f) : IClassFixture<EngineFixture>
+{
+    private static FeatureVector Feature(int seed, float threshold = 0f)
+    {
+        var rng = new Random(seed);
+        var v = Numerics.RandomVector(rng, 64);
+        var norm = MathF.Sqrt(v.Sum(x => x * x));
+        return new FeatureVector(v.Select(x => x / norm).ToArray(), Numerics.RandomVector(rng, 64, 0.5f), 0.1f, threshold);
+    }
+
+    /// <summary>
+    /// Requests that differ in everything a row can differ in: prompt, length, sampling, seed, stop strings and
+    /// steering (none, add, rescale, clamp, generated-only, a shipped pack, terms at several sites).
+    /// </summary>
+    internal static GenerationRequest[] MixedRequests(GenerationEngine engine, int count, int seed = 11)
+    {
+        var catalog = SteeringCatalog.Load(engine.Folder);
+        var pack = catalog.Packs.Get("happy", "pack");
+        SteeringSpec[] steering =
+        [
+            SteeringSpec.None,
+            new([new SteeringTerm(new Site(2, SiteKind.ResidPost), SteeringOperation.Add, 4f, Feature(1))]),
+            new([new SteeringTerm(new Site(1, SiteKind.MlpOut), SteeringOperation.Rescale, -2f, Feature(2))]),
+            new([new SteeringTerm(new Site(3, SiteKind.AttnOut), SteeringOperation.Clamp, 3f, Feature(3, 0.2f))]),
+            new([new SteeringTerm(new Site(3, SiteKind.ResidPost), SteeringOperation.Add, 6f, Feature(4), SteeringScope.GeneratedOnly)]),
+            new(pack.At(1f, SteeringScope.All, "pack").ToArray()),
+            new(
+            [
+                new SteeringTerm(new Site(0, SiteKind.AttnOut), SteeringOperation.Add, 1.5f, Feature(5)),
+                new SteeringTerm(new Site(1, SiteKind.MlpOut), SteeringOperation.Rescale, 0f, Feature(6)),
+                new SteeringTerm(new Site(4, SiteKind.ResidPost), SteeringOperation.Clamp, 2f, Feature(7, 0.1f), SteeringScope.PromptOnly),
+            ]),
+        ];
+        string[] prompts = ["", "Once upon a time", "Lily and Tom went to the park", "The little dog", "One day, a big red ball fell"];
+        var rng = new Random(seed);
+        return Enumerable.Range(0, count).Select(i => new GenerationRequest
+        {
+            PromptIds = engine.EncodePrompt(prompts[i % prompts.Length]),
+            MaxTokens = 20 + rng.Next(100),
+            Sampling = (i % 4) switch
+            {
+                0 => new SamplingOptions { Temperature = 0f },
+                1 => new SamplingOptions { Temperature = 1f, Seed = (ulong)rng.Next() },
+                2 => new SamplingOptions { Temperature = 0.8f, TopP = 0.9f, Seed = (ulong)rng.Next() },
+                _ => new SamplingOptions { Temperature = 1.2f, TopK = 20, Seed = (ulong)rng.Next() },
+            },
+            Stop = i % 5 == 3 ? ["park", "."] : [],
+            Steering = steering[i % steering.Length],
+        }).ToArray();
+    }
+
+    private static async Task<(List<int> Ids, List<float> LogProbs, string Text)> Run(GenerationEngine engine, GenerationRequest request)
+    {
+        var ids = new List<int>();
+        var logProbs = new List<float>();
+        var text = new System.Text.StringBuilder();
+        await foreach (var u in engine.GenerateAsync(request))
+        {
+            ids.AddRange(u.TokenIds);
+            logProbs.AddRange(u.LogProbs);
+            text.Append(u.Text);
+        }
+        return (ids, logProbs, text.ToString());
+    }
+
+    [Fact]
+    public async Task Sixteen_mixed_requests_joining_at_different_times_give_exactly_their_solo_tokens_and_logits()
+    {
+        var requests = MixedRequests(f.Engine, 16);
+        var solo = new List<(List<int> Ids, List<float> LogProbs, string Text)>();
+        foreach (var r in requests) solo.Add(await Run(f.Engine, r));
+
+        // Half start together; the rest join one by one while the first ones are decoding.
+        var started = new List<Task<(List<int> Ids, List<float> LogProbs, string Text)>>();
+        var steps = f.Engine.Figures().DecodeSteps;
+        foreach (var (r, i) in requests.Select((r, i) => (r, i)))
+        {
+            if (i >= 8)
+            {
+                var target = f.Engine.Figures().DecodeSteps + 3;
+                while (f.Engine.Figures().DecodeSteps < target && f.Engine.Figures().RunningRows > 0) await Task.Delay(1);
+            }
+            started.Add(Run(f.Engine, r));
+        }
+        var batched = await Task.WhenAll(started);
+
+        var figures = f.Engine.Figures();
+        Assert.True(figures.DecodeSteps > steps, "no decode step ran");
+        for (var i = 0; i < requests.Length; i++)
+        {
+            Assert.Equal(solo[i].Ids, batched[i].Ids);
+            Assert.Equal(solo[i].Text, batched[i].Text);
+            // Bit-exact: the log-probabilities are a function of every logit of the row.
+            Assert.Equal(solo[i].LogProbs.Select(BitConverter.SingleToInt32Bits), batched[i].LogProbs.Select(BitConverter.SingleToInt32Bits));
+        }
+        Assert.True(batched.Select(b => b.Ids).Distinct(new SequenceComparer()).Count() > 8, "the requests should not all generate the same text");
+    }
+
+    [Fact]
+    public async Task Rows_really_share_decode_steps()
+    {
+        var before = f.Engine.Figures();
+        var requests = Enumerable.Range(0, 8).Select(i => new GenerationRequest
+        {
+            PromptIds = [1], MaxTokens = 40, Sampling = new SamplingOptions { Temperature = 1f, Seed = (ulong)i + 1 },
+        }).ToArray();
+        await Task.WhenAll(requests.Select(r => Run(f.Engine, r)));
+        var after = f.Engine.Figures();
+        var rowsPerStep = (after.DecodeRows - before.DecodeRows) / (double)(after.DecodeSteps - before.DecodeSteps);
+        Assert.True(rowsPerStep > 2, $"{rowsPerStep:F2} rows per decode step: the requests ran one after the other");
+    }
+
+    [Fact]
+    public async Task Sixty_four_concurrent_streams_complete_and_leave_the_engine_idle()
+    {
+        var requests = MixedRequests(f.Engine, 64, seed: 5);
+        var results = await Task.WhenAll(requests.Select(r => Run(f.Engine, r)));
+        for (var i = 0; i < requests.Length; i++)
+            Assert.InRange(results[i].Ids.Count, 0, requests[i].MaxTokens);
+        AssertIdle(f.Engine);
+    }
+
+    [Fact]
+    public async Task A_cancellation_storm_leaves_the_engine_idle_and_the_next_request_correct()
+    {
+        var rng = new Random(3);
+        var requests = MixedRequests(f.Engine, 200, seed: 9);
+        var tasks = requests.Select(async r =>
+        {
+            using var cts = new CancellationTokenSource();
+            var stopAfter = rng.Next(0, 30);
+            var mode = rng.Next(3);
+            if (mode == 0) cts.CancelAfter(rng.Next(0, 50));
+            try
+            {
+                var n = 0;
+                await foreach (var _ in f.Engine.GenerateAsync(r, cts.Token))
+                    if (++n >= stopAfter)
+                    {
+                        if (mode == 1) cts.Cancel();
+                        else break; // abandon the stream without cancelling
+                    }
+            }
+            catch (OperationCanceledException)
+            {
+            }
+        }).ToArray();
+        await Task.WhenAll(tasks);
+        await WaitIdle(f.Engine);
+        AssertIdle(f.Engine);
+
+        var c = RunCReference.Case("greedy_prompt_once_upon_a_time");
+        var after = await Run(f.Engine, new GenerationRequest { PromptIds = c.PromptIds, MaxTokens = c.SampledIds.Length, Sampling = new SamplingOptions { Temperature = 0f } });
+        Assert.Equal(c.SampledIds, after.Ids);
+    }
+
+    [Fact]
+    public async Task Decode_steps_allocate_nothing_that_grows_with_the_cache()
+    {
+        // A long generation alone: a per-step copy of the cache would cost ~10 layers × 4 heads × 8 × 4 B per
+        // cached token (over 100 KB per step at 300 tokens); binding views made once costs nothing per step.
+        var before = f.Engine.Figures();
+        await Run(f.Engine, new GenerationRequest { PromptIds = [1], MaxTokens = 400, Sampling = new SamplingOptions { Temperature = 1f, Seed = 4 } });
+        var after = f.Engine.Figures();
+        var steps = after.DecodeSteps - before.DecodeSteps;
+        var perStep = (after.DecodeAllocatedBytes - before.DecodeAllocatedBytes) / (double)steps;
+        Assert.True(steps >= 100, $"only {steps} decode steps");
+        Assert.True(perStep <= 64, $"decode steps allocated {perStep:F0} B each on average over {steps} steps");
+    }
+
+    [Fact]
+    public async Task A_full_queue_refuses_with_the_limit_s_name_while_admitted_requests_complete()
+    {
+        using var engine = new GenerationEngine(f.Folder, EngineFixture.Options with { MaxBatchRows = 1, MaxQueuedRequests = 2 });
+        var request = new GenerationRequest { PromptIds = [1], MaxTokens = 300, Sampling = new SamplingOptions { Temperature = 0f } };
+        var first = engine.Submit(request);
+        await WaitUntil(() => engine.Figures().RunningRows == 1);
+        var queued = new[] { engine.Submit(request), engine.Submit(request) };
+        var e = Assert.Throws<EngineOverloadedException>(() => engine.Submit(request));
+        Assert.Equal("max_queued_requests", e.Limit);
+        Assert.Contains("max_queued_requests (2)", e.Message);
+        Assert.True(e.RetryAfter > TimeSpan.Zero);
+
+        var expected = RunCReference.Case("greedy_bos_200").SampledIds;
+        foreach (var g in queued.Prepend(first))
+            using (g)
+            {
+                var ids = new List<int>();
+                await foreach (var u in g.ReadAllAsync()) ids.AddRange(u.TokenIds);
+                Assert.Equal(expected, ids.Take(expected.Length));
+            }
+        AssertIdle(engine);
+
+        using var tight = new GenerationEngine(f.Folder, EngineFixture.Options with { MaxBatchRows = 1, MaxQueuedTokens = 400 });
+        using var running = tight.Submit(request);
+        await WaitUntil(() => tight.Figures().RunningRows == 1);
+        using var waiting = tight.Submit(request with { MaxTokens = 100 });
+        var tokens = Assert.Throws<EngineOverloadedException>(() => tight.Submit(request));
+        Assert.Equal("max_queued_tokens", tokens.Limit);
+    }
+
+    [Fact]
+    public async Task A_request_that_does_not_fit_the_kv_budget_waits_for_room_and_then_runs()
+    {
+        using var engine = new GenerationEngine(f.Folder, EngineFixture.Options with { MaxBatchRows = 4, KvTokenBudget = 512 });
+        var request = new GenerationRequest { PromptIds = [1], MaxTokens = 300, Sampling = new SamplingOptions { Temperature = 0f } };
+        var maxRunning = 0;
+        void OnToken(long id, int count) => maxRunning = Math.Max(maxRunning, engine.Figures().RunningRows);
+        engine.TokenGenerated += OnToken;
+        var results = await Task.WhenAll(Run(engine, request), Run(engine, request));
+        engine.TokenGenerated -= OnToken;
+        Assert.Equal(results[0].Ids, results[1].Ids);
+        Assert.Equal(1, maxRunning); // 2 × 301 tokens do not fit 512: the second waited
+        AssertIdle(engine);
+    }
+
+    private static Task WaitIdle(GenerationEngine engine) => WaitUntil(() => engine.ActiveGenerations == 0);
+
+    private static async Task WaitUntil(Func<bool> condition)
+    {
+        for (var i = 0; i < 1000 && !condition(); i++) await Task.Delay(5);
+    }
+
+    private static void AssertIdle(GenerationEngine engine)
+    {
+        var figures = engine.Figures();
+        Assert.Equal(0, figures.QueuedRequests);
+        Assert.Equal(0L, figures.QueuedTokens);
+        Assert.Equal(0, figures.RunningRows);
+        Assert.Equal(0L, figures.KvTokensReserved);
+        Assert.Equal(0L, figures.KvTokensInUse);
+    }
+
+    private sealed class SequenceComparer : IEqualityComparer<List<int>>
+    {
+        public bool Equals(List<int>? a, List<int>? b) => a!.SequenceEqual(b!);
+        public int GetHashCode(List<int> ids) => ids.Aggregate(17, (h, x) => h * 31 + x);
+    }
+}
