@@ -11,27 +11,40 @@ public sealed class InferenceService(GenerationEngine engine, SteeringCatalog ca
     public override async Task Generate(GenerateRequest request, IServerStreamWriter<GenerateResponse> responseStream, ServerCallContext context)
     {
         var ct = context.CancellationToken;
-        IAsyncEnumerator<GenerationUpdate> updates;
+        // Validated, compiled and queued before anything is streamed: a bad or refused request never enters the queue.
+        using var generation = Submit(request, context);
         try
         {
-            updates = engine.GenerateAsync(RequestMapper.ToDomain(request, engine, catalog), ct).GetAsyncEnumerator(ct);
-            // The first MoveNext validates the request, so bad input fails before anything is streamed.
-            if (!await updates.MoveNextAsync()) return;
+            await foreach (var update in generation.ReadAllAsync(ct))
+                await responseStream.WriteAsync(RequestMapper.ToApi(update), ct);
+        }
+        catch (Exception e) when (e is not OperationCanceledException and not RpcException)
+        {
+            logger.LogError(e, "generation {Id} failed", generation.Id);
+            throw new RpcException(new Status(StatusCode.Internal, $"generation failed: {e.Message}"));
+        }
+    }
+
+    private Generation Submit(GenerateRequest request, ServerCallContext context)
+    {
+        try
+        {
+            return engine.Submit(RequestMapper.ToDomain(request, engine, catalog));
         }
         catch (FieldValidationException e)
         {
             throw new RpcException(new Status(StatusCode.InvalidArgument, e.Message));
         }
-
-        await using (updates)
+        catch (EngineOverloadedException e)
         {
-            do
-            {
-                if (ct.IsCancellationRequested) break;
-                await responseStream.WriteAsync(RequestMapper.ToApi(updates.Current), ct);
-            } while (await updates.MoveNextAsync());
+            // gRPC's retry pushback: clients that retry wait this long; others read it from the message.
+            context.ResponseTrailers.Add("grpc-retry-pushback-ms", ((long)e.RetryAfter.TotalMilliseconds).ToString(System.Globalization.CultureInfo.InvariantCulture));
+            throw new RpcException(new Status(StatusCode.ResourceExhausted, $"{e.Limit}: {e.Message}"));
         }
-        logger.LogDebug("Generate finished (cancelled: {Cancelled})", ct.IsCancellationRequested);
+        catch (ObjectDisposedException)
+        {
+            throw new RpcException(new Status(StatusCode.Unavailable, "the server is shutting down"));
+        }
     }
 
     public override Task<ModelInfo> GetModelInfo(GetModelInfoRequest request, ServerCallContext context)
@@ -46,9 +59,9 @@ public sealed class InferenceService(GenerationEngine engine, SteeringCatalog ca
             ContextLength = m.Architecture.ContextLength,
             Heads = m.Architecture.Heads,
             KvHeads = m.Architecture.KvHeads,
-            SlotsPerSite = engine.Decoder.SteeringShape!.SlotsPerSite,
-            ExecutionProvider = engine.Decoder.Provider.Name,
-            ExecutionProviderReason = engine.Decoder.Provider.Reason,
+            SlotsPerSite = engine.SteeringShape.SlotsPerSite,
+            ExecutionProvider = engine.Provider.Name,
+            ExecutionProviderReason = engine.Provider.Reason,
         };
         info.Sites.AddRange(m.Steering.Sites);
         return Task.FromResult(info);

@@ -35,17 +35,17 @@ public static class RequestMapper
                 Seed = r.HasSeed ? r.Seed : (ulong)Random.Shared.NextInt64(),
             },
             Stop = r.Stop.ToArray(),
-            Steering = ToDomain(r.Steering, catalog),
+            Steering = ToDomain(r.Steering, catalog, engine.Compiler),
         };
     }
 
-    public static SteeringSpec ToDomain(Api.V1.SteeringSpec? spec, SteeringCatalog catalog)
+    public static SteeringSpec ToDomain(Api.V1.SteeringSpec? spec, SteeringCatalog catalog, SteeringCompiler compiler)
     {
         if (spec is null || spec.Terms.Count == 0) return SteeringSpec.None;
-        return new SteeringSpec(spec.Terms.SelectMany((t, i) => ToDomain(t, $"steering.terms[{i}]", catalog)).ToArray());
+        return new SteeringSpec(spec.Terms.SelectMany((t, i) => ToDomain(t, $"steering.terms[{i}]", catalog, compiler)).ToArray());
     }
 
-    private static IEnumerable<SteeringTerm> ToDomain(Api.V1.SteeringTerm t, string field, SteeringCatalog catalog)
+    private static IEnumerable<SteeringTerm> ToDomain(Api.V1.SteeringTerm t, string field, SteeringCatalog catalog, SteeringCompiler compiler)
     {
         var scope = t.Scope switch
         {
@@ -70,23 +70,26 @@ public static class RequestMapper
             ApiOperation.Clamp => DomainOperation.Clamp,
             _ => throw new FieldValidationException($"{field}.operation", $"must be ADD, RESCALE or CLAMP, got {t.Operation}"),
         };
-        var site = ResolveSite(t, field);
+        var (site, siteField) = ResolveSite(t, field);
+        // Before the SAE lookup, so a layer that does not exist is reported as such.
+        compiler.CheckSite(site, siteField);
         var feature = t.FeatureCase switch
         {
             Api.V1.SteeringTerm.FeatureOneofCase.Vector => new FeatureVector(t.Vector.Direction.ToArray(), t.Vector.Encoder.Count > 0 ? t.Vector.Encoder.ToArray() : null, t.Vector.EncoderBias, t.Vector.Threshold),
             Api.V1.SteeringTerm.FeatureOneofCase.SaeFeature => catalog.SaeFeature(site, t.SaeFeature.Index, $"{field}.sae_feature"),
             _ => throw new FieldValidationException($"{field}.vector", "the term names no feature: give vector, pack or sae_feature"),
         };
-        return [new SteeringTerm(site, operation, t.Value, feature, scope) { Field = field }];
+        return [new SteeringTerm(site, operation, t.Value, feature, scope) { Field = field, SiteField = siteField }];
     }
 
-    private static Site ResolveSite(Api.V1.SteeringTerm t, string field)
+    private static (Site Site, string Field) ResolveSite(Api.V1.SteeringTerm t, string field)
     {
         if (t.Hook.Length > 0)
         {
+            var hook = $"{field}.hook";
             if (t.Site != ApiSiteKind.Unspecified || t.Layer != 0)
-                throw new FieldValidationException($"{field}.hook", "give either hook or layer + site, not both");
-            return Site.TryParse(t.Hook, out var site, out var error) ? site : throw new FieldValidationException($"{field}.hook", error);
+                throw new FieldValidationException(hook, "give either hook or layer + site, not both");
+            return Site.TryParse(t.Hook, out var site, out var error) ? (site, hook) : throw new FieldValidationException(hook, error);
         }
         var kind = t.Site switch
         {
@@ -96,7 +99,7 @@ public static class RequestMapper
             ApiSiteKind.Unspecified => throw new FieldValidationException($"{field}.site", "name the site: hook, or layer + site (ATTN_OUT, MLP_OUT or RESID_POST)"),
             _ => throw new FieldValidationException($"{field}.site", $"unknown site {t.Site}"),
         };
-        return new Site(t.Layer, kind);
+        return (new Site(t.Layer, kind), $"{field}.layer");
     }
 
     /// <summary>One streamed update as the wire message; finish reason and usage only on the last.</summary>
@@ -104,6 +107,7 @@ public static class RequestMapper
     {
         var response = new GenerateResponse { Text = u.Text };
         response.TokenIds.AddRange(u.TokenIds);
+        response.TokenLogprobs.AddRange(u.LogProbs);
         if (u.Finish is { } finish)
         {
             response.FinishReason = ToApi(finish);

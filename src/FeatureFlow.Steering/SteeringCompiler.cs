@@ -55,10 +55,7 @@ public sealed class SteeringCompiler(SteeringShape shape)
     private void Validate(SteeringTerm term)
     {
         var f = term.Field;
-        if (term.Site.Layer < 0 || term.Site.Layer >= Shape.Layers)
-            throw new FieldValidationException($"{f}.layer", $"layer {term.Site.Layer} does not exist (the model has layers 0..{Shape.Layers - 1})");
-        if (!Enum.IsDefined(term.Site.Kind))
-            throw new FieldValidationException($"{f}.site", $"unknown site kind {(int)term.Site.Kind}");
+        CheckSite(term.Site, term.SiteField ?? $"{f}.layer");
         RequireFinite($"{f}.value", term.Value);
         RequireVector($"{f}.direction", term.Feature.Decoder);
         if (term.Operation == SteeringOperation.Add) return;
@@ -69,6 +66,15 @@ public sealed class SteeringCompiler(SteeringShape shape)
         RequireFinite($"{f}.threshold", term.Feature.Threshold);
         if (term.Feature.Threshold < 0f)
             throw new FieldValidationException($"{f}.threshold", $"JumpReLU threshold must be ≥ 0 (0 is ReLU), got {term.Feature.Threshold}");
+    }
+
+    /// <summary>The site exists in this model; <paramref name="field"/> is the request field that named it.</summary>
+    public void CheckSite(Site site, string field)
+    {
+        if (site.Layer < 0 || site.Layer >= Shape.Layers)
+            throw new FieldValidationException(field, $"layer {site.Layer} does not exist (the model has layers 0..{Shape.Layers - 1})");
+        if (!Enum.IsDefined(site.Kind))
+            throw new FieldValidationException(field, $"unknown site kind {(int)site.Kind}");
     }
 
     private void RequireVector(string field, float[] vector)

@@ -31,6 +31,8 @@ public sealed record FeatureVector(float[] Decoder, float[]? Encoder = null, flo
 public sealed record SteeringTerm(Site Site, SteeringOperation Operation, float Value, FeatureVector Feature, SteeringScope Scope = SteeringScope.All)
 {
     public string Field { get; init; } = "steering.terms[0]";
+    /// <summary>The request field that named the site (<c>….hook</c> or <c>….layer</c>), for errors about the site.</summary>
+    public string? SiteField { get; init; }
 }
 
 public sealed record SteeringSpec(IReadOnlyList<SteeringTerm> Terms)

@@ -103,7 +103,7 @@ public class InferenceServiceTests(ServerFixture f) : IClassFixture<ServerFixtur
         ["infinite encoder bias"] = (r => r.Steering.Terms[0].Vector.EncoderBias = float.NegativeInfinity, "steering.terms[0].encoder_bias"),
         ["NaN threshold"] = (r => r.Steering.Terms[0].Vector.Threshold = float.NaN, "steering.terms[0].threshold"),
         ["unknown layer"] = (r => { r.Steering.Terms[0].Hook = ""; r.Steering.Terms[0].Layer = 7; r.Steering.Terms[0].Site = SiteKind.AttnOut; }, "steering.terms[0].layer"),
-        ["unknown layer in hook name"] = (r => r.Steering.Terms[0].Hook = "blocks.9.hook_mlp_out", "steering.terms[0].layer"),
+        ["unknown layer in hook name"] = (r => r.Steering.Terms[0].Hook = "blocks.9.hook_mlp_out", "steering.terms[0].hook"),
         ["unknown site in hook name"] = (r => r.Steering.Terms[0].Hook = "blocks.1.hook_resid_mid", "steering.terms[0].hook"),
         ["no site"] = (r => r.Steering.Terms[0].Hook = "", "steering.terms[0].site"),
         ["unknown site enum"] = (r => { r.Steering.Terms[0].Hook = ""; r.Steering.Terms[0].Site = (SiteKind)42; }, "steering.terms[0].site"),

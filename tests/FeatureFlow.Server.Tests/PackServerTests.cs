@@ -27,7 +27,7 @@ public sealed class PackServerFixture : IAsyncLifetime
     public async Task InitializeAsync()
     {
         var source = ModelFolder.Open(RepoPaths.Stories260kModel);
-        foreach (var file in new[] { ModelManifest.FileName, source.Manifest.Graphs.Hooked, source.Manifest.Graphs.Plain, source.Manifest.Tokenizer.File })
+        foreach (var file in new[] { ModelManifest.FileName, source.Manifest.Graphs.Hooked, source.Manifest.Graphs.Plain, source.Manifest.Graphs.Batched!, source.Manifest.Tokenizer.File })
             File.Copy(Path.Combine(source.Directory, file), Path.Combine(Folder, file));
         var rng = new Random(8);
         Pack = new SteeringPack(new PackMetadata { Name = "test-pack", ModelFingerprint = SteeringPack.Fingerprint(source.Manifest), Seed = "blocks.2.hook_resid_post/0", DefaultStrength = 1.5f, Description = "a test" },

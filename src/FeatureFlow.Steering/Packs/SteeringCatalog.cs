@@ -24,7 +24,7 @@ public sealed class SteeringCatalog(PackRegistry packs, SaeSet saes, IReadOnlyLi
     {
         SparseAutoencoder sae;
         try { sae = Saes.Get(site, field); }
-        catch (KeyNotFoundException e) { throw new FieldValidationException(field, e.Message); }
+        catch (KeyNotFoundException) { throw new FieldValidationException(field, $"no SAE is loaded for {site}"); }
         if ((uint)index >= (uint)sae.DSae)
             throw new FieldValidationException($"{field}.index", $"feature {index} does not exist (the SAE at {site} has features 0..{sae.DSae - 1})");
         var (decoder, encoder, bias, threshold) = sae.HookFeature(index);
