@@ -13,7 +13,7 @@ public static class ServeCommand
         new("--provider") { Description = "execution provider: Auto (CUDA if it loads, else CPU), Cpu or Cuda", DefaultValueFactory = _ => ExecutionProviderPreference.Auto };
 
     public static Option<int> IntraOpThreadsOption() =>
-        new("--intra-op-threads") { Description = "ONNX Runtime threads inside one step (0: ONNX Runtime's choice; 1 is often fastest for tiny models)", DefaultValueFactory = _ => 0 };
+        new("--intra-op-threads") { Description = "ONNX Runtime threads inside one step (0: one per core; 1, the default, is fastest for tiny models)", DefaultValueFactory = _ => 1 };
 
     public static Command Build(TextWriter error)
     {
@@ -22,9 +22,16 @@ public static class ServeCommand
         var port = new Option<int>("--port") { Description = "port (0 picks a free one)", DefaultValueFactory = _ => 50051 };
         var provider = ProviderOption();
         var threads = IntraOpThreadsOption();
+        var defaults = new EngineOptions();
+        var rows = new Option<int>("--max-batch-rows") { Description = "rows one decode step runs at most (= KV cache slots, each a full context)", DefaultValueFactory = _ => defaults.MaxBatchRows };
+        var budget = new Option<long?>("--kv-token-budget") { Description = "tokens running rows may reserve together (prompt + max_tokens each); requests beyond it wait. Default: max-batch-rows × context" };
+        var queued = new Option<int>("--max-queued-requests") { Description = "requests that may wait for a row; more get RESOURCE_EXHAUSTED", DefaultValueFactory = _ => defaults.MaxQueuedRequests };
+        var queuedTokens = new Option<long>("--max-queued-tokens") { Description = "prompt + max_tokens of all waiting requests; more get RESOURCE_EXHAUSTED", DefaultValueFactory = _ => defaults.MaxQueuedTokens };
+        var prefill = new Option<int>("--max-prefill-tokens-per-step") { Description = "prompt tokens prefilled between two decode steps (bounds the stall new arrivals cause)", DefaultValueFactory = _ => defaults.MaxPrefillTokensPerStep };
+        var maxTokens = new Option<int>("--default-max-tokens") { Description = "max_tokens for requests that leave it unset", DefaultValueFactory = _ => defaults.DefaultMaxTokens };
         var command = new Command("serve", "Serve a model folder over gRPC (featureflow.v1.Inference, grpc.health.v1.Health, reflection; cleartext HTTP/2).")
         {
-            model, host, port, provider, threads,
+            model, host, port, provider, threads, rows, budget, queued, queuedTokens, prefill, maxTokens,
         };
         command.SetAction((parse, ct) => CliApp.Guard(error, async () =>
         {
@@ -33,7 +40,17 @@ public static class ServeCommand
                 ModelDirectory = parse.GetValue(model)!,
                 Host = parse.GetValue(host)!,
                 Port = parse.GetValue(port),
-                Engine = new EngineOptions { ExecutionProvider = parse.GetValue(provider), IntraOpThreads = parse.GetValue(threads) },
+                Engine = new EngineOptions
+                {
+                    ExecutionProvider = parse.GetValue(provider),
+                    IntraOpThreads = parse.GetValue(threads),
+                    MaxBatchRows = parse.GetValue(rows),
+                    KvTokenBudget = parse.GetValue(budget),
+                    MaxQueuedRequests = parse.GetValue(queued),
+                    MaxQueuedTokens = parse.GetValue(queuedTokens),
+                    MaxPrefillTokensPerStep = parse.GetValue(prefill),
+                    DefaultMaxTokens = parse.GetValue(maxTokens),
+                },
             };
             await using var server = ServerHost.Create(options);
             await server.StartAsync(ct);

@@ -98,4 +98,17 @@ public class CliTests
         Assert.Equal(1, exit);
         Assert.Contains("featureflow export", stderr);
     }
+
+    [Fact]
+    public async Task Bench_serving_prints_one_row_per_mode_with_measured_batches()
+    {
+        var (exit, stdout, stderr) = await CliRunner.Run("bench", "serving", "--model", RepoPaths.Stories260kModel,
+            "--streams", "1,4", "--rounds", "1", "--max-tokens", "12");
+        Assert.True(exit == 0, stderr);
+        var rows = stdout.Split('\n').Where(l => l.StartsWith("| gRPC") || l.StartsWith("| engine")).ToArray();
+        Assert.Equal(4, rows.Length);
+        // Four concurrent streams really shared decode steps (the rows-per-step column of the 4-stream rows).
+        var rowsPerStep = rows.Where(r => r.Contains("4 streams")).Select(r => double.Parse(r.Split('|')[5], System.Globalization.CultureInfo.InvariantCulture));
+        Assert.All(rowsPerStep, x => Assert.True(x > 1.5, $"{x} rows per step"));
+    }
 }

@@ -1,0 +1,130 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using FeatureFlow.Api.V1;
+using FeatureFlow.Engine;
+using FeatureFlow.Server;
+using Grpc.Core;
+using Grpc.Net.Client;
+using Microsoft.Extensions.Logging;
+
+namespace FeatureFlow.Cli;
+
+/// <summary>
+/// <c>featureflow bench serving</c>: aggregate decode throughput at several numbers of concurrent gRPC streams,
+/// next to the in-process engine, from one run with the modes interleaved round by round.
+/// </summary>
+public static class BenchCommand
+{
+    public static Command Build(TextWriter output, TextWriter error)
+    {
+        var model = ServeCommand.ModelOption();
+        var streams = new Option<string>("--streams") { Description = "comma-separated numbers of concurrent streams", DefaultValueFactory = _ => "1,4,16,64" };
+        var maxTokens = new Option<int>("--max-tokens") { Description = "tokens each stream asks for", DefaultValueFactory = _ => 200 };
+        var rounds = new Option<int>("--rounds") { Description = "rounds (each runs every mode once; the table shows medians)", DefaultValueFactory = _ => 5 };
+        var threads = ServeCommand.IntraOpThreadsOption();
+        var serving = new Command("serving", "Aggregate tokens/s at 1, 4, 16, 64 concurrent gRPC streams against an in-process server, and the in-process engine alone.")
+        {
+            model, streams, maxTokens, rounds, threads,
+        };
+        serving.SetAction((parse, ct) => CliApp.Guard(error, async () =>
+        {
+            var levels = parse.GetValue(streams)!.Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray();
+            var options = new ServerOptions
+            {
+                ModelDirectory = parse.GetValue(model)!,
+                Port = 0,
+                Engine = new EngineOptions { ExecutionProvider = ExecutionProviderPreference.Cpu, IntraOpThreads = parse.GetValue(threads) },
+            };
+            await using var host = ServerHost.Create(options, logging => logging.SetMinimumLevel(LogLevel.Warning));
+            await host.StartAsync(ct);
+            using var channel = GrpcChannel.ForAddress(host.Address);
+            var client = new Inference.InferenceClient(channel);
+            await RunAsync(host.Engine, client, levels, parse.GetValue(maxTokens), parse.GetValue(rounds), output, error, ct);
+            return 0;
+        }));
+        return new Command("bench", "Benchmarks of the serving path.") { serving };
+    }
+
+    /// <summary>One mode's run: throughput, batch size, and where the loop's time went (per decode step).</summary>
+    private sealed record Sample(double TokensPerSecond, double RowsPerStep, double ModelMs, double StepMs, double LoopShare);
+
+    private static async Task RunAsync(GenerationEngine engine, Inference.InferenceClient client, int[] levels, int maxTokens, int rounds,
+        TextWriter output, TextWriter error, CancellationToken ct)
+    {
+        static string Streams(int n) => $"{n} stream{(n == 1 ? "" : "s")}";
+        var modes = new List<(string Name, Func<int, Task<long>> Run)>();
+        modes.AddRange(levels.Select(n => ($"gRPC, {Streams(n)}", (Func<int, Task<long>>)(r => Grpc(client, n, maxTokens, r, ct)))));
+        modes.AddRange(levels.Select(n => ($"engine in-process, {Streams(n)}", (Func<int, Task<long>>)(r => InProcess(engine, n, maxTokens, r, ct)))));
+        var samples = modes.ToDictionary(m => m.Name, _ => new List<Sample>());
+        // Warm-up: one of each, not recorded.
+        foreach (var (_, run) in modes) await run(-1);
+        for (var round = 0; round < rounds; round++)
+        {
+            foreach (var (name, run) in modes)
+            {
+                var before = engine.Figures();
+                var clock = Stopwatch.StartNew();
+                var tokens = await run(round);
+                var seconds = clock.Elapsed.TotalSeconds;
+                var after = engine.Figures();
+                var steps = after.DecodeSteps - before.DecodeSteps;
+                var perStep = Math.Max(1, steps);
+                samples[name].Add(new Sample(tokens / seconds, (after.DecodeRows - before.DecodeRows) / (double)perStep,
+                    1000 * (after.DecodeModelSeconds - before.DecodeModelSeconds) / perStep,
+                    1000 * (after.DecodeStepSeconds - before.DecodeStepSeconds) / perStep,
+                    (after.DecodeStepSeconds - before.DecodeStepSeconds) / seconds));
+            }
+            await error.WriteLineAsync($"round {round + 1}/{rounds} done");
+        }
+
+        double Median(IEnumerable<double> xs) { var s = xs.Order().ToArray(); return s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2; }
+        var single = Median(samples[$"gRPC, {Streams(levels[0])}"].Select(s => s.TokensPerSecond));
+        var inProcess = Median(samples[$"engine in-process, {Streams(levels[0])}"].Select(s => s.TokensPerSecond));
+        await output.WriteLineAsync($"| mode | tokens/s (median of {rounds}) | min – max | × gRPC {Streams(levels[0])} | rows per decode step " +
+            "| model ms per step | step ms (model + sampling + streaming) | loop busy |");
+        await output.WriteLineAsync("|---|---:|---:|---:|---:|---:|---:|---:|");
+        foreach (var (name, _) in modes)
+        {
+            var tps = samples[name].Select(s => s.TokensPerSecond).ToArray();
+            var median = Median(tps);
+            await output.WriteLineAsync(string.Create(CultureInfo.InvariantCulture,
+                $"| {name} | {median:F0} | {tps.Min():F0} – {tps.Max():F0} | {median / single:F2} | {Median(samples[name].Select(s => s.RowsPerStep)):F1} " +
+                $"| {Median(samples[name].Select(s => s.ModelMs)):F3} | {Median(samples[name].Select(s => s.StepMs)):F3} | {Median(samples[name].Select(s => s.LoopShare)):P0} |"));
+        }
+        await output.WriteLineAsync(string.Create(CultureInfo.InvariantCulture, $"\ngRPC ÷ in-process engine at {Streams(levels[0])}: {single / inProcess:F2}"));
+    }
+
+    private static string Prompt(int i) => (i % 4) switch { 0 => "", 1 => "Once upon a time", 2 => "Tom had a big", _ => "The little cat" };
+
+    private static ulong Seed(int round, int i) => (ulong)(round + 2) * 10_000 + (ulong)i;
+
+    private static async Task<long> InProcess(GenerationEngine engine, int streams, int maxTokens, int round, CancellationToken ct)
+    {
+        var counts = await Task.WhenAll(Enumerable.Range(0, streams).Select(async i =>
+        {
+            var request = new GenerationRequest
+            {
+                PromptIds = engine.EncodePrompt(Prompt(i)),
+                MaxTokens = maxTokens,
+                Sampling = new SamplingOptions { Temperature = 1f, Seed = Seed(round, i) },
+            };
+            long tokens = 0;
+            await foreach (var u in engine.GenerateAsync(request, ct)) tokens += u.TokenIds.Count;
+            return tokens;
+        }));
+        return counts.Sum();
+    }
+
+    private static async Task<long> Grpc(Inference.InferenceClient client, int streams, int maxTokens, int round, CancellationToken ct)
+    {
+        var counts = await Task.WhenAll(Enumerable.Range(0, streams).Select(async i =>
+        {
+            using var call = client.Generate(new GenerateRequest { Prompt = Prompt(i), MaxTokens = maxTokens, Temperature = 1f, Seed = Seed(round, i) }, cancellationToken: ct);
+            long tokens = 0;
+            await foreach (var r in call.ResponseStream.ReadAllAsync(ct)) tokens += r.TokenIds.Count;
+            return tokens;
+        }));
+        return counts.Sum();
+    }
+}
