@@ -6,9 +6,10 @@ using Microsoft.ML.OnnxRuntime;
 namespace FeatureFlow.Engine;
 
 /// <summary>
-/// One loaded decoder graph (hooked or plain) and the step that runs it: feed new tokens with the KV
-/// cache of earlier ones, get logits for every new position. Thread-safe: each generation owns a
-/// <see cref="DecoderState"/>, and ONNX Runtime sessions accept concurrent runs.
+/// One loaded plain-operator decoder graph (hooked or plain) and the step that runs it: feed new tokens with
+/// the KV cache of earlier ones, get logits and site values for every new position. The reference runner for
+/// tests, activation collection and scoring (the server runs the batched graph through <see cref="ModelRunner"/>).
+/// Thread-safe: each caller owns a <see cref="DecoderState"/>, and ONNX Runtime sessions accept concurrent runs.
 /// </summary>
 public sealed class HookedDecoder : IDisposable
 {

@@ -98,66 +98,64 @@ public class GenerationTests(EngineFixture f) : IClassFixture<EngineFixture>
     [Fact]
     public async Task Cancelling_stops_the_loop_within_a_step()
     {
-        var generated = 0;
-        var atCancel = -1;
-        void OnToken(long id, int count) => Volatile.Write(ref generated, count);
-        f.Engine.TokenGenerated += OnToken;
-        try
+        var (record, atCancel) = await FinishedRecordAndTokensAt(async tokensNow =>
         {
-            var record = await FinishedRecordOf(async () =>
+            using var cts = new CancellationTokenSource();
+            var received = 0;
+            var at = -1;
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(async () =>
             {
-                using var cts = new CancellationTokenSource();
-                var received = 0;
-                await Assert.ThrowsAnyAsync<OperationCanceledException>(async () =>
-                {
-                    await foreach (var _ in f.Engine.GenerateAsync(new GenerationRequest { PromptIds = [1], MaxTokens = 400, Sampling = Greedy }, cts.Token))
-                        if (++received == 3)
-                        {
-                            atCancel = Volatile.Read(ref generated);
-                            cts.Cancel();
-                        }
-                });
+                await foreach (var _ in f.Engine.GenerateAsync(new GenerationRequest { PromptIds = [1], MaxTokens = 400, Sampling = Greedy }, cts.Token))
+                    if (++received == 3)
+                    {
+                        at = tokensNow();
+                        cts.Cancel();
+                    }
             });
-            Assert.Equal(FinishReason.Cancelled, record.Finish);
-            // The loop checks between steps: the step in flight when Cancel() ran completes, and the count read at
-            // cancel time may lag the stream by the token whose update was just read.
-            Assert.True(record.CompletionTokens <= atCancel + 2, $"{record.CompletionTokens} tokens generated; cancelled at {atCancel}");
-        }
-        finally
-        {
-            f.Engine.TokenGenerated -= OnToken;
-        }
+            return at;
+        });
+        Assert.Equal(FinishReason.Cancelled, record.Finish);
+        // The loop checks between steps: the step in flight when Cancel() ran completes, and the count read at
+        // cancel time may lag the stream by the token whose update was just read.
+        Assert.True(record.CompletionTokens <= atCancel + 2, $"{record.CompletionTokens} tokens generated; cancelled at {atCancel}");
         Assert.Equal(0, f.Engine.ActiveGenerations);
     }
 
     [Fact]
     public async Task A_reader_that_abandons_the_stream_stops_the_loop_and_frees_its_slot()
     {
+        var (record, atLeave) = await FinishedRecordAndTokensAt(async tokensNow =>
+        {
+            var taken = 0;
+            await foreach (var _ in f.Engine.GenerateAsync(new GenerationRequest { PromptIds = [1], MaxTokens = 400, Sampling = Greedy }))
+                if (++taken == 2) return tokensNow();
+            return -1;
+        });
+        Assert.Equal(FinishReason.Cancelled, record.Finish);
+        Assert.True(record.CompletionTokens <= atLeave + 2, $"{record.CompletionTokens} tokens; the reader left at {atLeave}");
+        var figures = f.Engine.Figures();
+        Assert.Equal((0, 0, 0L), (figures.RunningRows, figures.QueuedRequests, figures.KvTokensReserved));
+    }
+
+    /// <summary>
+    /// Runs <paramref name="act"/> (given the engine's count of generated tokens, read when it likes) and
+    /// returns the engine's record of the generation it started, and what <paramref name="act"/> returned.
+    /// </summary>
+    private async Task<(GenerationRecord Record, int Value)> FinishedRecordAndTokensAt(Func<Func<int>, Task<int>> act)
+    {
         var generated = 0;
-        var atLeave = -1;
         void OnToken(long id, int count) => Volatile.Write(ref generated, count);
         f.Engine.TokenGenerated += OnToken;
         try
         {
-            var record = await FinishedRecordOf(async () =>
-            {
-                var taken = 0;
-                await foreach (var _ in f.Engine.GenerateAsync(new GenerationRequest { PromptIds = [1], MaxTokens = 400, Sampling = Greedy }))
-                    if (++taken == 2)
-                    {
-                        atLeave = Volatile.Read(ref generated);
-                        break;
-                    }
-            });
-            Assert.Equal(FinishReason.Cancelled, record.Finish);
-            Assert.True(record.CompletionTokens <= atLeave + 2, $"{record.CompletionTokens} tokens; the reader left at {atLeave}");
+            var value = 0;
+            var record = await FinishedRecordOf(async () => value = await act(() => Volatile.Read(ref generated)));
+            return (record, value);
         }
         finally
         {
             f.Engine.TokenGenerated -= OnToken;
         }
-        var figures = f.Engine.Figures();
-        Assert.Equal((0, 0, 0L), (figures.RunningRows, figures.QueuedRequests, figures.KvTokensReserved));
     }
 
     /// <summary>Runs <paramref name="act"/> and returns the engine's record of the generation it started.</summary>
