@@ -136,7 +136,7 @@ public static class SteerCommand
         sb.AppendLine($"# Steering packs for {folder.Manifest.Name}");
         sb.AppendLine();
         sb.AppendLine("Each pack is one file (`NAME.pack.safetensors`: per-site tensors + JSON metadata) that the server loads at start-up;");
-        sb.AppendLine("apply one with a steering term `{\"pack\": {\"name\": \"NAME\", \"strength\": 1.0}}` (strength multiplies every coefficient).");
+        sb.AppendLine("apply one with a steering term `{\"pack\": {\"name\": \"NAME\", \"strength\": 1.0}}` (strength 0 is the unsteered model, 1 the pack as built; values between interpolate).");
         sb.AppendLine("`NAME.svg` is the flow graph the pack was built from.");
         sb.AppendLine();
         sb.AppendLine(CultureInfo.InvariantCulture, $"Evaluation (`featureflow steer report --write-readme`): for seeds 1..{options.Seeds}, {options.Tokens} tokens from BOS at temperature {options.Temperature}, top-p {options.TopP}, with and without the pack at its default strength. Feature activation = the seed feature's mean SAE activation over the generated tokens; theme-word rate = share of words in the pack's theme list; perplexity = of the generated text under the unsteered model (coherence: lower is better). Mean ± 95% interval over seeds.");

@@ -56,7 +56,7 @@ public static class RequestMapper
         };
         if (t.FeatureCase == Api.V1.SteeringTerm.FeatureOneofCase.Pack)
         {
-            if (t.Hook.Length > 0 || t.Site != ApiSiteKind.Unspecified || t.Layer != 0 || t.Operation != ApiOperation.Unspecified || t.Value != 0f)
+            if (t.Hook.Length > 0 || t.Site != ApiSiteKind.Unspecified || t.Layer != 0 || t.Operation != ApiOperation.Unspecified || t.Value != 0f || t.HasStrength)
                 throw new FieldValidationException($"{field}.pack", "a pack term takes only pack (name, strength) and scope: the pack's terms carry their own sites, operations and values");
             var pack = catalog.Packs.Get(t.Pack.Name, $"{field}.pack.name");
             var strength = t.Pack.HasStrength ? t.Pack.Strength : pack.Metadata.DefaultStrength;
@@ -79,7 +79,7 @@ public static class RequestMapper
             Api.V1.SteeringTerm.FeatureOneofCase.SaeFeature => catalog.SaeFeature(site, t.SaeFeature.Index, $"{field}.sae_feature"),
             _ => throw new FieldValidationException($"{field}.vector", "the term names no feature: give vector, pack or sae_feature"),
         };
-        return [new SteeringTerm(site, operation, t.Value, feature, scope) { Field = field, SiteField = siteField }];
+        return [new SteeringTerm(site, operation, t.Value, feature, scope) { Field = field, SiteField = siteField, Strength = t.HasStrength ? t.Strength : 1f }];
     }
 
     private static (Site Site, string Field) ResolveSite(Api.V1.SteeringTerm t, string field)

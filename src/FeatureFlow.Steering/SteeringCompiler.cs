@@ -33,7 +33,8 @@ public sealed class SteeringCompiler(SteeringShape shape)
         if (term.Operation == SteeringOperation.Add)
         {
             var add = tensors.AddAt(site);
-            for (var i = 0; i < add.Length; i++) add[i] += term.Value * v[i];
+            var s = term.Value * term.Strength;
+            for (var i = 0; i < add.Length; i++) add[i] += s * v[i];
             return;
         }
         var slot = slotsUsed[site.Index]++;
@@ -43,11 +44,12 @@ public sealed class SteeringCompiler(SteeringShape shape)
         v.AsSpan().CopyTo(tensors.DecoderAt(site, slot));
         tensors.Coefficient(site, Row.EncoderBias, slot) = term.Feature.EncoderBias;
         tensors.Coefficient(site, Row.Threshold, slot) = term.Feature.Threshold;
-        // Rescale: (r − 1)·a·v. Clamp: (c − a)·v = −1·a·v + c·v.
+        // Rescale: strength·(r − 1)·a·v. Clamp: strength·(c − a)·v = −strength·a·v + strength·c·v. Strength 0 gives
+        // α = β = 0: the slot adds exactly zero.
         (tensors.Coefficient(site, Row.Alpha, slot), tensors.Coefficient(site, Row.Beta, slot)) = term.Operation switch
         {
-            SteeringOperation.Rescale => (term.Value - 1f, 0f),
-            SteeringOperation.Clamp => (-1f, term.Value),
+            SteeringOperation.Rescale => (term.Strength * (term.Value - 1f), 0f),
+            SteeringOperation.Clamp => (-term.Strength, term.Strength * term.Value),
             _ => throw new ArgumentOutOfRangeException(nameof(term)),
         };
     }
@@ -57,6 +59,7 @@ public sealed class SteeringCompiler(SteeringShape shape)
         var f = term.Field;
         CheckSite(term.Site, term.SiteField ?? $"{f}.layer");
         RequireFinite($"{f}.value", term.Value);
+        RequireFinite($"{f}.strength", term.Strength);
         RequireVector($"{f}.direction", term.Feature.Decoder);
         if (term.Operation == SteeringOperation.Add) return;
         if (term.Feature.Encoder is null || term.Feature.Encoder.Length == 0)

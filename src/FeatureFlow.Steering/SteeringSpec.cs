@@ -33,6 +33,12 @@ public sealed record SteeringTerm(Site Site, SteeringOperation Operation, float 
     public string Field { get; init; } = "steering.terms[0]";
     /// <summary>The request field that named the site (<c>….hook</c> or <c>….layer</c>), for errors about the site.</summary>
     public string? SiteField { get; init; }
+
+    /// <summary>
+    /// How much of the term applies: 0 is exactly no steering, 1 the term as written, values between interpolate.
+    /// Add: s·strength. Rescale: r_eff = 1 + strength·(r − 1). Clamp: a partial pull toward c, h + strength·(c − a)·v.
+    /// </summary>
+    public float Strength { get; init; } = 1f;
 }
 
 public sealed record SteeringSpec(IReadOnlyList<SteeringTerm> Terms)

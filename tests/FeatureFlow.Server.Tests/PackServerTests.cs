@@ -82,7 +82,8 @@ public class PackServerTests(PackServerFixture f) : IClassFixture<PackServerFixt
         {
             Hook = t.Site.HookName,
             Operation = t.Operation switch { DomainOperation.Add => Api.V1.SteeringOperation.Add, DomainOperation.Rescale => Api.V1.SteeringOperation.Rescale, _ => Api.V1.SteeringOperation.Clamp },
-            Value = t.Value * strength,
+            Value = t.Operation switch { DomainOperation.Add => t.Value * strength, DomainOperation.Rescale => 1 + strength * (t.Value - 1), _ => t.Value },
+            Strength = t.Operation == DomainOperation.Clamp ? strength : 1f,
             Vector = new Api.V1.FeatureVector { EncoderBias = t.Feature.EncoderBias, Threshold = t.Feature.Threshold },
         };
         term.Vector.Direction.AddRange(t.Feature.Decoder);

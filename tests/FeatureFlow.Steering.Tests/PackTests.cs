@@ -42,10 +42,12 @@ public sealed class PackTests : IDisposable
     }
 
     [Fact]
-    public void Strength_multiplies_every_coefficient()
+    public void A_pack_at_a_strength_keeps_its_coefficients_and_carries_the_strength()
     {
-        var terms = SamplePack("p", Manifest).At(0.5f, SteeringScope.GeneratedOnly, "steering.terms[0]").ToArray();
-        Assert.Equal([1.5f, 1f, -1f, 2.5f], terms.Select(t => t.Value));
+        var pack = SamplePack("p", Manifest);
+        var terms = pack.At(0.5f, SteeringScope.GeneratedOnly, "steering.terms[0]").ToArray();
+        Assert.Equal(pack.Terms.Select(t => t.Value), terms.Select(t => t.Value));
+        Assert.All(terms, t => Assert.Equal(0.5f, t.Strength));
         Assert.All(terms, t => Assert.Equal(SteeringScope.GeneratedOnly, t.Scope));
         Assert.All(terms, t => Assert.StartsWith("steering.terms[0]", t.Field));
     }

@@ -33,8 +33,8 @@ public sealed record PackMetadata
 /// <summary>
 /// A steering pack: named, versioned-by-content steering terms for one model, in one safetensors
 /// file. Each term has a site, an operation, a coefficient (s, r or c) and a feature (decoder row,
-/// plus encoder row, bias and threshold for rescale/clamp). Applied with a strength, every
-/// coefficient is multiplied by it.
+/// plus encoder row, bias and threshold for rescale/clamp). Applied with a strength (see
+/// <see cref="SteeringTerm.Strength"/>): 0 is the unsteered model, 1 the pack as built.
 /// </summary>
 public sealed class SteeringPack
 {
@@ -57,7 +57,7 @@ public sealed class SteeringPack
 
     /// <summary>The pack's terms at <paramref name="strength"/>, labelled with the request field for error messages.</summary>
     public IEnumerable<SteeringTerm> At(float strength, SteeringScope scope, string field) =>
-        Terms.Select((t, i) => t with { Value = t.Value * strength, Scope = scope, Field = $"{field} (pack '{Name}' term {i})" });
+        Terms.Select((t, i) => t with { Strength = t.Strength * strength, Scope = scope, Field = $"{field} (pack '{Name}' term {i})" });
 
     public void Write(string path)
     {
