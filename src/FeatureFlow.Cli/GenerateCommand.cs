@@ -94,8 +94,9 @@ public static class GenerateCommand
     private static async IAsyncEnumerable<GenerateResponse> Local(GenerateRequest request, string modelDir, ExecutionProviderPreference provider, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken ct)
     {
         using var engine = new GenerationEngine(ModelFolder.Open(modelDir), new EngineOptions { ExecutionProvider = provider });
-        await foreach (var u in engine.GenerateAsync(RequestMapper.ToDomain(request, engine, Steering.Packs.SteeringCatalog.Load(engine.Folder)), ct))
-            yield return RequestMapper.ToApi(u);
+        var (domain, readout) = RequestMapper.ToDomain(request, engine, Steering.Packs.SteeringCatalog.Load(engine.Folder));
+        await foreach (var u in engine.GenerateAsync(domain, ct))
+            yield return RequestMapper.ToApi(u, readout);
     }
 
     private static async Task Print(IAsyncEnumerable<GenerateResponse> responses, bool json, TextWriter output)

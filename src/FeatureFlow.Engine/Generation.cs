@@ -10,6 +10,11 @@ public sealed record GenerationRequest
     public SamplingOptions Sampling { get; init; } = new();
     public IReadOnlyList<string> Stop { get; init; } = [];
     public SteeringSpec Steering { get; init; } = SteeringSpec.None;
+    /// <summary>
+    /// Sites whose (steered) values stream with each token: the values at the position whose logits produced
+    /// the token (the prompt's last position for the first token).
+    /// </summary>
+    public IReadOnlyList<Models.Site> Readout { get; init; } = [];
 }
 
 public enum FinishReason
@@ -28,6 +33,8 @@ public sealed record GenerationUpdate(string Text, IReadOnlyList<int> TokenIds, 
 {
     /// <summary>Each token's log-probability under the (steered) model's logits, before temperature and truncation.</summary>
     public IReadOnlyList<float> LogProbs { get; init; } = [];
+    /// <summary>Per token, the values of the request's read-out sites, [sites × d_model] in the request's site order.</summary>
+    public IReadOnlyList<float[]> SiteValues { get; init; } = [];
 }
 
 /// <summary>What the engine reports about each finished generation (for metrics, logs and tests).</summary>

@@ -26,7 +26,13 @@ public sealed class GenerationEngine : IDisposable
         Runner = new ModelRunner(graph, folder.Manifest.Architecture, options);
         Compiler = new SteeringCompiler(Runner.SteeringShape);
         _scheduler = new Scheduler(Runner, options);
+        _scorer = new Lazy<SequenceScorer>(() => new SequenceScorer(folder.PlainGraphPath, folder.Manifest.Architecture, options));
     }
+
+    private readonly Lazy<SequenceScorer> _scorer;
+
+    /// <summary>Scores text under the unsteered model (loaded on first use).</summary>
+    public SequenceScorer Scorer => _scorer.Value;
 
     public ModelFolder Folder { get; }
     public EngineOptions Options { get; }
@@ -66,13 +72,23 @@ public sealed class GenerationEngine : IDisposable
     /// naming the bad field, or <see cref="EngineOverloadedException"/> naming the full queue's limit; either way
     /// nothing was queued.
     /// </summary>
-    public Generation Submit(GenerationRequest request)
+    public Generation Submit(GenerationRequest request) => SubmitAll([request])[0];
+
+    /// <summary>
+    /// Submits requests that should run side by side (a Compare's arms): all are validated and compiled first,
+    /// then queued together, or none is.
+    /// </summary>
+    public IReadOnlyList<Generation> SubmitAll(IReadOnlyList<GenerationRequest> requests)
     {
-        Validate(request);
-        var plan = Compiler.Compile(request.Steering);
-        var sequence = new Sequence(Interlocked.Increment(ref _nextId), request, plan, Tokenizer, Architecture.VocabSize);
-        _scheduler.Enqueue(sequence);
-        return new Generation(sequence, _scheduler);
+        var sequences = new Sequence[requests.Count];
+        for (var i = 0; i < requests.Count; i++)
+        {
+            Validate(requests[i]);
+            var plan = Compiler.Compile(requests[i].Steering);
+            sequences[i] = new Sequence(Interlocked.Increment(ref _nextId), requests[i], plan, Tokenizer, Architecture.VocabSize, Architecture.DModel);
+        }
+        _scheduler.Enqueue(sequences);
+        return sequences.Select(s => new Generation(s, _scheduler)).ToArray();
     }
 
     /// <summary>Submits and streams a generation; cancelling or abandoning the stream ends the row at the next step.</summary>
@@ -103,6 +119,8 @@ public sealed class GenerationEngine : IDisposable
         if (s.TopK < 0) throw new FieldValidationException("top_k", $"must be ≥ 0 (0 turns it off), got {s.TopK}");
         for (var i = 0; i < request.Stop.Count; i++)
             if (string.IsNullOrEmpty(request.Stop[i])) throw new FieldValidationException($"stop[{i}]", "stop strings must not be empty");
+        for (var i = 0; i < request.Readout.Count; i++) Compiler.CheckSite(request.Readout[i], $"readout.hooks[{i}]");
+        if (request.Readout.Distinct().Count() != request.Readout.Count) throw new FieldValidationException("readout.hooks", "a site is listed twice");
         if (request.PromptIds.Length + request.MaxTokens > Runner.Cache.TokenBudget)
             throw new FieldValidationException("max_tokens", $"prompt + max_tokens = {request.PromptIds.Length + request.MaxTokens} tokens exceed the server's KV budget ({Runner.Cache.TokenBudget})");
     }
@@ -111,6 +129,7 @@ public sealed class GenerationEngine : IDisposable
     {
         _scheduler.Dispose();
         Runner.Dispose();
+        if (_scorer.IsValueCreated) _scorer.Value.Dispose();
     }
 }
 

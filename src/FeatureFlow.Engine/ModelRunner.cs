@@ -23,6 +23,9 @@ public sealed class ModelRunner : IDisposable
     private readonly OrtValue _totalValue;
     private readonly long[] _prefillTokens, _prefillPositions;
     private readonly float[] _lastLogits;
+    // Site outputs, [rows, 1, d] each, made when a row first asks to read that site.
+    private readonly RowTensor<float>?[] _sites;
+    private readonly bool[] _boundSites;
     private int _boundRows = -1;
 
     public ModelRunner(string graphPath, ModelArchitecture architecture, EngineOptions options)
@@ -52,6 +55,8 @@ public sealed class ModelRunner : IDisposable
         _prefillTokens = GC.AllocateArray<long>(architecture.ContextLength, pinned: true);
         _prefillPositions = GC.AllocateArray<long>(architecture.ContextLength, pinned: true);
         _lastLogits = new float[architecture.VocabSize];
+        _sites = new RowTensor<float>?[SteeringShape.Sites];
+        _boundSites = new bool[SteeringShape.Sites];
         _decode = _session.CreateIoBinding();
         _prefill = _session.CreateIoBinding();
     }
@@ -77,9 +82,10 @@ public sealed class ModelRunner : IDisposable
 
     /// <summary>
     /// Runs a whole prompt for the row in <paramref name="slot"/> (its KV starts empty) and returns the logits
-    /// of its last position. The span is valid until the next prefill.
+    /// of its last position; the values of the <paramref name="readout"/> sites at that position go to
+    /// <paramref name="readoutValues"/> ([sites × d]). The span is valid until the next prefill.
     /// </summary>
-    public ReadOnlySpan<float> Prefill(int slot, ReadOnlySpan<int> prompt)
+    public ReadOnlySpan<float> Prefill(int slot, ReadOnlySpan<int> prompt, IReadOnlyList<Site> readout, Span<float> readoutValues)
     {
         var count = prompt.Length;
         Cache.Reset(slot);
@@ -96,11 +102,16 @@ public sealed class ModelRunner : IDisposable
         // Prefill logits [1, T, vocab] vary in size: ONNX Runtime allocates them (once per request, not per token).
         _prefill.BindOutputToDevice(GraphNames.Logits, OrtMemoryInfo.DefaultInstance);
         Bind(_prefill, ids, positions, _seqLens.RowValue(slot), Cache.Row(slot), Steering.Row(slot), logits: null);
+        foreach (var site in readout) _prefill.BindOutputToDevice(site.HookName, OrtMemoryInfo.DefaultInstance);
         _session.RunWithBinding(_runOptions, _prefill);
         using (var outputs = _prefill.GetOutputValues())
         {
             var vocab = Architecture.VocabSize;
+            var d = Architecture.DModel;
             outputs[0].GetTensorDataAsSpan<float>().Slice((count - 1) * vocab, vocab).CopyTo(_lastLogits);
+            // Outputs come back in binding order: logits, the KV pairs, then the read-out sites.
+            for (var i = 0; i < readout.Count; i++)
+                outputs[1 + 2 * Architecture.Layers + i].GetTensorDataAsSpan<float>().Slice((count - 1) * d, d).CopyTo(readoutValues.Slice(i * d, d));
         }
         _prefill.ClearBoundInputs();
         _prefill.ClearBoundOutputs();
@@ -109,10 +120,11 @@ public sealed class ModelRunner : IDisposable
     }
 
     /// <summary>
-    /// One decode step for rows 0..<paramref name="rows"/>−1, each feeding its next token at its own position.
+    /// One decode step for rows 0..<paramref name="rows"/>−1, each feeding its next token at its own position,
+    /// reading out every site whose <paramref name="siteReaders"/> count is positive (see <see cref="SiteValue"/>).
     /// Returns logits [rows, vocab]; the span is valid until the next decode step.
     /// </summary>
-    public ReadOnlySpan<float> Decode(int rows)
+    public ReadOnlySpan<float> Decode(int rows, ReadOnlySpan<int> siteReaders)
     {
         if (rows < 1 || rows > Rows) throw new ArgumentOutOfRangeException(nameof(rows), $"{rows} rows; the cache has {Rows}");
         var longest = 0;
@@ -125,19 +137,34 @@ public sealed class ModelRunner : IDisposable
             longest = Math.Max(longest, past + 1);
         }
         _total[0] = longest;
-        if (_boundRows != rows)
+        var sitesChanged = false;
+        for (var s = 0; s < _boundSites.Length; s++) sitesChanged |= _boundSites[s] != siteReaders[s] > 0;
+        if (_boundRows != rows || sitesChanged)
         {
             // Views of a prefix are made once per row count; binding changes only when rows join or leave.
             _decode.ClearBoundInputs();
             _decode.ClearBoundOutputs();
             Bind(_decode, _tokens.Prefix(rows), _positions.Prefix(rows), _seqLens.Prefix(rows), Cache.Prefix(rows),
                 Steering.Prefix(rows), _logits.Prefix(rows));
+            for (var s = 0; s < _boundSites.Length; s++)
+            {
+                _boundSites[s] = siteReaders[s] > 0;
+                if (_boundSites[s])
+                {
+                    _sites[s] ??= new RowTensor<float>(Rows, 1, Architecture.DModel);
+                    _decode.BindOutput(Site.FromIndex(s).HookName, _sites[s]!.Prefix(rows));
+                }
+            }
             _boundRows = rows;
         }
         _session.RunWithBinding(_runOptions, _decode);
         for (var i = 0; i < rows; i++) Cache.Advance(i, 1);
         return _logits.Leading(rows);
     }
+
+    /// <summary>The value at <paramref name="site"/> of the row in <paramref name="slot"/> from the last decode step.</summary>
+    public ReadOnlySpan<float> SiteValue(Site site, int slot) =>
+        _boundSites[site.Index] ? _sites[site.Index]!.Row(slot) : throw new InvalidOperationException($"{site} was not read out");
 
     private void Bind(OrtIoBinding binding, OrtValue ids, OrtValue positions, OrtValue seqLens, OrtValue[] kv,
         OrtValue[] steering, OrtValue? logits)
@@ -172,5 +199,6 @@ public sealed class ModelRunner : IDisposable
         Cache.Dispose();
         Steering.Dispose();
         foreach (var t in new IDisposable[] { _tokens, _positions, _seqLens, _logits }) t.Dispose();
+        foreach (var t in _sites) t?.Dispose();
     }
 }

@@ -23,6 +23,8 @@ internal sealed class Scheduler : IDisposable
     private readonly List<Sequence> _running = [];
     private readonly List<int> _finished = [];
     private readonly List<Sequence> _dropped = [];
+    // Running rows that read each site out: the runner binds a site's output while its count is positive.
+    private readonly int[] _siteReaders;
     private readonly SemaphoreSlim _wake = new(0);
     private readonly Thread _thread;
     private long _queuedTokens;
@@ -37,6 +39,7 @@ internal sealed class Scheduler : IDisposable
         _runner = runner;
         _options = options;
         _vocab = runner.Architecture.VocabSize;
+        _siteReaders = new int[runner.SteeringShape.Sites];
         _thread = new Thread(Loop) { IsBackground = true, Name = "featureflow-scheduler" };
         _thread.Start();
     }
@@ -44,18 +47,21 @@ internal sealed class Scheduler : IDisposable
     public event Action<long, int>? TokenGenerated;
     public event Action<GenerationRecord>? GenerationFinished;
 
-    public void Enqueue(Sequence sequence)
+    /// <summary>Queues sequences together (a Compare's arms): all of them, or none when a limit would be passed.</summary>
+    public void Enqueue(IReadOnlyList<Sequence> sequences)
     {
+        var tokens = sequences.Sum(s => (long)s.Reserved);
         lock (_lock)
         {
             ObjectDisposedException.ThrowIf(_stopping, this);
-            if (_waiting.Count >= _options.MaxQueuedRequests)
-                throw Overloaded("max_queued_requests", $"{_waiting.Count} requests are waiting, the most max_queued_requests ({_options.MaxQueuedRequests}) allows");
-            if (_queuedTokens + sequence.Reserved > _options.MaxQueuedTokens)
+            if (_waiting.Count + sequences.Count > _options.MaxQueuedRequests)
+                throw Overloaded("max_queued_requests",
+                    $"{_waiting.Count} requests are waiting and {sequences.Count} more would pass max_queued_requests ({_options.MaxQueuedRequests})");
+            if (_queuedTokens + tokens > _options.MaxQueuedTokens)
                 throw Overloaded("max_queued_tokens",
-                    $"waiting requests hold {_queuedTokens} tokens (prompt + max_tokens); this one's {sequence.Reserved} would pass max_queued_tokens ({_options.MaxQueuedTokens})");
-            _waiting.AddLast(sequence);
-            _queuedTokens += sequence.Reserved;
+                    $"waiting requests hold {_queuedTokens} tokens (prompt + max_tokens); {tokens} more would pass max_queued_tokens ({_options.MaxQueuedTokens})");
+            foreach (var s in sequences) _waiting.AddLast(s);
+            _queuedTokens += tokens;
         }
         _wake.Release();
     }
@@ -152,8 +158,10 @@ internal sealed class Scheduler : IDisposable
         bool finished;
         try
         {
+            foreach (var site in sequence.Request.Readout) _siteReaders[site.Index]++;
+            sequence.ReadoutJoined = true;
             _runner.Steering.Write(slot, sequence.Plan.Prompt);
-            var logits = _runner.Prefill(slot, sequence.Request.PromptIds);
+            var logits = _runner.Prefill(slot, sequence.Request.PromptIds, sequence.Request.Readout, sequence.ReadoutValues);
             _prefillSteps++;
             // Generated-only and prompt-only terms switch here, once, for the rest of the generation.
             if (!ReferenceEquals(sequence.Plan.Generated, sequence.Plan.Prompt)) _runner.Steering.Write(slot, sequence.Plan.Generated);
@@ -176,7 +184,7 @@ internal sealed class Scheduler : IDisposable
         try
         {
             var allocated = GC.GetAllocatedBytesForCurrentThread();
-            logits = _runner.Decode(rows);
+            logits = _runner.Decode(rows, _siteReaders);
             _decodeAllocated += GC.GetAllocatedBytesForCurrentThread() - allocated;
             _decodeTicks += Stopwatch.GetTimestamp() - started;
         }
@@ -197,6 +205,9 @@ internal sealed class Scheduler : IDisposable
         {
             var s = _running[i];
             s.DecodeSteps++;
+            var readout = s.Request.Readout;
+            for (var j = 0; j < readout.Count; j++)
+                _runner.SiteValue(readout[j], i).CopyTo(s.ReadoutValues.AsSpan(j * _runner.Architecture.DModel));
             if (Accept(s, logits.Slice(i * _vocab, _vocab))) _finished.Add(i);
             else _runner.SetNextToken(i, s.NextToken);
         }
@@ -239,6 +250,8 @@ internal sealed class Scheduler : IDisposable
         }
         _running.RemoveAt(last);
         _runner.Cache.Release(s.Reserved);
+        if (s.ReadoutJoined)
+            foreach (var site in s.Request.Readout) _siteReaders[site.Index]--;
         Publish(); // whoever hears that the generation ended sees its row and KV already free
         End(s, s.Finish ?? FinishReason.Cancelled);
     }

@@ -18,7 +18,7 @@ internal sealed class Sequence
     private readonly float[] _scratch;
     private volatile bool _cancelled;
 
-    public Sequence(long id, GenerationRequest request, SteeringPlan plan, ITokenizer tokenizer, int vocab)
+    public Sequence(long id, GenerationRequest request, SteeringPlan plan, ITokenizer tokenizer, int vocab, int dModel)
     {
         Id = id;
         Request = request;
@@ -27,7 +27,13 @@ internal sealed class Sequence
         _sampler = new Sampler(request.Sampling);
         _text = new TextStream(tokenizer, request.PromptIds[^1], request.Stop);
         _scratch = new float[vocab];
+        ReadoutValues = new float[request.Readout.Count * dModel];
     }
+
+    /// <summary>This step's values of the request's read-out sites, [sites × d], filled by the scheduler.</summary>
+    public float[] ReadoutValues { get; }
+    /// <summary>The row counts among its sites' readers (from its join until it retires).</summary>
+    public bool ReadoutJoined { get; set; }
 
     public long Id { get; }
     public GenerationRequest Request { get; }
@@ -65,14 +71,15 @@ internal sealed class Sequence
         Completion++;
         NextToken = next;
         var piece = _text.Push(next);
+        IReadOnlyList<float[]> sites = ReadoutValues.Length == 0 ? [] : [(float[])ReadoutValues.Clone()];
         if (_text.Stopped)
-            return End(FinishReason.Stop, new GenerationUpdate(piece, [next], FinishReason.Stop, Usage()) { LogProbs = [logProb] });
+            return End(FinishReason.Stop, new GenerationUpdate(piece, [next], FinishReason.Stop, Usage()) { LogProbs = [logProb], SiteValues = sites });
         if (Completion == Request.MaxTokens)
         {
             piece += _text.Flush();
-            return End(FinishReason.Length, new GenerationUpdate(piece, [next], FinishReason.Length, Usage()) { LogProbs = [logProb] });
+            return End(FinishReason.Length, new GenerationUpdate(piece, [next], FinishReason.Length, Usage()) { LogProbs = [logProb], SiteValues = sites });
         }
-        Output.Writer.TryWrite(new GenerationUpdate(piece, [next]) { LogProbs = [logProb] });
+        Output.Writer.TryWrite(new GenerationUpdate(piece, [next]) { LogProbs = [logProb], SiteValues = sites });
         return false;
     }
 

@@ -6,17 +6,19 @@ using Grpc.Core;
 
 namespace FeatureFlow.Server;
 
-public sealed class InferenceService(GenerationEngine engine, SteeringCatalog catalog, ILogger<InferenceService> logger) : Inference.InferenceBase
+public sealed class InferenceService(GenerationEngine engine, SteeringCatalog catalog, ServerOptions options, ILogger<InferenceService> logger)
+    : Inference.InferenceBase
 {
     public override async Task Generate(GenerateRequest request, IServerStreamWriter<GenerateResponse> responseStream, ServerCallContext context)
     {
         var ct = context.CancellationToken;
         // Validated, compiled and queued before anything is streamed: a bad or refused request never enters the queue.
-        using var generation = Submit(request, context);
+        var (domain, readout) = Call(() => RequestMapper.ToDomain(request, engine, catalog), context);
+        using var generation = Call(() => engine.Submit(domain), context);
         try
         {
             await foreach (var update in generation.ReadAllAsync(ct))
-                await responseStream.WriteAsync(RequestMapper.ToApi(update), ct);
+                await responseStream.WriteAsync(RequestMapper.ToApi(update, readout), ct);
         }
         catch (Exception e) when (e is not OperationCanceledException and not RpcException)
         {
@@ -25,11 +27,34 @@ public sealed class InferenceService(GenerationEngine engine, SteeringCatalog ca
         }
     }
 
-    private Generation Submit(GenerateRequest request, ServerCallContext context)
+    public override async Task Compare(CompareRequest request, IServerStreamWriter<CompareResponse> responseStream, ServerCallContext context)
+    {
+        var ct = context.CancellationToken;
+        var (arms, readout) = Call(() => RequestMapper.ToDomain(request, engine, catalog, options.MaxCompareArms), context);
+        // All arms are queued together (or refused together), so they run as rows of the same batches.
+        var generations = Call(() => engine.SubmitAll(arms.Select(a => a.Request).ToArray()), context);
+        try
+        {
+            var summaries = await CompareRunner.StreamAsync(arms, generations, readout, responseStream, engine.Scorer, ct);
+            foreach (var summary in summaries) await responseStream.WriteAsync(new CompareResponse { Arm = summary.Arm, Summary = summary }, ct);
+        }
+        catch (Exception e) when (e is not OperationCanceledException and not RpcException)
+        {
+            logger.LogError(e, "compare of {Arms} arms failed", arms.Count);
+            throw new RpcException(new Status(StatusCode.Internal, $"compare failed: {e.Message}"));
+        }
+        finally
+        {
+            foreach (var g in generations) g.Dispose();
+        }
+    }
+
+    /// <summary>Runs a validation or submission step, turning its refusals into the gRPC status that says why.</summary>
+    private static T Call<T>(Func<T> step, ServerCallContext context)
     {
         try
         {
-            return engine.Submit(RequestMapper.ToDomain(request, engine, catalog));
+            return step();
         }
         catch (FieldValidationException e)
         {

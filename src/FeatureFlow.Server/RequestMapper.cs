@@ -17,32 +17,93 @@ namespace FeatureFlow.Server;
 /// <summary>Wire messages → domain requests. Shape errors are reported with the proto field path.</summary>
 public static class RequestMapper
 {
-    public static GenerationRequest ToDomain(GenerateRequest r, GenerationEngine engine, SteeringCatalog catalog)
+    /// <summary>A Generate request without its experiment (the server resolves that first and passes the arm's steering).</summary>
+    public static (GenerationRequest Request, FeatureReadoutPlan Readout) ToDomain(GenerateRequest r, GenerationEngine engine,
+        SteeringCatalog catalog, Api.V1.SteeringSpec? steering = null)
     {
-        if (r.Prompt.Length > 0 && r.PromptTokenIds.Count > 0)
+        var readout = FeatureReadoutPlan.Resolve(r.Readout, [], catalog, engine.Compiler);
+        var request = Sampled(new Sampling(r.Prompt, r.PromptTokenIds, r.HasMaxTokens ? r.MaxTokens : null, r.HasTemperature ? r.Temperature : null,
+            r.HasTopP ? r.TopP : null, r.HasTopK ? r.TopK : null, r.HasSeed ? r.Seed : null, r.Stop), engine) with
+        {
+            Steering = ToDomain(steering ?? r.Steering, catalog, engine.Compiler),
+            Readout = readout.Sites,
+        };
+        return (request, readout);
+    }
+
+    /// <summary>One arm of a Compare: its label and request. Every arm shares the prompt, sampling and seed.</summary>
+    public sealed record CompareArm(string Label, GenerationRequest Request);
+
+    public static (IReadOnlyList<CompareArm> Arms, FeatureReadoutPlan Readout) ToDomain(CompareRequest r, GenerationEngine engine,
+        SteeringCatalog catalog, int maxArms)
+    {
+        var readout = FeatureReadoutPlan.Resolve(r.Readout, r.Watch, catalog, engine.Compiler);
+        // One seed for all arms, fixed here so that a random one is still shared.
+        var seed = r.HasSeed ? r.Seed : (ulong)Random.Shared.NextInt64();
+        var common = Sampled(new Sampling(r.Prompt, r.PromptTokenIds, r.HasMaxTokens ? r.MaxTokens : null, r.HasTemperature ? r.Temperature : null,
+            r.HasTopP ? r.TopP : null, r.HasTopK ? r.TopK : null, seed, r.Stop), engine) with { Readout = readout.Sites };
+        var specs = new List<(string Label, SteeringSpec Spec)>();
+        for (var i = 0; i < r.Arms.Count; i++)
+            specs.Add((r.Arms[i].Terms.Count == 0 ? "default" : $"arms[{i}]", ToDomain(r.Arms[i], catalog, engine.Compiler, $"arms[{i}]")));
+        if (r.Sweep is { } sweep)
+        {
+            if (sweep.Strengths.Count == 0) throw new FieldValidationException("sweep.strengths", "a sweep needs at least one strength");
+            if (sweep.TargetCase == StrengthSweep.TargetOneofCase.None) throw new FieldValidationException("sweep.pack", "a sweep needs a pack or a term");
+            for (var i = 0; i < sweep.Strengths.Count; i++)
+            {
+                var strength = sweep.Strengths[i];
+                if (!float.IsFinite(strength)) throw new FieldValidationException($"sweep.strengths[{i}]", $"is {strength}; it must be finite");
+                var term = sweep.TargetCase == StrengthSweep.TargetOneofCase.Pack
+                    ? new Api.V1.SteeringTerm { Pack = new PackRef { Name = sweep.Pack.Name, Strength = strength } }
+                    : sweep.Term.Clone();
+                if (sweep.TargetCase == StrengthSweep.TargetOneofCase.Term)
+                {
+                    if (term.FeatureCase == Api.V1.SteeringTerm.FeatureOneofCase.Pack)
+                        throw new FieldValidationException("sweep.term.pack", "sweep a pack with sweep.pack");
+                    term.Strength = strength;
+                }
+                var label = sweep.TargetCase == StrengthSweep.TargetOneofCase.Pack
+                    ? FormattableString.Invariant($"pack {sweep.Pack.Name} @ {strength}")
+                    : FormattableString.Invariant($"term @ {strength}");
+                var field = sweep.TargetCase == StrengthSweep.TargetOneofCase.Pack ? "sweep" : "sweep.term";
+                specs.Add((label, new SteeringSpec(ToDomain(term, field, catalog, engine.Compiler).ToArray())));
+            }
+        }
+        if (specs.Count == 0) throw new FieldValidationException("arms", "give at least one arm or a sweep");
+        if (specs.Count > maxArms)
+            throw new FieldValidationException("arms", $"{specs.Count} arms (arms + sweep strengths) exceed the server's limit of {maxArms}");
+        return (specs.Select(a => new CompareArm(a.Label, common with { Steering = a.Spec })).ToArray(), readout);
+    }
+
+    private sealed record Sampling(string Prompt, IList<int> PromptIds, int? MaxTokens, float? Temperature, float? TopP, int? TopK, ulong? Seed,
+        IList<string> Stop);
+
+    /// <summary>Prompt and sampling with the server's defaults for unset fields; no steering yet.</summary>
+    private static GenerationRequest Sampled(Sampling r, GenerationEngine engine)
+    {
+        if (r.Prompt.Length > 0 && r.PromptIds.Count > 0)
             throw new FieldValidationException("prompt_token_ids", "give either prompt or prompt_token_ids, not both");
-        var promptIds = r.PromptTokenIds.Count > 0 ? r.PromptTokenIds.ToArray() : engine.EncodePrompt(r.Prompt);
+        var promptIds = r.PromptIds.Count > 0 ? r.PromptIds.ToArray() : engine.EncodePrompt(r.Prompt);
         var room = engine.Architecture.ContextLength - promptIds.Length;
         return new GenerationRequest
         {
             PromptIds = promptIds,
-            MaxTokens = r.HasMaxTokens ? r.MaxTokens : Math.Clamp(engine.Options.DefaultMaxTokens, 1, Math.Max(1, room)),
+            MaxTokens = r.MaxTokens ?? Math.Clamp(engine.Options.DefaultMaxTokens, 1, Math.Max(1, room)),
             Sampling = new SamplingOptions
             {
-                Temperature = r.HasTemperature ? r.Temperature : 1f,
-                TopP = r.HasTopP ? r.TopP : 1f,
-                TopK = r.HasTopK ? r.TopK : 0,
-                Seed = r.HasSeed ? r.Seed : (ulong)Random.Shared.NextInt64(),
+                Temperature = r.Temperature ?? 1f,
+                TopP = r.TopP ?? 1f,
+                TopK = r.TopK ?? 0,
+                Seed = r.Seed ?? (ulong)Random.Shared.NextInt64(),
             },
             Stop = r.Stop.ToArray(),
-            Steering = ToDomain(r.Steering, catalog, engine.Compiler),
         };
     }
 
-    public static SteeringSpec ToDomain(Api.V1.SteeringSpec? spec, SteeringCatalog catalog, SteeringCompiler compiler)
+    public static SteeringSpec ToDomain(Api.V1.SteeringSpec? spec, SteeringCatalog catalog, SteeringCompiler compiler, string field = "steering")
     {
         if (spec is null || spec.Terms.Count == 0) return SteeringSpec.None;
-        return new SteeringSpec(spec.Terms.SelectMany((t, i) => ToDomain(t, $"steering.terms[{i}]", catalog, compiler)).ToArray());
+        return new SteeringSpec(spec.Terms.SelectMany((t, i) => ToDomain(t, $"{field}.terms[{i}]", catalog, compiler)).ToArray());
     }
 
     private static IEnumerable<SteeringTerm> ToDomain(Api.V1.SteeringTerm t, string field, SteeringCatalog catalog, SteeringCompiler compiler)
@@ -102,12 +163,17 @@ public static class RequestMapper
         return (new Site(t.Layer, kind), $"{field}.layer");
     }
 
-    /// <summary>One streamed update as the wire message; finish reason and usage only on the last.</summary>
-    public static GenerateResponse ToApi(GenerationUpdate u)
+    /// <summary>
+    /// One streamed update as the wire message; finish reason and usage only on the last. Site values become
+    /// feature activations through <paramref name="readout"/> (watched features summed into <paramref name="watchedSums"/>).
+    /// </summary>
+    public static GenerateResponse ToApi(GenerationUpdate u, FeatureReadoutPlan? readout = null, double[]? watchedSums = null)
     {
         var response = new GenerateResponse { Text = u.Text };
         response.TokenIds.AddRange(u.TokenIds);
         response.TokenLogprobs.AddRange(u.LogProbs);
+        if (readout is { IsEmpty: false })
+            foreach (var values in u.SiteValues) response.TokenFeatures.Add(readout.Encode(values, watchedSums));
         if (u.Finish is { } finish)
         {
             response.FinishReason = ToApi(finish);

@@ -37,6 +37,7 @@ public sealed class ServerHost : IAsyncDisposable
         });
         builder.Services.AddSingleton(_ => new GenerationEngine(folder, options.Engine));
         builder.Services.AddSingleton(_ => SteeringCatalog.Load(folder));
+        builder.Services.AddSingleton(options);
         builder.Services.AddGrpc(o => o.EnableDetailedErrors = false);
         builder.Services.AddGrpcReflection();
         builder.Services.AddGrpcHealthChecks().AddCheck("model", () => Microsoft.Extensions.Diagnostics.HealthChecks.HealthCheckResult.Healthy());

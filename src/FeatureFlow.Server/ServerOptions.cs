@@ -11,4 +11,6 @@ public sealed record ServerOptions
     /// <summary>0 picks a free port (tests read it from <see cref="ServerHost.Address"/>).</summary>
     public int Port { get; init; } = 50051;
     public EngineOptions Engine { get; init; } = new();
+    /// <summary>Most arms one Compare may run (arms + sweep strengths); each is a row of the batch.</summary>
+    public int MaxCompareArms { get; init; } = 8;
 }
