@@ -68,7 +68,7 @@ public static class GenerateCommand
             .Select(s => int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var id) ? id : throw new FormatException($"--prompt-ids: '{s}' is not an integer"))
             .ToArray();
 
-    private static PackRef ParsePack(string text)
+    internal static PackRef ParsePack(string text)
     {
         var colon = text.LastIndexOf(':');
         if (colon < 0) return new PackRef { Name = text };
@@ -77,7 +77,7 @@ public static class GenerateCommand
             : throw new FormatException($"--pack: '{text}' is not NAME or NAME:STRENGTH");
     }
 
-    private static Api.V1.SteeringSpec ParseSteering(string spec)
+    internal static Api.V1.SteeringSpec ParseSteering(string spec)
     {
         var text = spec.TrimStart().StartsWith('{') ? spec : File.ReadAllText(spec);
         try { return Api.V1.SteeringSpec.Parser.ParseJson(text); }

@@ -64,6 +64,21 @@ public class CliTests
         (exit, _, stderr) = await CliRunner.Run("generate", "--server", server.Address, "--top-p", "0");
         Assert.Equal(1, exit);
         Assert.Contains("InvalidArgument: top_p:", stderr);
+
+        // compare: a sweep from "off"; its first arm is the plain generation with the same seed.
+        (exit, stdout, stderr) = await CliRunner.Run("compare", "--server", server.Address, "--prompt", "Once upon a time", "--pack", "happy",
+            "--strengths", "0,2", "--seed", "5", "--max-tokens", "12", "--json");
+        Assert.True(exit == 0, stderr);
+        var arms = JsonDocument.Parse(stdout).RootElement.GetProperty("arms").EnumerateArray().ToArray();
+        Assert.Equal(["pack happy @ 0", "pack happy @ 2"], arms.Select(a => a.GetProperty("label").GetString()));
+        (exit, var plain, stderr) = await CliRunner.Run("generate", "--server", server.Address, "--prompt", "Once upon a time", "--seed", "5",
+            "--max-tokens", "12", "--json");
+        Assert.Equal(JsonDocument.Parse(plain).RootElement.GetProperty("token_ids").ToString(), arms[0].GetProperty("token_ids").ToString());
+        Assert.NotEqual(arms[0].GetProperty("token_ids").ToString(), arms[1].GetProperty("token_ids").ToString());
+
+        (exit, stdout, stderr) = await CliRunner.Run("compare", "--server", server.Address, "--pack", "happy", "--strengths", "0,x");
+        Assert.Equal(1, exit);
+        Assert.Contains("--strengths: 'x' is not a number", stderr);
     }
 
     [Fact]
