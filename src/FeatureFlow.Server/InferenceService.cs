@@ -15,10 +15,17 @@ public sealed class InferenceService(GenerationEngine engine, SteeringCatalog ca
         // Validated, compiled and queued before anything is streamed: a bad or refused request never enters the queue.
         var (domain, readout) = Call(() => RequestMapper.ToDomain(request, engine, catalog), context);
         using var generation = Call(() => engine.Submit(domain), context);
+        var requestId = Guid.NewGuid().ToString("N");
+        var first = true;
         try
         {
             await foreach (var update in generation.ReadAllAsync(ct))
-                await responseStream.WriteAsync(RequestMapper.ToApi(update, readout), ct);
+            {
+                var response = RequestMapper.ToApi(update, readout);
+                if (first) response.RequestId = requestId;
+                first = false;
+                await responseStream.WriteAsync(response, ct);
+            }
         }
         catch (Exception e) when (e is not OperationCanceledException and not RpcException)
         {
