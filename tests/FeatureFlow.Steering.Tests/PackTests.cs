@@ -84,7 +84,7 @@ public sealed class PackTests : IDisposable
         Assert.Equal(["good"], registry.Packs.Select(p => p.Name));
         Assert.Equal(2, registry.Errors.Count);
         Assert.Contains(registry.Errors, e => e.Path.EndsWith("garbage" + SteeringPack.Extension, StringComparison.Ordinal));
-        var missing = Assert.Throws<FieldValidationException>(() => registry.Get("nope", "steering.terms[0].pack.name"));
+        var missing = Assert.Throws<PackNotFoundException>(() => registry.Get("nope", "steering.terms[0].pack.name"));
         Assert.Equal("steering.terms[0].pack.name", missing.Field);
         Assert.Contains("good", missing.Message);
     }

@@ -31,6 +31,7 @@ public sealed class SafeTensorsFile
         Metadata = metadata;
     }
 
+    /// <summary>The file's path, or the label given for in-memory bytes; error messages start with it.</summary>
     public string Path { get; }
     public IReadOnlyDictionary<string, SafeTensorEntry> Tensors { get; }
     public IReadOnlyDictionary<string, string> Metadata { get; }
@@ -38,7 +39,12 @@ public sealed class SafeTensorsFile
     public static SafeTensorsFile Read(string path)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"safetensors file not found: {path}", path);
-        var data = File.ReadAllBytes(path);
+        return Read(File.ReadAllBytes(path), path);
+    }
+
+    /// <summary>Parses safetensors bytes that are not (yet) a file, such as an upload; <paramref name="path"/> labels errors.</summary>
+    public static SafeTensorsFile Read(byte[] data, string path)
+    {
         if (data.Length < 8) throw new InvalidDataException($"{path}: too short for a safetensors header");
         var headerLength = BinaryPrimitives.ReadUInt64LittleEndian(data);
         if (headerLength > (ulong)(data.Length - 8)) throw new InvalidDataException($"{path}: header length {headerLength} exceeds the file");

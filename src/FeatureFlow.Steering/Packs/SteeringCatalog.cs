@@ -4,20 +4,27 @@ using FeatureFlow.Sae;
 
 namespace FeatureFlow.Steering.Packs;
 
-/// <summary>What steering terms can refer to by name: the model folder's packs and SAEs.</summary>
+/// <summary>
+/// What steering terms can refer to by name: the model folder's packs and SAEs. Disposing stops pack reloads.
+/// </summary>
 public sealed class SteeringCatalog(PackRegistry packs, SaeSet saes, IReadOnlyList<(string Path, string Reason)>? refusedSaes = null)
+    : IDisposable
 {
     public PackRegistry Packs { get; } = packs;
     public SaeSet Saes { get; } = saes;
     /// <summary>SAE folders that could not be used, and why (the others load).</summary>
     public IReadOnlyList<(string Path, string Reason)> RefusedSaes { get; } = refusedSaes ?? [];
 
-    public static SteeringCatalog Load(ModelFolder folder)
+    /// <summary>Loads the folder's packs/ and saes/; <paramref name="packOptions"/> (e.g. watching) apply to the packs.</summary>
+    public static SteeringCatalog Load(ModelFolder folder, PackRegistryOptions? packOptions = null)
     {
         var refused = new List<(string, string)>();
         var saes = SaeSet.Load(Path.Combine(folder.Directory, "saes"), folder.Manifest.Architecture, refused);
-        return new SteeringCatalog(PackRegistry.Load(Path.Combine(folder.Directory, "packs"), folder.Manifest), saes, refused);
+        var packs = PackRegistry.Load(Path.Combine(folder.Directory, "packs"), folder.Manifest, packOptions);
+        return new SteeringCatalog(packs, saes, refused);
     }
+
+    public void Dispose() => Packs.Dispose();
 
     /// <summary>The hook form of SAE feature <paramref name="index"/> at <paramref name="site"/>.</summary>
     public FeatureVector SaeFeature(Site site, int index, string field)

@@ -59,12 +59,17 @@ public sealed class SteeringPack
     public IEnumerable<SteeringTerm> At(float strength, SteeringScope scope, string field) =>
         Terms.Select((t, i) => t with { Strength = t.Strength * strength, Scope = scope, Field = $"{field} (pack '{Name}' term {i})" });
 
-    public void Write(string path)
+    public void Write(string path) => Writer().Write(path);
+
+    /// <summary>The bytes <see cref="Write"/> stores, e.g. for uploading to a server's registry.</summary>
+    public byte[] ToBytes() => Writer().ToBytes();
+
+    private SafeTensorsWriter Writer()
     {
         var d = Terms.Count == 0 ? 0 : Terms[0].Feature.Decoder.Length;
         var n = Terms.Count;
         float[] Stack(Func<SteeringTerm, float[]?> part) => Terms.SelectMany(t => part(t) ?? new float[d]).ToArray();
-        new SafeTensorsWriter()
+        return new SafeTensorsWriter()
             .Metadata(MetadataKey, JsonSerializer.Serialize(Metadata, Json))
             .AddInt32("terms.site", Terms.Select(t => t.Site.Index).ToArray(), n)
             .AddInt32("terms.operation", Terms.Select(t => (int)t.Operation).ToArray(), n)
@@ -72,14 +77,32 @@ public sealed class SteeringPack
             .AddFloat32("terms.decoder", Stack(t => t.Feature.Decoder), n, d)
             .AddFloat32("terms.encoder", Stack(t => t.Feature.Encoder), n, d)
             .AddFloat32("terms.encoder_bias", Terms.Select(t => t.Feature.EncoderBias).ToArray(), n)
-            .AddFloat32("terms.threshold", Terms.Select(t => t.Feature.Threshold).ToArray(), n)
-            .Write(path);
+            .AddFloat32("terms.threshold", Terms.Select(t => t.Feature.Threshold).ToArray(), n);
     }
 
     /// <summary>Reads a pack and checks it belongs to <paramref name="manifest"/>'s model.</summary>
-    public static SteeringPack Read(string path, ModelManifest manifest)
+    public static SteeringPack Read(string path, ModelManifest manifest) => Read(SafeTensorsFile.Read(path), manifest);
+
+    /// <summary>
+    /// Reads a pack from bytes (an upload) with the same checks as a file; <paramref name="source"/> labels errors.
+    /// Malformed input of any shape surfaces as <see cref="InvalidDataException"/>, as the caller cannot trust it.
+    /// </summary>
+    public static SteeringPack Read(byte[] bytes, string source, ModelManifest manifest)
     {
-        var file = SafeTensorsFile.Read(path);
+        try
+        {
+            return Read(SafeTensorsFile.Read(bytes, source), manifest);
+        }
+        catch (Exception e)
+            when (e is InvalidOperationException or FormatException or OverflowException or ArgumentException)
+        {
+            throw new InvalidDataException($"{source}: malformed pack file ({e.Message})", e);
+        }
+    }
+
+    private static SteeringPack Read(SafeTensorsFile file, ModelManifest manifest)
+    {
+        var path = file.Path;
         if (!file.Metadata.TryGetValue(MetadataKey, out var json)) throw new InvalidDataException($"{path}: not a steering pack (no '{MetadataKey}' metadata)");
         PackMetadata metadata;
         try { metadata = JsonSerializer.Deserialize<PackMetadata>(json, Json) ?? throw new InvalidDataException($"{path}: empty pack metadata"); }
