@@ -63,7 +63,15 @@ public sealed class InferenceService(GenerationEngine engine, SteeringCatalog ca
         {
             return step();
         }
+        catch (PackNotFoundException e)
+        {
+            throw new RpcException(new Status(StatusCode.NotFound, e.Message));
+        }
         catch (FieldValidationException e)
+        {
+            throw new RpcException(new Status(StatusCode.InvalidArgument, e.Message));
+        }
+        catch (InvalidDataException e)
         {
             throw new RpcException(new Status(StatusCode.InvalidArgument, e.Message));
         }
@@ -102,20 +110,41 @@ public sealed class InferenceService(GenerationEngine engine, SteeringCatalog ca
     public override Task<ListPacksResponse> ListPacks(ListPacksRequest request, ServerCallContext context)
     {
         var response = new ListPacksResponse();
-        foreach (var pack in catalog.Packs.Packs.OrderBy(p => p.Name, StringComparer.Ordinal))
-        {
-            var m = pack.Metadata;
-            var info = new PackInfo
-            {
-                Name = m.Name, Description = m.Description, Seed = m.Seed, Terms = pack.Terms.Count, Operation = m.Operation,
-                Mode = m.Mode, Schedule = m.Schedule, Units = m.Units, DefaultStrength = m.DefaultStrength, ContentSha256 = m.ContentSha256,
-                MetadataJson = System.Text.Json.JsonSerializer.Serialize(m, SteeringPack.Json),
-            };
-            info.Sites.AddRange(pack.Terms.Select(t => t.Site.HookName).Distinct());
-            info.RecommendedRange.AddRange(m.RecommendedRange);
-            response.Packs.Add(info);
-        }
+        response.Packs.AddRange(catalog.Packs.Packs.OrderBy(p => p.Name, StringComparer.Ordinal).Select(ToApi));
         response.Refused.AddRange(catalog.Packs.Errors.Select(e => new RefusedPack { Path = e.Path, Reason = e.Message }));
         return Task.FromResult(response);
+    }
+
+    public override Task<PackInfo> GetPack(GetPackRequest request, ServerCallContext context) =>
+        Task.FromResult(ToApi(Call(() => catalog.Packs.Get(request.Name, "name"), context)));
+
+    public override Task<PackInfo> PutPack(PutPackRequest request, ServerCallContext context)
+    {
+        var pack = Call(() => catalog.Packs.Put(request.Name, request.Content.ToByteArray()), context);
+        logger.LogInformation("pack {Name}@{Hash} stored by PutPack", pack.Name, pack.Metadata.ContentSha256[..12]);
+        return Task.FromResult(ToApi(pack));
+    }
+
+    public override Task<DeletePackResponse> DeletePack(DeletePackRequest request, ServerCallContext context)
+    {
+        if (!Call(() => catalog.Packs.Delete(request.Name), context))
+            throw new RpcException(new Status(StatusCode.NotFound, $"name: no steering pack named '{request.Name}'"));
+        logger.LogInformation("pack {Name} deleted by DeletePack", request.Name);
+        return Task.FromResult(new DeletePackResponse());
+    }
+
+    private PackInfo ToApi(SteeringPack pack)
+    {
+        var m = pack.Metadata;
+        var info = new PackInfo
+        {
+            Name = m.Name, Description = m.Description, Seed = m.Seed, Terms = pack.Terms.Count, Operation = m.Operation,
+            Mode = m.Mode, Schedule = m.Schedule, Units = m.Units, DefaultStrength = m.DefaultStrength, ContentSha256 = m.ContentSha256,
+            MetadataJson = System.Text.Json.JsonSerializer.Serialize(m, SteeringPack.Json),
+        };
+        info.Sites.AddRange(pack.Terms.Select(t => t.Site.HookName).Distinct());
+        info.RecommendedRange.AddRange(m.RecommendedRange);
+        info.Versions.AddRange(catalog.Packs.Versions(pack.Name).Select(v => v.Metadata.ContentSha256));
+        return info;
     }
 }

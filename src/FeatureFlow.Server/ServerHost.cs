@@ -36,7 +36,12 @@ public sealed class ServerHost : IAsyncDisposable
             else k.Listen(System.Net.IPAddress.Parse(options.Host), options.Port, o => o.Protocols = HttpProtocols.Http2);
         });
         builder.Services.AddSingleton(_ => new GenerationEngine(folder, options.Engine));
-        builder.Services.AddSingleton(_ => SteeringCatalog.Load(folder));
+        // Packs reload when their files change; a refused replacement is logged and the old version keeps serving.
+        builder.Services.AddSingleton(sp => SteeringCatalog.Load(folder, new PackRegistryOptions
+        {
+            Watch = options.WatchPacks,
+            Log = line => sp.GetRequiredService<ILoggerFactory>().CreateLogger("FeatureFlow.Packs").LogWarning("{Line}", line),
+        }));
         builder.Services.AddSingleton(options);
         builder.Services.AddGrpc(o => o.EnableDetailedErrors = false);
         builder.Services.AddGrpcReflection();

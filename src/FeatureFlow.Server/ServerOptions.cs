@@ -11,6 +11,8 @@ public sealed record ServerOptions
     /// <summary>0 picks a free port (tests read it from <see cref="ServerHost.Address"/>).</summary>
     public int Port { get; init; } = 50051;
     public EngineOptions Engine { get; init; } = new();
+    /// <summary>Reload packs when files in the model folder's packs/ change.</summary>
+    public bool WatchPacks { get; init; } = true;
     /// <summary>Most arms one Compare may run (arms + sweep strengths); each is a row of the batch.</summary>
     public int MaxCompareArms { get; init; } = 8;
 }

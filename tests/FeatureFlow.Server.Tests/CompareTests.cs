@@ -203,7 +203,8 @@ public class CompareTests(ServerFixture f) : IClassFixture<ServerFixture>
         ["top_k over the SAE width"] = (r => { r.Readout = new FeatureReadout { TopK = 513 }; r.Readout.Hooks.Add("blocks.1.hook_mlp_out"); }, StatusCode.InvalidArgument, "readout.top_k"),
         ["watched feature out of range"] = (r => r.Watch.Add(new FeatureRef { Hook = "blocks.1.hook_mlp_out", Index = 512 }), StatusCode.InvalidArgument, "watch[0].index"),
         ["bad arm term"] = (r => r.Arms.Add(Pack("happy", float.PositiveInfinity)), StatusCode.InvalidArgument, "arms[1].terms[0].pack.strength"),
-        ["unknown pack in an arm"] = (r => r.Arms.Add(Pack("no-such-pack", 1f)), StatusCode.InvalidArgument, "arms[1].terms[0].pack.name"),
+        ["unknown pack in an arm"] = (r => r.Arms.Add(Pack("no-such-pack", 1f)), StatusCode.NotFound, "arms[1].terms[0].pack.name"),
+        ["pack name with a path separator"] = (r => r.Arms.Add(Pack("packs/happy", 1f)), StatusCode.InvalidArgument, "arms[1].terms[0].pack.name"),
     };
 
     public static TheoryData<string> BadInputCases() => new(BadInputs.Keys);

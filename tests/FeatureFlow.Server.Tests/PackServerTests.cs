@@ -127,29 +127,31 @@ public class PackServerTests(PackServerFixture f) : IClassFixture<PackServerFixt
         Assert.Contains("built for model 'gpt2", refused.Reason);
     }
 
-    public static TheoryData<string, string> BadReferences() => new()
+    public static TheoryData<string, string, StatusCode> BadReferences() => new()
     {
-        { "unknown pack", "steering.terms[0].pack.name" },
-        { "pack with a site", "steering.terms[0].pack" },
-        { "sae feature out of range", "steering.terms[0].sae_feature.index" },
-        { "sae feature at a site without an SAE", "steering.terms[0].sae_feature" },
-        { "pack strength NaN", "steering.terms[0].pack.strength" },
+        { "unknown pack", "steering.terms[0].pack.name", StatusCode.NotFound },
+        { "path-like pack name", "steering.terms[0].pack.name", StatusCode.InvalidArgument },
+        { "pack with a site", "steering.terms[0].pack", StatusCode.InvalidArgument },
+        { "sae feature out of range", "steering.terms[0].sae_feature.index", StatusCode.InvalidArgument },
+        { "sae feature at a site without an SAE", "steering.terms[0].sae_feature", StatusCode.InvalidArgument },
+        { "pack strength NaN", "steering.terms[0].pack.strength", StatusCode.InvalidArgument },
     };
 
     [Theory]
     [MemberData(nameof(BadReferences))]
-    public async Task Bad_references_get_invalid_argument_naming_the_field(string name, string field)
+    public async Task Bad_references_get_a_status_naming_the_field(string name, string field, StatusCode code)
     {
         var term = name switch
         {
             "unknown pack" => new Api.V1.SteeringTerm { Pack = new PackRef { Name = "nope" } },
+            "path-like pack name" => new Api.V1.SteeringTerm { Pack = new PackRef { Name = "../packs/test-pack" } },
             "pack with a site" => new Api.V1.SteeringTerm { Hook = "blocks.1.hook_mlp_out", Pack = new PackRef { Name = "test-pack" } },
             "sae feature out of range" => new Api.V1.SteeringTerm { Hook = "blocks.1.hook_mlp_out", Operation = Api.V1.SteeringOperation.Rescale, SaeFeature = new SaeFeatureRef { Index = 32 } },
             "sae feature at a site without an SAE" => new Api.V1.SteeringTerm { Hook = "blocks.0.hook_mlp_out", Operation = Api.V1.SteeringOperation.Rescale, SaeFeature = new SaeFeatureRef { Index = 1 } },
             _ => new Api.V1.SteeringTerm { Pack = new PackRef { Name = "test-pack", Strength = float.NaN } },
         };
         var e = await Assert.ThrowsAsync<RpcException>(() => Tokens(f.Client, term));
-        Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+        Assert.Equal(code, e.StatusCode);
         Assert.StartsWith(field + ":", e.Status.Detail);
     }
 }
