@@ -16,6 +16,7 @@ public static class CliApp
         root.Subcommands.Add(FlowCommand.Build(output, error));
         root.Subcommands.Add(SteerCommand.Build(output, error));
         root.Subcommands.Add(CompareCommand.Build(output, error));
+        root.Subcommands.Add(ExperimentsCommand.Build(output, error));
         root.Subcommands.Add(BenchCommand.Build(output, error));
         return root;
     }

@@ -28,10 +28,12 @@ public static class ServeCommand
         var queued = new Option<int>("--max-queued-requests") { Description = "requests that may wait for a row; more get RESOURCE_EXHAUSTED", DefaultValueFactory = _ => defaults.MaxQueuedRequests };
         var queuedTokens = new Option<long>("--max-queued-tokens") { Description = "prompt + max_tokens of all waiting requests; more get RESOURCE_EXHAUSTED", DefaultValueFactory = _ => defaults.MaxQueuedTokens };
         var prefill = new Option<int>("--max-prefill-tokens-per-step") { Description = "prompt tokens prefilled between two decode steps (bounds the stall new arrivals cause)", DefaultValueFactory = _ => defaults.MaxPrefillTokensPerStep };
+        var experiments = new Option<string?>("--experiments") { Description = "experiments config (YAML or JSON; docs/experiments.md), reloaded when it changes" };
+        var experimentsDb = new Option<string?>("--experiments-db") { Description = "SQLite file where experiment figures persist (default: experiments.db in the working directory)" };
         var maxTokens = new Option<int>("--default-max-tokens") { Description = "max_tokens for requests that leave it unset", DefaultValueFactory = _ => defaults.DefaultMaxTokens };
         var command = new Command("serve", "Serve a model folder over gRPC (featureflow.v1.Inference, grpc.health.v1.Health, reflection; cleartext HTTP/2).")
         {
-            model, host, port, provider, threads, rows, budget, queued, queuedTokens, prefill, maxTokens,
+            model, host, port, provider, threads, rows, budget, queued, queuedTokens, prefill, maxTokens, experiments, experimentsDb,
         };
         command.SetAction((parse, ct) => CliApp.Guard(error, async () =>
         {
@@ -40,6 +42,8 @@ public static class ServeCommand
                 ModelDirectory = parse.GetValue(model)!,
                 Host = parse.GetValue(host)!,
                 Port = parse.GetValue(port),
+                ExperimentsConfig = parse.GetValue(experiments),
+                ExperimentsDatabase = parse.GetValue(experimentsDb),
                 Engine = new EngineOptions
                 {
                     ExecutionProvider = parse.GetValue(provider),

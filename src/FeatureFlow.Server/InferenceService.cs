@@ -6,26 +6,38 @@ using Grpc.Core;
 
 namespace FeatureFlow.Server;
 
-public sealed class InferenceService(GenerationEngine engine, SteeringCatalog catalog, ServerOptions options, ILogger<InferenceService> logger)
-    : Inference.InferenceBase
+public sealed class InferenceService(GenerationEngine engine, SteeringCatalog catalog, ExperimentService experiments, ServerOptions options,
+    ILogger<InferenceService> logger) : Inference.InferenceBase
 {
     public override async Task Generate(GenerateRequest request, IServerStreamWriter<GenerateResponse> responseStream, ServerCallContext context)
     {
         var ct = context.CancellationToken;
+        var started = System.Diagnostics.Stopwatch.GetTimestamp();
+        // An experiment picks the arm (and so the steering) for the subject; the rest is an ordinary request.
+        var (arm, armSteering) = request.Experiment.Length == 0 ? (null, null) : Call(() =>
+        {
+            if (request.Steering is { Terms.Count: > 0 })
+                throw new FieldValidationException("steering", "a request in an experiment takes its steering from its arm; leave steering empty");
+            return experiments.Assign(request.Experiment, request.SubjectId);
+        }, context);
         // Validated, compiled and queued before anything is streamed: a bad or refused request never enters the queue.
-        var (domain, readout) = Call(() => RequestMapper.ToDomain(request, engine, catalog), context);
+        var (domain, readout) = Call(() => RequestMapper.ToDomain(request, engine, catalog, armSteering), context);
         using var generation = Call(() => engine.Submit(domain), context);
         var requestId = Guid.NewGuid().ToString("N");
         var first = true;
+        var tokens = 0;
         try
         {
             await foreach (var update in generation.ReadAllAsync(ct))
             {
                 var response = RequestMapper.ToApi(update, readout);
-                if (first) response.RequestId = requestId;
+                if (first) (response.RequestId, response.ExperimentArm) = (requestId, arm ?? "");
                 first = false;
+                tokens += update.TokenIds.Count;
                 await responseStream.WriteAsync(response, ct);
             }
+            if (arm is not null)
+                experiments.RecordRequest(request.Experiment, arm, requestId, request.SubjectId, tokens, System.Diagnostics.Stopwatch.GetElapsedTime(started));
         }
         catch (Exception e) when (e is not OperationCanceledException and not RpcException)
         {
@@ -63,7 +75,7 @@ public sealed class InferenceService(GenerationEngine engine, SteeringCatalog ca
         {
             return step();
         }
-        catch (PackNotFoundException e)
+        catch (Exception e) when (e is PackNotFoundException or ExperimentNotFoundException)
         {
             throw new RpcException(new Status(StatusCode.NotFound, e.Message));
         }
@@ -132,6 +144,20 @@ public sealed class InferenceService(GenerationEngine engine, SteeringCatalog ca
         logger.LogInformation("pack {Name} deleted by DeletePack", request.Name);
         return Task.FromResult(new DeletePackResponse());
     }
+
+    public override Task<ListExperimentsResponse> ListExperiments(ListExperimentsRequest request, ServerCallContext context)
+    {
+        var config = experiments.Current;
+        var response = new ListExperimentsResponse { ConfigVersion = experiments.Version };
+        response.Experiments.AddRange(config.Experiments.Keys.Order(StringComparer.Ordinal).Select(experiments.Info));
+        return Task.FromResult(response);
+    }
+
+    public override Task<ExperimentInfo> GetExperiment(GetExperimentRequest request, ServerCallContext context) =>
+        Task.FromResult(Call(() => experiments.Info(request.Name), context));
+
+    public override Task<RecordOutcomeResponse> RecordOutcome(RecordOutcomeRequest request, ServerCallContext context) =>
+        Task.FromResult(new RecordOutcomeResponse { Arm = Call(() => experiments.RecordOutcome(request), context) });
 
     private PackInfo ToApi(SteeringPack pack)
     {

@@ -40,9 +40,11 @@ public sealed class ServerHost : IAsyncDisposable
         builder.Services.AddSingleton(sp => SteeringCatalog.Load(folder, new PackRegistryOptions
         {
             Watch = options.WatchPacks,
-            Log = line => sp.GetRequiredService<ILoggerFactory>().CreateLogger("FeatureFlow.Packs").LogWarning("{Line}", line),
+            Log = line => sp.GetRequiredService<ILoggerFactory>().CreateLogger("FeatureFlow.Packs").LogInformation("{Line}", line),
+            Warn = line => sp.GetRequiredService<ILoggerFactory>().CreateLogger("FeatureFlow.Packs").LogWarning("{Line}", line),
         }));
         builder.Services.AddSingleton(options);
+        builder.Services.AddSingleton<ExperimentService>();
         builder.Services.AddGrpc(o => o.EnableDetailedErrors = false);
         builder.Services.AddGrpcReflection();
         builder.Services.AddGrpcHealthChecks().AddCheck("model", () => Microsoft.Extensions.Diagnostics.HealthChecks.HealthCheckResult.Healthy());
@@ -67,6 +69,9 @@ public sealed class ServerHost : IAsyncDisposable
             string.Join(", ", catalog.Packs.Packs.Select(p => p.Name).Order(StringComparer.Ordinal)), catalog.Saes.BySite.Count);
         foreach (var refused in catalog.Packs.Errors) log.LogError("refused steering pack {Path}: {Reason}", refused.Path, refused.Message);
         foreach (var (path, reason) in catalog.RefusedSaes) log.LogError("refused SAE {Path}: {Reason}", path, reason);
+        var experiments = _app.Services.GetRequiredService<ExperimentService>(); // a bad config fails start-up here
+        log.LogInformation("experiments: {Count} ({Names})", experiments.Current.Experiments.Count,
+            string.Join(", ", experiments.Current.Experiments.Keys.Order(StringComparer.Ordinal)));
         await _app.StartAsync(cancellationToken);
         log.LogInformation("serving featureflow.v1.Inference on {Address}", Address);
     }

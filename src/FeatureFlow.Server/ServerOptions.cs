@@ -11,6 +11,10 @@ public sealed record ServerOptions
     /// <summary>0 picks a free port (tests read it from <see cref="ServerHost.Address"/>).</summary>
     public int Port { get; init; } = 50051;
     public EngineOptions Engine { get; init; } = new();
+    /// <summary>The experiments config (YAML or JSON, docs/experiments.md); null: no experiments. Reloaded when it changes.</summary>
+    public string? ExperimentsConfig { get; init; }
+    /// <summary>Where experiment figures persist (SQLite). Null: experiments.db in the working directory when a config is set.</summary>
+    public string? ExperimentsDatabase { get; init; }
     /// <summary>Reload packs when files in the model folder's packs/ change.</summary>
     public bool WatchPacks { get; init; } = true;
     /// <summary>Most arms one Compare may run (arms + sweep strengths); each is a row of the batch.</summary>

@@ -126,4 +126,44 @@ public class CliTests
         var rowsPerStep = rows.Where(r => r.Contains("4 streams")).Select(r => double.Parse(r.Split('|')[5], System.Globalization.CultureInfo.InvariantCulture));
         Assert.All(rowsPerStep, x => Assert.True(x > 1.5, $"{x} rows per step"));
     }
+
+    [Fact]
+    public async Task Experiments_list_and_show_print_a_running_server_s_figures()
+    {
+        var dir = Directory.CreateTempSubdirectory("featureflow-cli-exp-").FullName;
+        var config = Path.Combine(dir, "experiments.yaml");
+        await File.WriteAllTextAsync(config, """
+            experiments:
+              - name: demo
+                salt: x
+                arms:
+                  - {name: off, weight: 1, steering: {}}
+                  - {name: on, weight: 1, steering: {"terms": [{"pack": {"name": "bird"}}]}}
+            """);
+        await using (var server = ServerHost.Create(new ServerOptions
+        {
+            ModelDirectory = RepoPaths.Stories260kModel, Port = 0, ExperimentsConfig = config, ExperimentsDatabase = Path.Combine(dir, "figures.db"),
+            Engine = new EngineOptions { ExecutionProvider = ExecutionProviderPreference.Cpu },
+        }))
+        {
+            await server.StartAsync();
+            using var channel = Grpc.Net.Client.GrpcChannel.ForAddress(server.Address);
+            var client = new Api.V1.Inference.InferenceClient(channel);
+            foreach (var (subject, value) in new[] { ("a", 1.0), ("b", 2.0), ("c", 4.0), ("d", 3.0) })
+                await client.RecordOutcomeAsync(new Api.V1.RecordOutcomeRequest { Experiment = "demo", SubjectId = subject, Name = "stars", Value = value });
+
+            var (exit, stdout, stderr) = await CliRunner.Run("experiments", "list", "--server", server.Address, "--json");
+            Assert.True(exit == 0, stderr);
+            Assert.Equal("demo", JsonDocument.Parse(stdout).RootElement.GetProperty("experiments")[0].GetProperty("name").GetString());
+            (exit, stdout, stderr) = await CliRunner.Run("experiments", "show", "demo", "--server", server.Address);
+            Assert.True(exit == 0, stderr);
+            Assert.Contains("off (control)", stdout);
+            Assert.Contains("stars", stdout);
+            Assert.Contains("[95% CI]", stdout);
+            (exit, _, stderr) = await CliRunner.Run("experiments", "show", "nope", "--server", server.Address);
+            Assert.Equal(1, exit);
+            Assert.Contains("NotFound: name: no experiment named 'nope'", stderr);
+        }
+        Directory.Delete(dir, recursive: true);
+    }
 }

@@ -35,6 +35,9 @@ public sealed record PackRegistryOptions
     /// load's refusals are only in <see cref="PackRegistry.Errors"/>, which start-up code reports itself.
     /// </summary>
     public Action<string>? Log { get; init; }
+
+    /// <summary>Gets the lines about problems (refusals, a directory that cannot be watched or scanned); null: <see cref="Log"/>.</summary>
+    public Action<string>? Warn { get; init; }
 }
 
 /// <summary>
@@ -87,7 +90,7 @@ public sealed class PackRegistry : IDisposable
             // Typically the inotify watch limit; polling still sees every change, a little later.
             _watcher?.Dispose();
             _watcher = null;
-            options.Log?.Invoke($"steering packs: not watching {_directory} ({e.Message}); polling instead");
+            (options.Warn ?? options.Log)?.Invoke($"steering packs: not watching {_directory} ({e.Message}); polling instead");
         }
     }
 
@@ -222,7 +225,7 @@ public sealed class PackRegistry : IDisposable
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             // The listing itself failed (the files did not): keep serving what is loaded and retry next tick.
-            _options.Log?.Invoke($"steering packs: cannot scan {_directory}: {e.Message}");
+            (_options.Warn ?? _options.Log)?.Invoke($"steering packs: cannot scan {_directory}: {e.Message}");
             return;
         }
         if (changed) Changed?.Invoke();
@@ -269,7 +272,7 @@ public sealed class PackRegistry : IDisposable
         catch (Exception e) when (e is InvalidDataException or IOException or UnauthorizedAccessException)
         {
             if (!initial)
-                _options.Log?.Invoke($"steering packs: refused {path}: {e.Message}"
+                (_options.Warn ?? _options.Log)?.Invoke($"steering packs: refused {path}: {e.Message}"
                     + (known?.Pack is { } kept ? $"; still serving {Describe(kept)}" : ""));
             return new FileState(stamp, known?.Pack, known?.Sha256, e.Message);
         }
