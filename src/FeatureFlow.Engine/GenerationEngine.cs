@@ -13,6 +13,7 @@ namespace FeatureFlow.Engine;
 public sealed class GenerationEngine : IDisposable
 {
     private readonly Scheduler _scheduler;
+    private readonly Lazy<SequenceScorer> _scorer;
     private long _nextId;
 
     public GenerationEngine(ModelFolder folder, EngineOptions options)
@@ -28,8 +29,6 @@ public sealed class GenerationEngine : IDisposable
         _scheduler = new Scheduler(Runner, options);
         _scorer = new Lazy<SequenceScorer>(() => new SequenceScorer(folder.PlainGraphPath, folder.Manifest.Architecture, options));
     }
-
-    private readonly Lazy<SequenceScorer> _scorer;
 
     /// <summary>Scores text under the unsteered model (loaded on first use).</summary>
     public SequenceScorer Scorer => _scorer.Value;

@@ -24,11 +24,8 @@ public sealed class ReloadFixture : IAsyncLifetime
 
     public async Task InitializeAsync()
     {
-        var source = ModelFolder.Open(RepoPaths.Stories260kModel);
-        foreach (var file in new[] { ModelManifest.FileName, source.Manifest.Graphs.Hooked, source.Manifest.Graphs.Plain, source.Manifest.Graphs.Batched!, source.Manifest.Tokenizer.File })
-            File.Copy(Path.Combine(source.Directory, file), Path.Combine(Folder, file));
+        Manifest = ServerTestKit.CopyShippedModel(Folder);
         Directory.CreateDirectory(Packs);
-        Manifest = source.Manifest;
         Host = ServerHost.Create(new ServerOptions { ModelDirectory = Folder, Port = 0, Engine = new EngineOptions { ExecutionProvider = ExecutionProviderPreference.Cpu } });
         await Host.StartAsync();
         Channel = GrpcChannel.ForAddress(Host.Address);
@@ -59,13 +56,7 @@ public class PackReloadServerTests(ReloadFixture f) : IClassFixture<ReloadFixtur
         return r;
     }
 
-    private async Task<List<int>> Tokens(GenerateRequest request)
-    {
-        using var call = f.Client.Generate(request);
-        var ids = new List<int>();
-        await foreach (var r in call.ResponseStream.ReadAllAsync()) ids.AddRange(r.TokenIds);
-        return ids;
-    }
+    private Task<List<int>> Tokens(GenerateRequest request) => f.Client.TokensAsync(request);
 
     /// <summary>Waits (bounded) until the server's current version of <paramref name="name"/> is <paramref name="hash"/>, or gone.</summary>
     private async Task WaitFor(string name, string? hash)

@@ -26,11 +26,9 @@ public sealed class PackServerFixture : IAsyncLifetime
 
     public async Task InitializeAsync()
     {
-        var source = ModelFolder.Open(RepoPaths.Stories260kModel);
-        foreach (var file in new[] { ModelManifest.FileName, source.Manifest.Graphs.Hooked, source.Manifest.Graphs.Plain, source.Manifest.Graphs.Batched!, source.Manifest.Tokenizer.File })
-            File.Copy(Path.Combine(source.Directory, file), Path.Combine(Folder, file));
+        var manifest = ServerTestKit.CopyShippedModel(Folder);
         var rng = new Random(8);
-        Pack = new SteeringPack(new PackMetadata { Name = "test-pack", ModelFingerprint = SteeringPack.Fingerprint(source.Manifest), Seed = "blocks.2.hook_resid_post/0", DefaultStrength = 1.5f, Description = "a test" },
+        Pack = new SteeringPack(new PackMetadata { Name = "test-pack", ModelFingerprint = SteeringPack.Fingerprint(manifest), Seed = "blocks.2.hook_resid_post/0", DefaultStrength = 1.5f, Description = "a test" },
         [
             new DomainTerm(new Site(2, SiteKind.ResidPost), DomainOperation.Add, 2f, new DomainVector(Numerics.RandomVector(rng, 64))),
             new DomainTerm(new Site(3, SiteKind.MlpOut), DomainOperation.Add, -1f, new DomainVector(Numerics.RandomVector(rng, 64))),
@@ -66,14 +64,11 @@ public sealed class PackServerFixture : IAsyncLifetime
 
 public class PackServerTests(PackServerFixture f) : IClassFixture<PackServerFixture>
 {
-    private static async Task<List<int>> Tokens(Inference.InferenceClient client, params Api.V1.SteeringTerm[] terms)
+    private static Task<List<int>> Tokens(Inference.InferenceClient client, params Api.V1.SteeringTerm[] terms)
     {
         var request = new GenerateRequest { Prompt = "Once upon a time", MaxTokens = 32, Temperature = 0, Steering = new Api.V1.SteeringSpec() };
         request.Steering.Terms.AddRange(terms);
-        using var call = client.Generate(request);
-        var ids = new List<int>();
-        await foreach (var r in call.ResponseStream.ReadAllAsync()) ids.AddRange(r.TokenIds);
-        return ids;
+        return client.TokensAsync(request);
     }
 
     private static Api.V1.SteeringTerm Raw(DomainTerm t, float strength)

@@ -13,13 +13,7 @@ public class StrengthTests(ServerFixture f) : IClassFixture<ServerFixture>
         return r;
     }
 
-    private async Task<List<int>> Tokens(GenerateRequest request)
-    {
-        using var call = f.Client.Generate(request);
-        var ids = new List<int>();
-        await foreach (var r in call.ResponseStream.ReadAllAsync()) ids.AddRange(r.TokenIds);
-        return ids;
-    }
+    private Task<List<int>> Tokens(GenerateRequest request) => f.Client.TokensAsync(request);
 
     private static SteeringTerm Raw(SteeringOperation operation, float value, float? strength)
     {
