@@ -24,7 +24,12 @@ public enum FinishReason
     /// <summary>A stop string, BOS or EOS.</summary>
     Stop,
     Cancelled,
+    /// <summary>The row's logits became non-finite (steering drove its activations out of range); the row ended alone.</summary>
+    Error,
 }
+
+/// <summary>A generation that could not continue; the other rows of its batch are unaffected.</summary>
+public sealed class GenerationFailedException(string message) : Exception(message);
 
 public sealed record Usage(int PromptTokens, int CompletionTokens);
 

@@ -62,6 +62,13 @@ internal sealed class Sequence
     public bool Accept(ReadOnlySpan<float> logits)
     {
         var logSumExp = LogSumExp(logits, _scratch);
+        // Never sample from non-finite logits: the row ends with an error that names the token; others go on.
+        if (!float.IsFinite(logSumExp))
+        {
+            Abort(FinishReason.Error, new GenerationFailedException(
+                $"generation stopped after {Completion} tokens: the logits became non-finite (the steering drove the activations out of range)"));
+            return true;
+        }
         // The sampler works in place on a copy: the log-probability is of the model's own distribution.
         logits.CopyTo(_scratch);
         var next = _sampler.Sample(_scratch);

@@ -27,13 +27,21 @@ public static class CompareRunner
         var messages = Channel.CreateUnbounded<CompareResponse>(new UnboundedChannelOptions { SingleReader = true });
         var readers = generations.Select((g, arm) => Task.Run(async () =>
         {
-            await foreach (var update in g.ReadAllAsync(ct).ConfigureAwait(false))
+            var state = states[arm];
+            try
             {
-                var state = states[arm];
-                state.Tokens.AddRange(update.TokenIds);
-                state.LogProbSum += update.LogProbs.Sum(p => (double)p);
-                state.Finish = update.Finish ?? state.Finish;
-                messages.Writer.TryWrite(new CompareResponse { Arm = arm, Update = RequestMapper.ToApi(update, readout, state.WatchedSums) });
+                await foreach (var update in g.ReadAllAsync(ct).ConfigureAwait(false))
+                {
+                    state.Tokens.AddRange(update.TokenIds);
+                    state.LogProbSum += update.LogProbs.Sum(p => (double)p);
+                    state.Finish = update.Finish ?? state.Finish;
+                    messages.Writer.TryWrite(new CompareResponse { Arm = arm, Update = RequestMapper.ToApi(update, readout, state.WatchedSums) });
+                }
+            }
+            catch (GenerationFailedException)
+            {
+                // One arm whose activations overflowed ends there; its summary says so and the others go on.
+                state.Finish = Engine.FinishReason.Error;
             }
         }, ct)).ToArray();
         var all = Task.WhenAll(readers);

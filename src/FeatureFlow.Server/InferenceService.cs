@@ -39,6 +39,11 @@ public sealed class InferenceService(GenerationEngine engine, SteeringCatalog ca
             if (arm is not null)
                 experiments.RecordRequest(request.Experiment, arm, requestId, request.SubjectId, tokens, System.Diagnostics.Stopwatch.GetElapsedTime(started));
         }
+        catch (GenerationFailedException e)
+        {
+            logger.LogWarning("generation {Id}: {Reason}", generation.Id, e.Message);
+            throw new RpcException(new Status(StatusCode.Internal, e.Message));
+        }
         catch (Exception e) when (e is not OperationCanceledException and not RpcException)
         {
             logger.LogError(e, "generation {Id} failed", generation.Id);

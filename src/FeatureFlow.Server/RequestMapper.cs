@@ -187,6 +187,7 @@ public static class RequestMapper
         Engine.FinishReason.Length => Api.V1.FinishReason.Length,
         Engine.FinishReason.Stop => Api.V1.FinishReason.Stop,
         Engine.FinishReason.Cancelled => Api.V1.FinishReason.Cancelled,
+        Engine.FinishReason.Error => Api.V1.FinishReason.Error,
         _ => Api.V1.FinishReason.Unspecified,
     };
 }

@@ -1,3 +1,4 @@
+using System.Numerics.Tensors;
 using FeatureFlow.Models;
 using FeatureFlow.Models.Export;
 using Row = FeatureFlow.Models.Export.GraphNames.CoefficientRow;
@@ -12,6 +13,12 @@ public sealed class SteeringCompiler(SteeringShape shape)
 {
     public SteeringShape Shape { get; } = shape;
 
+    /// <summary>
+    /// The largest component a steering vector may add: beyond it the next RMSNorm's mean of squares overflows
+    /// float32 (d·x² > float.MaxValue) and the row's activations can only become infinite.
+    /// </summary>
+    public float MaxComponent => MathF.Sqrt(float.MaxValue / Shape.DModel);
+
     public SteeringPlan Compile(SteeringSpec spec)
     {
         var plan = SteeringPlan.Identity(Shape);
@@ -23,7 +30,23 @@ public sealed class SteeringCompiler(SteeringShape shape)
             if (term.Scope != SteeringScope.GeneratedOnly) Place(term, plan.Prompt, promptSlots);
             if (term.Scope != SteeringScope.PromptOnly) Place(term, plan.Generated, generatedSlots);
         }
+        CheckAddedVectors(spec, plan.Prompt);
+        CheckAddedVectors(spec, plan.Generated);
         return plan;
+    }
+
+    /// <summary>Several add terms at one site can overflow together even when each is in range.</summary>
+    private void CheckAddedVectors(SteeringSpec spec, SteeringTensors tensors)
+    {
+        for (var i = 0; i < Shape.Sites; i++)
+        {
+            var site = Site.FromIndex(i);
+            var largest = TensorPrimitives.MaxMagnitude(tensors.AddAt(site));
+            if (float.IsFinite(largest) && MathF.Abs(largest) <= MaxComponent) continue;
+            var field = spec.Terms.First(t => t.Site == site && t.Operation == SteeringOperation.Add).Field;
+            throw new FieldValidationException(field,
+                $"the add terms at {site} reach {MathF.Abs(largest):G3} in one component, more than {MaxComponent:G3}, past which the activations overflow");
+        }
     }
 
     private void Place(SteeringTerm term, SteeringTensors tensors, int[] slotsUsed)
@@ -61,6 +84,16 @@ public sealed class SteeringCompiler(SteeringShape shape)
         RequireFinite($"{f}.value", term.Value);
         RequireFinite($"{f}.strength", term.Strength);
         RequireVector($"{f}.direction", term.Feature.Decoder);
+        // What a term writes along v: s·strength for add, strength·c for clamp, strength·(r − 1)·a for rescale.
+        var scale = term.Operation switch
+        {
+            SteeringOperation.Add or SteeringOperation.Clamp => term.Value * term.Strength,
+            _ => term.Strength * (term.Value - 1f),
+        };
+        var reach = MathF.Abs(scale) * MathF.Abs(TensorPrimitives.MaxMagnitude(term.Feature.Decoder));
+        if (!(reach <= MaxComponent))
+            throw new FieldValidationException($"{f}.value",
+                $"value × direction reaches {reach:G3} in one component, more than {MaxComponent:G3}, past which the activations overflow");
         if (term.Operation == SteeringOperation.Add) return;
         if (term.Feature.Encoder is null || term.Feature.Encoder.Length == 0)
             throw new FieldValidationException($"{f}.encoder", $"{term.Operation.ToString().ToLowerInvariant()} needs the feature's encoder row (d_model = {Shape.DModel} values)");

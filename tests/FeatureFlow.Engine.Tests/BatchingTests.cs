@@ -221,6 +221,44 @@ public class BatchingTests(EngineFixture f) : IClassFixture<EngineFixture>
         AssertIdle(engine);
     }
 
+    [Fact]
+    public async Task A_row_whose_logits_become_non_finite_ends_with_an_error_and_its_batch_mates_are_unaffected()
+    {
+        // Every compiled tensor is finite and r·v is in range, but e·h is ~1e31 on real activations, so
+        // (r − 1)·a(h)·v overflows to infinity and the row's logits become NaN a few operators later.
+        // Two features, e and −e, so that one of them fires whatever the sign of e·h.
+        FeatureVector Huge(float sign) => new(Enumerable.Repeat(0.1f, 64).ToArray(), Enumerable.Repeat(sign * 1e30f, 64).ToArray());
+        var site = new Site(1, SiteKind.ResidPost);
+        var bad = new GenerationRequest
+        {
+            PromptIds = [1], MaxTokens = 30, Sampling = new SamplingOptions { Temperature = 0f },
+            Steering = new SteeringSpec([new(site, SteeringOperation.Rescale, 1e15f, Huge(1)), new(site, SteeringOperation.Rescale, 1e15f, Huge(-1))]),
+        };
+        var good = new GenerationRequest { PromptIds = f.Engine.EncodePrompt("Once upon a time"), MaxTokens = 30, Sampling = new SamplingOptions { Temperature = 1f, Seed = 3 } };
+        var solo = await Run(f.Engine, good);
+
+        var generations = f.Engine.SubmitAll([bad, good]);
+        var records = new List<GenerationRecord>();
+        void OnFinished(GenerationRecord r) { lock (records) records.Add(r); }
+        f.Engine.GenerationFinished += OnFinished;
+        try
+        {
+            var e = await Assert.ThrowsAsync<GenerationFailedException>(async () => { await foreach (var _ in generations[0].ReadAllAsync()) { } });
+            Assert.Contains("non-finite", e.Message);
+            var ids = new List<int>();
+            await foreach (var u in generations[1].ReadAllAsync()) ids.AddRange(u.TokenIds);
+            Assert.Equal(solo.Ids, ids);
+            await WaitUntil(() => { lock (records) return records.Count == 2; });
+        }
+        finally
+        {
+            f.Engine.GenerationFinished -= OnFinished;
+            foreach (var g in generations) g.Dispose();
+        }
+        Assert.Equal(FinishReason.Error, records.Single(r => r.Id == generations[0].Id).Finish);
+        AssertIdle(f.Engine);
+    }
+
     private static Task WaitIdle(GenerationEngine engine) => WaitUntil(() => engine.ActiveGenerations == 0);
 
     private static async Task WaitUntil(Func<bool> condition)

@@ -100,6 +100,13 @@ public class InferenceServiceTests(ServerFixture f) : IClassFixture<ServerFixtur
         ["NaN in direction"] = (r => r.Steering.Terms[0].Vector.Direction[5] = float.NaN, "steering.terms[0].direction"),
         ["infinity in encoder"] = (r => r.Steering.Terms[0].Vector.Encoder[0] = float.PositiveInfinity, "steering.terms[0].encoder"),
         ["NaN value"] = (r => r.Steering.Terms[0].Value = float.NaN, "steering.terms[0].value"),
+        ["value × direction overflows"] = (r => { r.Steering.Terms[0].Operation = SteeringOperation.Add; r.Steering.Terms[0].Value = 1e38f; }, "steering.terms[0].value"),
+        ["add terms overflow together"] = (r =>
+        {
+            var t = r.Steering.Terms[0];
+            (t.Operation, t.Value) = (SteeringOperation.Add, 2e19f); // each 2e19 × 0.1 = 2e18 is in range; their sum is not
+            r.Steering.Terms.Add(t.Clone());
+        }, "steering.terms[0]"),
         ["infinite encoder bias"] = (r => r.Steering.Terms[0].Vector.EncoderBias = float.NegativeInfinity, "steering.terms[0].encoder_bias"),
         ["NaN threshold"] = (r => r.Steering.Terms[0].Vector.Threshold = float.NaN, "steering.terms[0].threshold"),
         ["unknown layer"] = (r => { r.Steering.Terms[0].Hook = ""; r.Steering.Terms[0].Layer = 7; r.Steering.Terms[0].Site = SiteKind.AttnOut; }, "steering.terms[0].layer"),
