@@ -27,11 +27,35 @@ public static class FlowCommand
 
     public static string MapPath(ModelFolder folder, string? map) => map ?? Path.Combine(folder.Directory, "flow", FlowMap.FileName);
 
-    public static FlowMap LoadMap(ModelFolder folder, string? map)
+    /// <summary>
+    /// Loads the flow map. A map written before chance levels were stored gets them computed now from the
+    /// model's SAEs (the ones it was built from), or, failing that, keeps the absolute thresholds; both
+    /// are said on <paramref name="log"/>.
+    /// </summary>
+    public static FlowMap LoadMap(ModelFolder folder, string? map, TextWriter log)
     {
         var path = MapPath(folder, map);
         if (!File.Exists(path)) throw new FileNotFoundException($"no flow map at {path} (run `featureflow flow build`)", path);
-        return FlowMap.Load(path);
+        var flow = FlowMap.Load(path);
+        if (flow.HasChanceLevel) return flow;
+        var saes = SaeCommand.SaeDirectory(folder, null);
+        try
+        {
+            var cpu = new EngineOptions { ExecutionProvider = ExecutionProviderPreference.Cpu };
+            using var matcher = new CosineMatcher(cpu);
+            flow = flow.WithChanceLevel(SaeSet.Load(saes, folder.Manifest.Architecture), matcher);
+            log.WriteLine($"{path} has no chance level (written before it was stored): computed it from {saes}; " +
+                "rerun `featureflow flow build` to store it");
+        }
+        catch (Exception e) when (e is IOException or InvalidDataException or KeyNotFoundException)
+        {
+            log.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"{path} has no chance level and it cannot be computed ({e.Message}): using the absolute thresholds " +
+                $"(categories: residual {FlowThresholds.AbsoluteResidual}, module {FlowThresholds.AbsoluteModule}; " +
+                $"graphs: cut {FlowGraphOptions.AbsoluteResidualCut}, module {FlowGraphOptions.AbsoluteModuleThreshold}); " +
+                $"rerun `featureflow flow build` to store it"));
+        }
+        return flow;
     }
 
     private static Command BuildMap(TextWriter output, TextWriter error)
@@ -41,9 +65,26 @@ public static class FlowCommand
         var map = MapOption();
         var provider = ServeCommand.ProviderOption();
         var block = new Option<int>("--block-rows") { Description = "target rows per ONNX Runtime run (bounds memory: rows × features × 4 bytes)", DefaultValueFactory = _ => 2048 };
-        var command = new Command("build", "Match every residual feature to its top-1 cosine predecessor in R(L-1), M(L) and A(L), and every R(L-1) feature forward into R(L).")
+        var chance = new ChanceLevelOptions();
+        var rotations = new Option<int>("--null-rotations")
         {
-            model, saes, map, provider, block,
+            Description = "random rotations of each source decoder for the chance level (each is one more match per pair)",
+            DefaultValueFactory = _ => chance.Rotations,
+        };
+        var percentile = new Option<double>("--null-percentile")
+        {
+            Description = "percentile of the null best cosine that becomes the default threshold",
+            DefaultValueFactory = _ => chance.Percentile,
+        };
+        var nullSeed = new Option<int>("--null-seed")
+        {
+            Description = "seed of the random rotations", DefaultValueFactory = _ => chance.Seed,
+        };
+        var command = new Command("build", "Match every residual feature to its top-1 cosine predecessor in R(L-1), M(L) and " +
+            "A(L), and every R(L-1) feature forward into R(L); estimate each pair's chance level against randomly rotated " +
+            "source decoders.")
+        {
+            model, saes, map, provider, block, rotations, percentile, nullSeed,
         };
         command.SetAction((parse, _) => CliApp.Guard(error, () =>
         {
@@ -52,7 +93,12 @@ public static class FlowCommand
             using var matcher = new CosineMatcher(new EngineOptions { ExecutionProvider = parse.GetValue(provider) }, parse.GetValue(block));
             var bar = new ProgressBar(error, "flow build", "layers");
             var clock = Stopwatch.StartNew();
-            var flow = FlowMap.Build(set, folder.Manifest.Architecture.Layers, matcher, (done, total) => bar.Report(done, total));
+            var chanceOptions = new ChanceLevelOptions
+            {
+                Rotations = parse.GetValue(rotations), Percentile = parse.GetValue(percentile), Seed = parse.GetValue(nullSeed),
+            };
+            var flow = FlowMap.Build(set, folder.Manifest.Architecture.Layers, matcher, (done, total) => bar.Report(done, total),
+                chanceOptions);
             var path = MapPath(folder, parse.GetValue(map));
             Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
             flow.Save(path);
@@ -62,17 +108,31 @@ public static class FlowCommand
         return command;
     }
 
+    /// <summary>
+    /// {feature, resid, mlp, attn, category, category_detail}: each match with its score and the threshold it was
+    /// held to; category is the paper's four, category_detail adds the module (processed-mlp, newborn-both, …).
+    /// </summary>
     public static JsonObject ExplainJson(FlowMap map, FeatureId feature, FlowThresholds thresholds)
     {
         var p = map.Explain(feature);
-        static JsonObject Match((FeatureId Feature, float Score) m) => new() { ["feature"] = m.Feature.ToString(), ["score"] = Math.Round(m.Score, 6) };
+        var layer = feature.Site.Layer;
+        JsonObject Match((FeatureId Feature, float Score) m, PredecessorKind kind) => new()
+        {
+            ["feature"] = m.Feature.ToString(),
+            ["score"] = Math.Round(m.Score, 6),
+            ["threshold"] = Math.Round(map.Threshold(layer, kind, thresholds), 6),
+            ["threshold_source"] =
+                map.ThresholdSource(kind == PredecessorKind.Resid ? thresholds.Residual : thresholds.Module),
+        };
+        var category = map.Category(p, thresholds);
         return new JsonObject
         {
             ["feature"] = feature.ToString(),
-            ["resid"] = p.Resid is { } r ? Match(r) : null,
-            ["mlp"] = Match(p.Mlp),
-            ["attn"] = Match(p.Attn),
-            ["category"] = map.Category(p, thresholds).ToString().ToLowerInvariant(),
+            ["resid"] = p.Resid is { } r ? Match(r, PredecessorKind.Resid) : null,
+            ["mlp"] = Match(p.Mlp, PredecessorKind.Mlp),
+            ["attn"] = Match(p.Attn, PredecessorKind.Attn),
+            ["category"] = category.Group(),
+            ["category_detail"] = category.Name(),
         };
     }
 
@@ -90,7 +150,7 @@ public static class FlowCommand
         command.SetAction((parse, _) => CliApp.Guard(error, () =>
         {
             var folder = ModelFolder.Open(parse.GetValue(model)!);
-            var flow = LoadMap(folder, parse.GetValue(map));
+            var flow = LoadMap(folder, parse.GetValue(map), error);
             var id = FeatureId.Parse(parse.GetValue(feature)!);
             var result = ExplainJson(flow, id, new FlowThresholds(parse.GetValue(residHigh), parse.GetValue(moduleHigh)));
             if (parse.GetValue(json))
@@ -98,21 +158,43 @@ public static class FlowCommand
                 output.WriteLine(result.ToJsonString());
                 return Task.FromResult(0);
             }
-            output.WriteLine($"{id} ({id.Short}): {result["category"]}");
+            output.WriteLine($"{id} ({id.Short}): {result["category_detail"]}");
             foreach (var key in new[] { "resid", "mlp", "attn" })
                 output.WriteLine(result[key] is JsonObject m
-                    ? string.Create(CultureInfo.InvariantCulture, $"  {key,-5} {m["feature"]}  cos {(double)m["score"]!:F3}")
+                    ? string.Create(CultureInfo.InvariantCulture,
+                        $"  {key,-5} {m["feature"]}  cos {(double)m["score"]!:F3}  " +
+                        $"(high from {(double)m["threshold"]!:F3}: {m["threshold_source"]})")
                     : $"  {key,-5} (none: layer 0 has no previous residual SAE)");
             return Task.FromResult(0);
         }));
         return command;
     }
 
-    private static (Option<float> Resid, Option<float> Module) ThresholdOptions()
+    private static (Option<float?> Resid, Option<float?> Module) ThresholdOptions()
     {
-        var defaults = new FlowThresholds();
-        return (new Option<float>("--resid-high") { Description = "residual score that counts as high", DefaultValueFactory = _ => defaults.Residual },
-                new Option<float>("--module-high") { Description = "MLP/attention score that counts as high", DefaultValueFactory = _ => defaults.Module });
+        var resid = new Option<float?>("--resid-high")
+        {
+            Description = "residual score that counts as high at every layer (default: the flow map's chance level per layer)",
+        };
+        var module = new Option<float?>("--module-high")
+        {
+            Description = "MLP/attention score that counts as high at every layer (default: the chance level per layer, module)",
+        };
+        return (resid, module);
+    }
+
+    /// <summary>--cut and --module-threshold of flow graphs; unset = the map's chance level per layer (and module).</summary>
+    public static (Option<float?> Cut, Option<float?> Module) GraphThresholdOptions()
+    {
+        var cut = new Option<float?>("--cut")
+        {
+            Description = "residual cosine below which the chain stops (default: the chance level of each layer's R(L-1)->R(L))",
+        };
+        var module = new Option<float?>("--module-threshold")
+        {
+            Description = "MLP/attention matches below this are dropped (default: the chance level of each layer's module)",
+        };
+        return (cut, module);
     }
 
     private static Command Graph(TextWriter output, TextWriter error)
@@ -120,9 +202,7 @@ public static class FlowCommand
         var feature = new Argument<string>("FEATURE") { Description = "seed: blocks.L.hook_resid_post/N or L/res/N" };
         var model = ServeCommand.ModelOption();
         var map = MapOption();
-        var defaults = new FlowGraphOptions();
-        var cut = new Option<float>("--cut") { Description = "residual cosine below which the chain stops", DefaultValueFactory = _ => defaults.ResidualCut };
-        var module = new Option<float>("--module-threshold") { Description = "MLP/attention matches below this are dropped", DefaultValueFactory = _ => defaults.ModuleThreshold };
+        var (cut, module) = GraphThresholdOptions();
         var argmax = new Option<bool>("--forward-argmax") { Description = "walk forward by arg-max only (default: backward-consistent, falling back to arg-max)" };
         var outDir = new Option<string>("--out") { Description = "folder for FEATURE.json, .dot and .svg", DefaultValueFactory = _ => "artifacts/flow-graphs" };
         var command = new Command("graph", "Trace a feature backward and forward through depth and write its flow graph as JSON, Graphviz DOT and SVG.")
@@ -132,7 +212,7 @@ public static class FlowCommand
         command.SetAction((parse, _) => CliApp.Guard(error, () =>
         {
             var folder = ModelFolder.Open(parse.GetValue(model)!);
-            var flow = LoadMap(folder, parse.GetValue(map));
+            var flow = LoadMap(folder, parse.GetValue(map), error);
             var graph = FlowGraph.Build(flow, FeatureId.Parse(parse.GetValue(feature)!), new FlowGraphOptions
             {
                 ResidualCut = parse.GetValue(cut), ModuleThreshold = parse.GetValue(module), BackwardConsistentForward = !parse.GetValue(argmax),
@@ -153,23 +233,34 @@ public static class FlowCommand
     {
         var model = ServeCommand.ModelOption();
         var map = MapOption();
-        var outDir = new Option<string>("--out") { Description = "folder for categories.csv/.png and scores.csv/.png (default: next to the flow map)" };
+        var outDir = new Option<string>("--out")
+        {
+            Description = "folder for categories.csv/.png, scores.csv/.png and chance.csv (default: next to the flow map)",
+        };
         var (residHigh, moduleHigh) = ThresholdOptions();
-        var command = new Command("stats", "Per-layer category shares and predecessor-score histograms, as CSV and PNG.")
+        var command = new Command("stats", "Per-layer category shares, predecessor-score histograms and their chance level, " +
+            "as CSV and PNG.")
         {
             model, map, outDir, residHigh, moduleHigh,
         };
         command.SetAction((parse, _) => CliApp.Guard(error, () =>
         {
             var folder = ModelFolder.Open(parse.GetValue(model)!);
-            var flow = LoadMap(folder, parse.GetValue(map));
+            var flow = LoadMap(folder, parse.GetValue(map), error);
             var dir = parse.GetValue(outDir) ?? Path.GetDirectoryName(Path.GetFullPath(MapPath(folder, parse.GetValue(map))))!;
             var stats = FlowStatistics.Compute(flow, new FlowThresholds(parse.GetValue(residHigh), parse.GetValue(moduleHigh)));
             FlowStatistics.Write(stats, dir);
             foreach (var s in stats)
-                output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"layer {s.Layer}: translated {s.CategoryCounts[0]}, processed {s.CategoryCounts[1]}, newborn {s.CategoryCounts[2]}, unexplained {s.CategoryCounts[3]}"));
-            output.WriteLine($"wrote categories.csv, categories.png, scores.csv, scores.png to {dir}");
+            {
+                var counts = FlowCategories.All.Select(c => $"{c.Name()} {s.CategoryCounts[(int)c]}");
+                output.WriteLine($"layer {s.Layer}: " + string.Join(", ", counts));
+                foreach (var p in s.Pairs)
+                    output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                        $"  {p.Kind.ToString().ToLowerInvariant(),-5} threshold {p.Threshold:F3} ({p.ThresholdSource}); " +
+                        $"null mean {p.Null?.Mean:F3}; " +
+                        $"observed mean {p.ObservedMean:F3}, median {p.ObservedMedian:F3}, {p.ShareAbove:P1} at or above"));
+            }
+            output.WriteLine($"wrote categories.csv, categories.png, scores.csv, scores.png, chance.csv to {dir}");
             return Task.FromResult(0);
         }));
         return command;

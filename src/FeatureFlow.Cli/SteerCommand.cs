@@ -46,8 +46,7 @@ public static class SteerCommand
         var themeWords = new Option<string?>("--theme-words") { Description = "comma-separated words that mark the theme (for steer report)" };
         var strength = new Option<float>("--default-strength") { DefaultValueFactory = _ => 1f };
         var range = new Option<string>("--range") { Description = "recommended strength range lo,hi", DefaultValueFactory = _ => "0,2" };
-        var cut = new Option<float>("--cut") { DefaultValueFactory = _ => new FlowGraphOptions().ResidualCut };
-        var module = new Option<float>("--module-threshold") { DefaultValueFactory = _ => new FlowGraphOptions().ModuleThreshold };
+        var (cut, module) = FlowCommand.GraphThresholdOptions();
         var model = ServeCommand.ModelOption();
         var saes = SaeCommand.SaesOption();
         var map = FlowCommand.MapOption();
@@ -63,7 +62,7 @@ public static class SteerCommand
             FlowGraph? graph = null;
             IReadOnlyList<FeatureId> list = [];
             if (parse.GetValue(seed) is { } s)
-                graph = FlowGraph.Build(FlowCommand.LoadMap(folder, parse.GetValue(map)), FeatureId.Parse(s),
+                graph = FlowGraph.Build(FlowCommand.LoadMap(folder, parse.GetValue(map), error), FeatureId.Parse(s),
                     new FlowGraphOptions { ResidualCut = parse.GetValue(cut), ModuleThreshold = parse.GetValue(module) });
             else if (parse.GetValue(features) is { } f) list = f.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(FeatureId.Parse).ToArray();
             else throw new ArgumentException("give --seed (a flow graph) or --features (an explicit list)");

@@ -7,10 +7,16 @@ namespace FeatureFlow.Flow;
 
 public sealed record FlowGraphOptions
 {
-    /// <summary>The chain stops at a residual edge with cosine below this (the paper's 0.5).</summary>
-    public float ResidualCut { get; init; } = 0.5f;
-    /// <summary>MLP/attention matches below this are left out (the paper's 0.15).</summary>
-    public float ModuleThreshold { get; init; } = 0.15f;
+    /// <summary>The paper's absolute values, used when neither an explicit value nor a chance level is there.</summary>
+    public const float AbsoluteResidualCut = 0.5f, AbsoluteModuleThreshold = 0.15f;
+
+    /// <summary>
+    /// The chain stops at a residual edge into R(L) with cosine below this; null = the flow map's chance
+    /// level of R(L−1)→R(L).
+    /// </summary>
+    public float? ResidualCut { get; init; }
+    /// <summary>MLP/attention matches of R(L) below this are dropped; null = the chance level of M(L)/A(L)→R(L).</summary>
+    public float? ModuleThreshold { get; init; }
     /// <summary>
     /// Forward step rule (the paper leaves it open): true = the next layer's feature whose backward match
     /// is this node, best score first, else the forward arg-max; false = always the forward arg-max.
@@ -29,18 +35,24 @@ public sealed record FlowEdge(FeatureId From, FeatureId To, float Score);
 /// </summary>
 public sealed class FlowGraph
 {
-    private FlowGraph(FeatureId seed, IReadOnlyList<FlowNode> nodes, IReadOnlyList<FlowEdge> edges, FlowGraphOptions options)
+    private FlowGraph(FeatureId seed, IReadOnlyList<FlowNode> nodes, IReadOnlyList<FlowEdge> edges,
+        FlowGraphOptions options, string residualCutSource, string moduleThresholdSource)
     {
         Seed = seed;
         Nodes = nodes;
         Edges = edges;
         Options = options;
+        ResidualCutSource = residualCutSource;
+        ModuleThresholdSource = moduleThresholdSource;
     }
 
     public FeatureId Seed { get; }
     public IReadOnlyList<FlowNode> Nodes { get; }
     public IReadOnlyList<FlowEdge> Edges { get; }
     public FlowGraphOptions Options { get; }
+    /// <summary>Where the cut and the module threshold came from (explicit, chance level, absolute fallback).</summary>
+    public string ResidualCutSource { get; }
+    public string ModuleThresholdSource { get; }
     public IEnumerable<FlowNode> ResidualChain => Nodes.Where(n => n.Feature.Site.Kind == SiteKind.ResidPost).OrderBy(n => n.Feature.Site.Layer);
     public int LStart => ResidualChain.First().Feature.Site.Layer;
     public int LEnd => ResidualChain.Last().Feature.Site.Layer;
@@ -50,8 +62,10 @@ public sealed class FlowGraph
         map.Explain(seed); // validates the seed
         var nodes = new List<FlowNode> { new(seed, 1f, "seed") };
         var edges = new List<FlowEdge>();
+        float Cut(int layer) =>
+            map.Threshold(layer, PredecessorKind.Resid, options.ResidualCut, FlowGraphOptions.AbsoluteResidualCut);
         var current = seed;
-        while (map.ResidPredecessor(current.Site.Layer, current.Index) is { } p && p.Score >= options.ResidualCut)
+        while (map.ResidPredecessor(current.Site.Layer, current.Index) is { } p && p.Score >= Cut(current.Site.Layer))
         {
             var previous = new FeatureId(new Site(current.Site.Layer - 1, SiteKind.ResidPost), p.Index);
             nodes.Add(new FlowNode(previous, p.Score, "backward"));
@@ -59,7 +73,8 @@ public sealed class FlowGraph
             current = previous;
         }
         current = seed;
-        while (map.ResidSuccessor(current.Site.Layer, current.Index, options.BackwardConsistentForward) is { } s && s.Score >= options.ResidualCut)
+        while (map.ResidSuccessor(current.Site.Layer, current.Index, options.BackwardConsistentForward) is { } s
+               && s.Score >= Cut(current.Site.Layer + 1))
         {
             var next = new FeatureId(new Site(current.Site.Layer + 1, SiteKind.ResidPost), s.Index);
             nodes.Add(new FlowNode(next, s.Score, "forward"));
@@ -69,14 +84,17 @@ public sealed class FlowGraph
         foreach (var resid in nodes.ToArray())
         {
             var explained = map.Explain(resid.Feature);
-            foreach (var (module, role) in new[] { (explained.Mlp, "mlp"), (explained.Attn, "attn") })
-                if (module.Score >= options.ModuleThreshold)
+            var layer = resid.Feature.Site.Layer;
+            foreach (var (module, role, kind) in new[]
+                     { (explained.Mlp, "mlp", PredecessorKind.Mlp), (explained.Attn, "attn", PredecessorKind.Attn) })
+                if (module.Score >= map.Threshold(layer, kind, options.ModuleThreshold, FlowGraphOptions.AbsoluteModuleThreshold))
                 {
                     nodes.Add(new FlowNode(module.Feature, module.Score, role));
                     edges.Add(new FlowEdge(module.Feature, resid.Feature, module.Score));
                 }
         }
-        return new FlowGraph(seed, nodes, edges, options);
+        return new FlowGraph(seed, nodes, edges, options,
+            map.ThresholdSource(options.ResidualCut), map.ThresholdSource(options.ModuleThreshold));
     }
 
     public JsonObject ToJson() => new()
@@ -84,8 +102,10 @@ public sealed class FlowGraph
         ["seed"] = Seed.ToString(),
         ["l_start"] = LStart,
         ["l_end"] = LEnd,
-        ["residual_cut"] = Options.ResidualCut,
-        ["module_threshold"] = Options.ModuleThreshold,
+        // A number when given explicitly, else where the per-layer thresholds came from.
+        ["residual_cut"] = Options.ResidualCut is { } cut ? JsonValue.Create(cut) : JsonValue.Create(ResidualCutSource),
+        ["module_threshold"] = Options.ModuleThreshold is { } module
+            ? JsonValue.Create(module) : JsonValue.Create(ModuleThresholdSource),
         ["forward_rule"] = Options.BackwardConsistentForward ? "backward-consistent" : "forward-argmax",
         ["nodes"] = new JsonArray(Nodes.Select(n => (JsonNode)new JsonObject
         {
@@ -129,7 +149,10 @@ public sealed class FlowGraph
         var sb = new StringBuilder();
         sb.AppendLine(CultureInfo.InvariantCulture, $"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"330\" font-family=\"Helvetica, Arial, sans-serif\" font-size=\"13\">");
         sb.AppendLine("<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
-        sb.AppendLine(CultureInfo.InvariantCulture, $"<text x=\"{left}\" y=\"20\" font-size=\"14\" font-weight=\"bold\">flow graph of {Escape(Seed.Short)} (residual cut {Options.ResidualCut:F2}, module threshold {Options.ModuleThreshold:F2})</text>");
+        var thresholds = $"residual cut {Describe(Options.ResidualCut, ResidualCutSource)}, " +
+            $"module threshold {Describe(Options.ModuleThreshold, ModuleThresholdSource)}";
+        sb.AppendLine(CultureInfo.InvariantCulture, $"<text x=\"{left}\" y=\"20\" font-size=\"14\" font-weight=\"bold\">" +
+            $"flow graph of {Escape(Seed.Short)} ({thresholds})</text>");
         foreach (var e in Edges)
         {
             int x1 = X(e.From) + boxW / 2, y1 = Row(e.From.Site.Kind) + boxH / 2, x2 = X(e.To) + boxW / 2, y2 = Row(e.To.Site.Kind) + boxH / 2;
@@ -145,6 +168,9 @@ public sealed class FlowGraph
         sb.AppendLine("</svg>");
         return sb.ToString();
     }
+
+    private static string Describe(float? value, string source) =>
+        value is { } v ? v.ToString("F2", CultureInfo.InvariantCulture) : Escape(source);
 
     private static string Colour(FlowNode n) => n.Role switch
     {

@@ -1,111 +1,202 @@
 using System.Globalization;
 using System.Text;
 using FeatureFlow.Models;
+using ScottPlot;
 
 namespace FeatureFlow.Flow;
 
-/// <summary><c>featureflow flow stats</c>: per-layer category shares and score histograms, as CSV and PNG charts.</summary>
+/// <summary>
+/// <c>featureflow flow stats</c>: per-layer category shares, predecessor-score histograms against their
+/// chance level, as CSV and PNG charts.
+/// </summary>
 public static class FlowStatistics
 {
     public const int Bins = 20;
-    private static readonly (byte, byte, byte)[] CategoryColours = [(82, 183, 136), (66, 135, 245), (245, 166, 35), (180, 180, 180)];
-    private static readonly string[] Kinds = ["resid", "mlp", "attn"];
+    private static readonly PredecessorKind[] Kinds = Enum.GetValues<PredecessorKind>();
 
-    public sealed record LayerStats(int Layer, int[] CategoryCounts, int[][] Histograms);
+    /// <summary>Greens for translated, blues for processed, oranges for newborn, grey for unexplained.</summary>
+    private static readonly string[] CategoryColours =
+        ["#52b788", "#1d4e89", "#4f8fd6", "#a9cbf0", "#c1580b", "#f0962e", "#f7c98b", "#b4b4b4"];
+
+    /// <summary>
+    /// The best cosines of one predecessor kind at one layer: their histogram (<see cref="Bins"/> bins over
+    /// [0, 1]), the threshold the categories used and where it came from, the null (if the map has one),
+    /// and the observed mean, median and share at or above the threshold.
+    /// </summary>
+    public sealed record PairStats(PredecessorKind Kind, int[] Histogram, float Threshold, string ThresholdSource,
+        NullDistribution? Null, double ObservedMean, double ObservedMedian, double ShareAbove);
+
+    /// <summary>
+    /// One layer: counts per <see cref="FlowCategory"/> (in enum order) and a <see cref="PairStats"/> per kind
+    /// (no resid at layer 0).
+    /// </summary>
+    public sealed record LayerStats(int Layer, int[] CategoryCounts, IReadOnlyList<PairStats> Pairs)
+    {
+        public PairStats? Pair(PredecessorKind kind) => Pairs.FirstOrDefault(p => p.Kind == kind);
+    }
 
     public static IReadOnlyList<LayerStats> Compute(FlowMap map, FlowThresholds thresholds)
     {
         var result = new List<LayerStats>();
         for (var l = 0; l < map.Layers; l++)
         {
-            var categories = new int[4];
-            var histograms = Kinds.Select(_ => new int[Bins]).ToArray();
+            var categories = new int[FlowCategories.All.Count];
+            var scores = Kinds.ToDictionary(k => k, _ => new List<float>());
             for (var f = 0; f < map.ResidFeatures(l); f++)
             {
                 var p = map.Explain(new FeatureId(new Site(l, SiteKind.ResidPost), f));
                 categories[(int)map.Category(p, thresholds)]++;
-                if (p.Resid is { } r) histograms[0][Bin(r.Score)]++;
-                histograms[1][Bin(p.Mlp.Score)]++;
-                histograms[2][Bin(p.Attn.Score)]++;
+                if (p.Resid is { } r) scores[PredecessorKind.Resid].Add(r.Score);
+                scores[PredecessorKind.Mlp].Add(p.Mlp.Score);
+                scores[PredecessorKind.Attn].Add(p.Attn.Score);
             }
-            result.Add(new LayerStats(l, categories, histograms));
+            var pairs = Kinds.Where(k => scores[k].Count > 0).Select(k =>
+            {
+                var values = scores[k];
+                var histogram = new int[Bins];
+                foreach (var v in values) histogram[Bin(v)]++;
+                var threshold = map.Threshold(l, k, thresholds);
+                var source = map.ThresholdSource(k == PredecessorKind.Resid ? thresholds.Residual : thresholds.Module);
+                return new PairStats(k, histogram, threshold, source, map.Null(l, k), values.Average(v => (double)v),
+                    ChanceLevel.Percentile(values.ToArray(), 50), values.Count(v => v >= threshold) / (double)values.Count);
+            }).ToArray();
+            result.Add(new LayerStats(l, categories, pairs));
         }
         return result;
     }
 
     /// <summary>Cosine in [−1, 1] → one of <see cref="Bins"/> bins over [0, 1] (negative scores fall in the first).</summary>
-    private static int Bin(float score) => Math.Clamp((int)(score * Bins), 0, Bins - 1);
+    public static int Bin(float score) => Math.Clamp((int)(score * Bins), 0, Bins - 1);
 
+    private static string Name(PredecessorKind kind) => kind.ToString().ToLowerInvariant();
+
+    /// <summary>Writes categories.csv/.png, scores.csv/.png and chance.csv.</summary>
     public static void Write(IReadOnlyList<LayerStats> stats, string directory)
     {
         Directory.CreateDirectory(directory);
-        var categories = new StringBuilder("layer,translated,processed,newborn,unexplained\n");
-        var scores = new StringBuilder("layer,predecessor,bin_low,bin_high,count\n");
+        string F(double v) => v.ToString("F4", CultureInfo.InvariantCulture);
+        var names = FlowCategories.All.Select(c => c.Name().Replace('-', '_'));
+        var categories = new StringBuilder("layer," + string.Join(",", names) + "\n");
+        var scores = new StringBuilder("layer,predecessor,bin_low,bin_high,count,share,null_share\n");
+        var chance = new StringBuilder("layer,predecessor,null_mean,null_threshold,threshold,threshold_source," +
+            "observed_mean,observed_median,share_above_threshold\n");
         foreach (var s in stats)
         {
             var total = (double)s.CategoryCounts.Sum();
-            categories.AppendLine(string.Join(",", new[] { s.Layer.ToString(CultureInfo.InvariantCulture) }.Concat(s.CategoryCounts.Select(c => (c / total).ToString("F4", CultureInfo.InvariantCulture)))));
-            for (var k = 0; k < Kinds.Length; k++)
+            var layer = s.Layer.ToString(CultureInfo.InvariantCulture);
+            categories.AppendLine(string.Join(",", s.CategoryCounts.Select(c => F(c / total)).Prepend(layer)));
+            foreach (var p in s.Pairs)
+            {
+                var observed = (double)p.Histogram.Sum();
+                var nullTotal = p.Null?.Histogram.Sum() ?? 0;
                 for (var b = 0; b < Bins; b++)
-                    scores.AppendLine(string.Create(CultureInfo.InvariantCulture, $"{s.Layer},{Kinds[k]},{b / (double)Bins:F2},{(b + 1) / (double)Bins:F2},{s.Histograms[k][b]}"));
+                {
+                    var nullShare = p.Null is { } n ? F(n.Histogram[b] / (double)nullTotal) : "";
+                    var bounds = string.Create(CultureInfo.InvariantCulture, $"{b / (double)Bins:F2},{(b + 1) / (double)Bins:F2}");
+                    var share = F(p.Histogram[b] / observed);
+                    scores.AppendLine($"{layer},{Name(p.Kind)},{bounds},{p.Histogram[b]},{share},{nullShare}");
+                }
+                string[] row =
+                [
+                    layer, Name(p.Kind), p.Null is { } m ? F(m.Mean) : "", p.Null is { } t ? F(t.Threshold) : "", F(p.Threshold),
+                    p.ThresholdSource, F(p.ObservedMean), F(p.ObservedMedian), F(p.ShareAbove),
+                ];
+                chance.AppendLine(string.Join(",", row));
+            }
         }
         File.WriteAllText(Path.Combine(directory, "categories.csv"), categories.ToString());
         File.WriteAllText(Path.Combine(directory, "scores.csv"), scores.ToString());
-        File.WriteAllBytes(Path.Combine(directory, "categories.png"), CategoryChart(stats).ToPng());
-        File.WriteAllBytes(Path.Combine(directory, "scores.png"), ScoreChart(stats).ToPng());
+        File.WriteAllText(Path.Combine(directory, "chance.csv"), chance.ToString());
+        File.WriteAllBytes(Path.Combine(directory, "categories.png"), CategoryChart(stats));
+        File.WriteAllBytes(Path.Combine(directory, "scores.png"), ScoreChart(stats));
     }
 
-    private static Raster CategoryChart(IReadOnlyList<LayerStats> stats)
+    /// <summary>Stacked bars: the share of each category per layer.</summary>
+    public static byte[] CategoryChart(IReadOnlyList<LayerStats> stats)
     {
-        const int barW = 60, gap = 30, left = 60, top = 40, plotH = 300;
-        var raster = new Raster(left + stats.Count * (barW + gap) + 170, top + plotH + 60);
-        raster.Text(left, 12, "category share per layer", 2);
-        raster.Fill(left - 2, top, 2, plotH, (60, 60, 60));
-        for (var t = 0; t <= 4; t++) raster.Text(10, top + plotH - t * plotH / 4 - 3, $"{t * 25}%");
+        var plot = new Plot();
+        var bars = new List<Bar>();
         foreach (var s in stats)
         {
-            var x = left + gap / 2 + s.Layer * (barW + gap);
             var total = (double)s.CategoryCounts.Sum();
-            var y = top + plotH;
-            for (var c = 0; c < 4; c++)
+            var bottom = 0.0;
+            for (var c = 0; c < s.CategoryCounts.Length; c++)
             {
-                var h = (int)Math.Round(plotH * s.CategoryCounts[c] / total);
-                raster.Fill(x, y - h, barW, h, CategoryColours[c]);
-                y -= h;
+                var share = 100 * s.CategoryCounts[c] / total;
+                bars.Add(new Bar
+                {
+                    Position = s.Layer, ValueBase = bottom, Value = bottom + share,
+                    FillColor = Color.FromHex(CategoryColours[c]), LineWidth = 0,
+                });
+                bottom += share;
             }
-            raster.Text(x + barW / 2 - 9, top + plotH + 8, $"L{s.Layer}", 2);
         }
-        var lx = left + stats.Count * (barW + gap) + 10;
-        string[] names = ["translated", "processed", "newborn", "unexplained"];
-        for (var c = 0; c < 4; c++)
-        {
-            raster.Fill(lx, top + c * 24, 14, 14, CategoryColours[c]);
-            raster.Text(lx + 20, top + c * 24 + 4, names[c]);
-        }
-        return raster;
+        plot.Add.Bars(bars);
+        foreach (var c in FlowCategories.All.Reverse()) // top of the stack first, as the bars read
+            plot.Legend.ManualItems.Add(new LegendItem
+            {
+                LabelText = c.Name(), FillColor = Color.FromHex(CategoryColours[(int)c]),
+            });
+        plot.ShowLegend(Edge.Right);
+        plot.Axes.Bottom.SetTicks([.. stats.Select(s => (double)s.Layer)], [.. stats.Select(s => $"L{s.Layer}")]);
+        plot.Axes.SetLimits(-0.6, stats.Count - 0.4, 0, 100);
+        plot.Title("category share per layer");
+        plot.YLabel("% of residual features");
+        var sources = stats.SelectMany(s => s.Pairs).Select(p => p.ThresholdSource).Distinct().ToArray();
+        plot.XLabel("thresholds: " + string.Join("; ", sources));
+        return plot.GetImageBytes(760 + 12 * stats.Count, 440, ImageFormat.Png);
     }
 
-    private static Raster ScoreChart(IReadOnlyList<LayerStats> stats)
+    /// <summary>
+    /// One panel per layer (rows) and predecessor kind (columns): the share of features per score bin, the
+    /// null's shares as a step line, and the threshold as a dashed line.
+    /// </summary>
+    public static byte[] ScoreChart(IReadOnlyList<LayerStats> stats)
     {
-        const int panelW = 320, panelH = 200, left = 40, top = 40, barW = 14;
-        var raster = new Raster(left + Kinds.Length * (panelW + 30), top + panelH + 50);
-        raster.Text(left, 12, "top-1 cosine of predecessors (all layers)", 2);
-        for (var k = 0; k < Kinds.Length; k++)
-        {
-            var counts = Enumerable.Range(0, Bins).Select(b => stats.Sum(s => s.Histograms[k][b])).ToArray();
-            var max = Math.Max(1, counts.Max());
-            var x0 = left + k * (panelW + 30);
-            raster.Fill(x0, top + panelH, Bins * (barW + 1), 2, (60, 60, 60));
-            for (var b = 0; b < Bins; b++)
+        var multiplot = new Multiplot();
+        multiplot.AddPlots(stats.Count * Kinds.Length);
+        multiplot.Layout = new ScottPlot.MultiplotLayouts.Grid(stats.Count, Kinds.Length);
+        for (var row = 0; row < stats.Count; row++)
+            for (var col = 0; col < Kinds.Length; col++)
             {
-                var h = (int)Math.Round(panelH * counts[b] / (double)max);
-                raster.Fill(x0 + b * (barW + 1), top + panelH - h, barW, h, (66, 135, 245));
+                var plot = multiplot.GetPlot(row * Kinds.Length + col);
+                var kind = Kinds[col];
+                var layer = stats[row].Layer;
+                var source = kind switch
+                {
+                    PredecessorKind.Resid => $"R({layer - 1})", PredecessorKind.Mlp => $"M({layer})", _ => $"A({layer})",
+                };
+                plot.Title($"best cosine {source} -> R({layer})", 12);
+                plot.Axes.SetLimits(0, 1, 0, 100);
+                if (stats[row].Pair(kind) is not { } p)
+                {
+                    plot.Add.Text("layer 0 has no R(-1) SAE", 0.1, 50);
+                    continue;
+                }
+                var observed = (double)p.Histogram.Sum();
+                var shares = p.Histogram.Select(c => 100 * c / observed).ToArray();
+                plot.Add.Bars(Enumerable.Range(0, Bins).Select(b => new Bar
+                {
+                    Position = (b + 0.5) / Bins, Value = shares[b], Size = 0.9 / Bins,
+                    FillColor = Color.FromHex("#4287f5"), LineWidth = 0,
+                }).ToList());
+                var top = shares.Max();
+                if (p.Null is { } n)
+                {
+                    var nullTotal = (double)n.Histogram.Sum();
+                    var nullShares = n.Histogram.Select(c => 100 * c / nullTotal).ToArray();
+                    var xs = Enumerable.Range(0, Bins + 1).Select(b => b / (double)Bins).ToArray();
+                    var line = plot.Add.ScatterLine(xs, nullShares.Append(nullShares[^1]).ToArray(), Colors.Black);
+                    line.ConnectStyle = ConnectStyle.StepHorizontal;
+                    line.LegendText = "null";
+                    top = Math.Max(top, nullShares.Max());
+                }
+                var cut = plot.Add.VerticalLine(p.Threshold, 2, Colors.Red, LinePattern.Dashed);
+                cut.LegendText = string.Create(CultureInfo.InvariantCulture, $"threshold {p.Threshold:F2}");
+                plot.ShowLegend(Alignment.UpperRight);
+                plot.Axes.SetLimits(0, 1, 0, 1.1 * top);
+                plot.YLabel("% of features", 11);
             }
-            raster.Text(x0, top + panelH + 8, "0");
-            raster.Text(x0 + Bins * (barW + 1) / 2 - 9, top + panelH + 8, "0.5");
-            raster.Text(x0 + Bins * (barW + 1) - 6, top + panelH + 8, "1");
-            raster.Text(x0, top + panelH + 24, $"{Kinds[k]} (max {max})", 2);
-        }
-        return raster;
+        return multiplot.Render(3 * 340, stats.Count * 200).GetImageBytes(ImageFormat.Png);
     }
 }

@@ -28,12 +28,20 @@ public class FlowGraphTests
     [Fact]
     public void Graph_follows_the_chain_both_ways_and_cuts_it_where_the_residual_cosine_falls()
     {
-        var graph = FlowGraph.Build(ChainMap(), FeatureId.Parse("1/res/0"), new FlowGraphOptions());
+        var map = ChainMap();
+        var graph = FlowGraph.Build(map, FeatureId.Parse("1/res/0"), new FlowGraphOptions());
         Assert.Equal([0, 1, 2], graph.ResidualChain.Select(n => n.Feature.Site.Layer));
         Assert.All(graph.ResidualChain, n => Assert.Equal(0, n.Feature.Index));
         Assert.Equal((0, 2), (graph.LStart, graph.LEnd));
         Assert.Contains(graph.Nodes, n => n.Role == "mlp" && n.Feature == FeatureId.Parse("1/mlp/0") && n.Score > 0.99f);
-        Assert.All(graph.Nodes.Where(n => n.Role is "mlp" or "attn"), n => Assert.True(n.Score >= 0.15f));
+        // By default each module node passes its own layer's chance level.
+        foreach (var n in graph.Nodes.Where(n => n.Role is "mlp" or "attn"))
+        {
+            var kind = n.Role == "mlp" ? PredecessorKind.Mlp : PredecessorKind.Attn;
+            Assert.True(n.Score >= map.Null(n.Feature.Site.Layer, kind)!.Threshold);
+        }
+        Assert.StartsWith("chance level", graph.ModuleThresholdSource);
+        Assert.StartsWith("chance level", (string?)graph.ToJson()["residual_cut"]);
     }
 
     [Fact]

@@ -119,10 +119,14 @@ public class FlowMapTests
 
     [Theory]
     [InlineData(0.9f, 0.1f, 0.1f, FlowCategory.Translated)]
-    [InlineData(0.9f, 0.6f, 0.1f, FlowCategory.Processed)]
-    [InlineData(0.2f, 0.1f, 0.7f, FlowCategory.Newborn)]
-    [InlineData(0.2f, 0.1f, 0.1f, FlowCategory.Unexplained)]
-    public void Categories_follow_the_thresholds(float resid, float mlp, float attn, FlowCategory expected)
+    [InlineData(0.9f, 0.6f, 0.1f, FlowCategory.ProcessedMlp)]
+    [InlineData(0.9f, 0.1f, 0.3f, FlowCategory.ProcessedAttn)]
+    [InlineData(0.5f, 0.3f, 0.7f, FlowCategory.ProcessedBoth)]
+    [InlineData(0.2f, 0.7f, 0.1f, FlowCategory.NewbornMlp)]
+    [InlineData(0.2f, 0.1f, 0.7f, FlowCategory.NewbornAttn)]
+    [InlineData(0.49f, 0.4f, 0.7f, FlowCategory.NewbornBoth)]
+    [InlineData(0.2f, 0.1f, 0.29f, FlowCategory.Unexplained)]
+    public void Categories_follow_explicit_thresholds(float resid, float mlp, float attn, FlowCategory expected)
     {
         var map = FlowMap.Build(RandomSaes(2, 4, 3, 1), 2, new CosineMatcher(Cpu));
         var f = new FeatureId(new Site(1, SiteKind.ResidPost), 0);

@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Globalization;
 using FeatureFlow.Engine;
 
 namespace FeatureFlow.Flow.Tests;
@@ -11,15 +12,26 @@ public class FlowStatisticsTests
         var map = FlowMap.Build(FlowMapTests.RandomSaes(3, 8, 20, 4), 3, new CosineMatcher(new EngineOptions { ExecutionProvider = ExecutionProviderPreference.Cpu }));
         var stats = FlowStatistics.Compute(map, new FlowThresholds());
         Assert.All(stats, s => Assert.Equal(20, s.CategoryCounts.Sum()));
-        Assert.Equal(0, stats[0].Histograms[0].Sum());          // layer 0 has no residual predecessor
-        Assert.All(stats, s => Assert.Equal(20, s.Histograms[1].Sum()));
+        Assert.Null(stats[0].Pair(PredecessorKind.Resid));          // layer 0 has no residual predecessor
+        Assert.All(stats, s => Assert.Equal(20, s.Pair(PredecessorKind.Mlp)!.Histogram.Sum()));
+        Assert.All(stats.SelectMany(s => s.Pairs), p => Assert.Equal(p.Null!.Threshold, p.Threshold));
+        var strict = FlowStatistics.Compute(map, new FlowThresholds(Module: 1.01f));
+        var modules = strict.SelectMany(s => s.Pairs).Where(p => p.Kind != PredecessorKind.Resid);
+        Assert.All(modules, p => Assert.Equal(0, p.ShareAbove));
+        var explainedByModules = strict.Sum(s => s.CategoryCounts.Where((_, c) => ((FlowCategory)c).Module() is not null).Sum());
+        Assert.Equal(0, explainedByModules);
 
         var dir = Directory.CreateTempSubdirectory().FullName;
         FlowStatistics.Write(stats, dir);
         var csv = File.ReadAllLines(Path.Combine(dir, "categories.csv"));
+        Assert.Equal("layer,translated,processed_mlp,processed_attn,processed_both,newborn_mlp,newborn_attn,newborn_both," +
+            "unexplained", csv[0]);
         Assert.Equal(4, csv.Length);
         foreach (var line in csv.Skip(1))
-            Assert.Equal(1.0, line.Split(',').Skip(1).Sum(v => double.Parse(v, System.Globalization.CultureInfo.InvariantCulture)), 3);
+            Assert.Equal(1.0, line.Split(',').Skip(1).Sum(v => double.Parse(v, CultureInfo.InvariantCulture)), 3);
+        var chance = File.ReadAllLines(Path.Combine(dir, "chance.csv"));
+        Assert.Equal(1 + 2 + 3 + 3, chance.Length);
+        Assert.StartsWith("1,resid,", chance[3]);
         foreach (var png in new[] { "categories.png", "scores.png" })
         {
             var bytes = File.ReadAllBytes(Path.Combine(dir, png));
