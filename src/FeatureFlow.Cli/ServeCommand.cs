@@ -19,7 +19,8 @@ public static class ServeCommand
     {
         var model = ModelOption();
         var host = new Option<string>("--host") { Description = "address to listen on", DefaultValueFactory = _ => "127.0.0.1" };
-        var port = new Option<int>("--port") { Description = "port (0 picks a free one)", DefaultValueFactory = _ => 50051 };
+        var port = new Option<int>("--port") { Description = "gRPC port (0 picks a free one)", DefaultValueFactory = _ => 50051 };
+        var httpPort = new Option<int>("--http-port") { Description = "OpenAI-compatible HTTP port (0 picks a free one, -1 turns it off)", DefaultValueFactory = _ => 8080 };
         var provider = ProviderOption();
         var threads = IntraOpThreadsOption();
         var defaults = new EngineOptions();
@@ -33,7 +34,7 @@ public static class ServeCommand
         var maxTokens = new Option<int>("--default-max-tokens") { Description = "max_tokens for requests that leave it unset", DefaultValueFactory = _ => defaults.DefaultMaxTokens };
         var command = new Command("serve", "Serve a model folder over gRPC (featureflow.v1.Inference, grpc.health.v1.Health, reflection; cleartext HTTP/2).")
         {
-            model, host, port, provider, threads, rows, budget, queued, queuedTokens, prefill, maxTokens, experiments, experimentsDb,
+            model, host, port, httpPort, provider, threads, rows, budget, queued, queuedTokens, prefill, maxTokens, experiments, experimentsDb,
         };
         command.SetAction((parse, ct) => CliApp.Guard(error, async () =>
         {
@@ -42,6 +43,7 @@ public static class ServeCommand
                 ModelDirectory = parse.GetValue(model)!,
                 Host = parse.GetValue(host)!,
                 Port = parse.GetValue(port),
+                HttpPort = parse.GetValue(httpPort) is var h && h >= 0 ? h : null,
                 ExperimentsConfig = parse.GetValue(experiments),
                 ExperimentsDatabase = parse.GetValue(experimentsDb),
                 Engine = new EngineOptions

@@ -15,6 +15,8 @@ public sealed record GenerationRequest
     /// the token (the prompt's last position for the first token).
     /// </summary>
     public IReadOnlyList<Models.Site> Readout { get; init; } = [];
+    /// <summary>How many of the most likely tokens (with log-probabilities) to report per generated token; 0: none.</summary>
+    public int TopLogProbs { get; init; }
 }
 
 public enum FinishReason
@@ -40,6 +42,16 @@ public sealed record GenerationUpdate(string Text, IReadOnlyList<int> TokenIds, 
     public IReadOnlyList<float> LogProbs { get; init; } = [];
     /// <summary>Per token, the values of the request's read-out sites, [sites × d_model] in the request's site order.</summary>
     public IReadOnlyList<float[]> SiteValues { get; init; } = [];
+    /// <summary>Per token, the request's TopLogProbs most likely tokens and their log-probabilities, most likely first.</summary>
+    public IReadOnlyList<TokenLogProb[]> TopLogProbs { get; init; } = [];
+}
+
+public readonly record struct TokenLogProb(int Token, float LogProb);
+
+public static class GenerationLimits
+{
+    /// <summary>The most alternatives a request may ask for per token (OpenAI's limit too).</summary>
+    public const int MaxTopLogProbs = 20;
 }
 
 /// <summary>What the engine reports about each finished generation (for metrics, logs and tests).</summary>

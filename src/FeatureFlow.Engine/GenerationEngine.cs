@@ -118,6 +118,8 @@ public sealed class GenerationEngine : IDisposable
         if (s.TopK < 0) throw new FieldValidationException("top_k", $"must be ≥ 0 (0 turns it off), got {s.TopK}");
         for (var i = 0; i < request.Stop.Count; i++)
             if (string.IsNullOrEmpty(request.Stop[i])) throw new FieldValidationException($"stop[{i}]", "stop strings must not be empty");
+        if (request.TopLogProbs is < 0 or > GenerationLimits.MaxTopLogProbs)
+            throw new FieldValidationException("top_logprobs", $"must be in 0..{GenerationLimits.MaxTopLogProbs}, got {request.TopLogProbs}");
         for (var i = 0; i < request.Readout.Count; i++) Compiler.CheckSite(request.Readout[i], $"readout.hooks[{i}]");
         if (request.Readout.Distinct().Count() != request.Readout.Count) throw new FieldValidationException("readout.hooks", "a site is listed twice");
         if (request.PromptIds.Length + request.MaxTokens > Runner.Cache.TokenBudget)

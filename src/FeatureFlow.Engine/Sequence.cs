@@ -79,14 +79,16 @@ internal sealed class Sequence
         NextToken = next;
         var piece = _text.Push(next);
         IReadOnlyList<float[]> sites = ReadoutValues.Length == 0 ? [] : [(float[])ReadoutValues.Clone()];
+        IReadOnlyList<TokenLogProb[]> top = Request.TopLogProbs == 0 ? [] : [Top(logits, logSumExp, Request.TopLogProbs)];
         if (_text.Stopped)
-            return End(FinishReason.Stop, new GenerationUpdate(piece, [next], FinishReason.Stop, Usage()) { LogProbs = [logProb], SiteValues = sites });
+            return End(FinishReason.Stop, new GenerationUpdate(piece, [next], FinishReason.Stop, Usage()) { LogProbs = [logProb], SiteValues = sites, TopLogProbs = top });
         if (Completion == Request.MaxTokens)
         {
             piece += _text.Flush();
-            return End(FinishReason.Length, new GenerationUpdate(piece, [next], FinishReason.Length, Usage()) { LogProbs = [logProb], SiteValues = sites });
+            return End(FinishReason.Length, new GenerationUpdate(piece, [next], FinishReason.Length, Usage())
+                { LogProbs = [logProb], SiteValues = sites, TopLogProbs = top });
         }
-        Output.Writer.TryWrite(new GenerationUpdate(piece, [next]) { LogProbs = [logProb], SiteValues = sites });
+        Output.Writer.TryWrite(new GenerationUpdate(piece, [next]) { LogProbs = [logProb], SiteValues = sites, TopLogProbs = top });
         return false;
     }
 
@@ -107,6 +109,25 @@ internal sealed class Sequence
     private Usage Usage() => new(Request.PromptIds.Length, Completion);
 
     public GenerationRecord Record() => new(Id, Request.PromptIds.Length, Completion, DecodeSteps, Finish ?? FinishReason.Cancelled);
+
+    private static TokenLogProb[] Top(ReadOnlySpan<float> logits, float logSumExp, int count)
+    {
+        var best = new TokenLogProb[Math.Min(count, logits.Length)];
+        var filled = 0;
+        for (var i = 0; i < logits.Length; i++)
+        {
+            var candidate = new TokenLogProb(i, logits[i] - logSumExp);
+            if (filled == best.Length && !(candidate.LogProb > best[^1].LogProb)) continue;
+            var at = filled < best.Length ? filled++ : best.Length - 1;
+            while (at > 0 && candidate.LogProb > best[at - 1].LogProb)
+            {
+                best[at] = best[at - 1];
+                at--;
+            }
+            best[at] = candidate;
+        }
+        return best;
+    }
 
     /// <summary>log Σ exp(logits), vectorised; a function of the row alone, so batching cannot change it.</summary>
     private static float LogSumExp(ReadOnlySpan<float> logits, Span<float> scratch)

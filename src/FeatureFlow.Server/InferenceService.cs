@@ -6,38 +6,28 @@ using Grpc.Core;
 
 namespace FeatureFlow.Server;
 
-public sealed class InferenceService(GenerationEngine engine, SteeringCatalog catalog, ExperimentService experiments, ServerOptions options,
-    ILogger<InferenceService> logger) : Inference.InferenceBase
+public sealed class InferenceService(GenerationEngine engine, SteeringCatalog catalog, ExperimentService experiments,
+    GenerationPipeline pipeline, ServerOptions options, ILogger<InferenceService> logger) : Inference.InferenceBase
 {
     public override async Task Generate(GenerateRequest request, IServerStreamWriter<GenerateResponse> responseStream, ServerCallContext context)
     {
         var ct = context.CancellationToken;
-        var started = System.Diagnostics.Stopwatch.GetTimestamp();
-        // An experiment picks the arm (and so the steering) for the subject; the rest is an ordinary request.
-        var (arm, armSteering) = request.Experiment.Length == 0 ? (null, null) : Call(() =>
-        {
-            if (request.Steering is { Terms.Count: > 0 })
-                throw new FieldValidationException("steering", "a request in an experiment takes its steering from its arm; leave steering empty");
-            return experiments.Assign(request.Experiment, request.SubjectId);
-        }, context);
         // Validated, compiled and queued before anything is streamed: a bad or refused request never enters the queue.
-        var (domain, readout) = Call(() => RequestMapper.ToDomain(request, engine, catalog, armSteering), context);
-        using var generation = Call(() => engine.Submit(domain), context);
-        var requestId = Guid.NewGuid().ToString("N");
+        using var submitted = Call(() => pipeline.Submit(request), context);
+        var generation = submitted.Rows[0];
         var first = true;
         var tokens = 0;
         try
         {
             await foreach (var update in generation.ReadAllAsync(ct))
             {
-                var response = RequestMapper.ToApi(update, readout);
-                if (first) (response.RequestId, response.ExperimentArm) = (requestId, arm ?? "");
+                var response = RequestMapper.ToApi(update, submitted.Readout);
+                if (first) (response.RequestId, response.ExperimentArm) = (submitted.RequestId, submitted.Arm ?? "");
                 first = false;
                 tokens += update.TokenIds.Count;
                 await responseStream.WriteAsync(response, ct);
             }
-            if (arm is not null)
-                experiments.RecordRequest(request.Experiment, arm, requestId, request.SubjectId, tokens, System.Diagnostics.Stopwatch.GetElapsedTime(started));
+            pipeline.Finished(submitted, tokens);
         }
         catch (GenerationFailedException e)
         {

@@ -27,6 +27,7 @@ public static class RequestMapper
         {
             Steering = ToDomain(steering ?? r.Steering, catalog, engine.Compiler),
             Readout = readout.Sites,
+            TopLogProbs = r.TopLogprobs,
         };
         return (request, readout);
     }
@@ -172,6 +173,13 @@ public static class RequestMapper
         var response = new GenerateResponse { Text = u.Text };
         response.TokenIds.AddRange(u.TokenIds);
         response.TokenLogprobs.AddRange(u.LogProbs);
+        foreach (var top in u.TopLogProbs)
+        {
+            var alternatives = new TokenAlternatives();
+            alternatives.TokenIds.AddRange(top.Select(t => t.Token));
+            alternatives.Logprobs.AddRange(top.Select(t => t.LogProb));
+            response.TokenTopLogprobs.Add(alternatives);
+        }
         if (readout is { IsEmpty: false })
             foreach (var values in u.SiteValues) response.TokenFeatures.Add(readout.Encode(values, watchedSums));
         if (u.Finish is { } finish)

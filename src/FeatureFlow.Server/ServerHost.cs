@@ -16,8 +16,14 @@ public sealed class ServerHost : IAsyncDisposable
 
     public GenerationEngine Engine => _app.Services.GetRequiredService<GenerationEngine>();
 
-    /// <summary>The bound address (http://host:port), once started.</summary>
-    public string Address => _app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+    /// <summary>The gRPC endpoint's bound address (http://host:port), once started.</summary>
+    public string Address => Addresses[0];
+
+    /// <summary>The OpenAI-compatible HTTP endpoint's bound address, once started; null when it is off.</summary>
+    public string? HttpAddress => Addresses.Count > 1 ? Addresses[1] : null;
+
+    // Kestrel lists bound addresses in the order the endpoints were configured: gRPC first, then HTTP.
+    private IReadOnlyList<string> Addresses => _app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.ToArray();
 
     public static ServerHost Create(ServerOptions options, Action<ILoggingBuilder>? logging = null)
     {
@@ -32,8 +38,9 @@ public sealed class ServerHost : IAsyncDisposable
         builder.WebHost.ConfigureKestrel(k =>
         {
             // Cleartext gRPC needs an HTTP/2-only endpoint (with Http1AndHttp2 calls fail with HTTP_1_1_REQUIRED).
-            if (options.Host is "localhost") k.ListenLocalhost(options.Port, o => o.Protocols = HttpProtocols.Http2);
-            else k.Listen(System.Net.IPAddress.Parse(options.Host), options.Port, o => o.Protocols = HttpProtocols.Http2);
+            Listen(k, options.Host, options.Port, HttpProtocols.Http2);
+            // The OpenAI-compatible API, health and readiness on their own HTTP/1.1 endpoint.
+            if (options.HttpPort is { } http) Listen(k, options.Host, http, HttpProtocols.Http1);
         });
         builder.Services.AddSingleton(_ => new GenerationEngine(folder, options.Engine));
         // Packs reload when their files change; a refused replacement is logged and the old version keeps serving.
@@ -45,6 +52,7 @@ public sealed class ServerHost : IAsyncDisposable
         }));
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton<ExperimentService>();
+        builder.Services.AddSingleton<GenerationPipeline>();
         builder.Services.AddGrpc(o => o.EnableDetailedErrors = false);
         builder.Services.AddGrpcReflection();
         builder.Services.AddGrpcHealthChecks().AddCheck("model", () => Microsoft.Extensions.Diagnostics.HealthChecks.HealthCheckResult.Healthy());
@@ -53,7 +61,16 @@ public sealed class ServerHost : IAsyncDisposable
         app.MapGrpcService<InferenceService>();
         app.MapGrpcHealthChecksService();
         app.MapGrpcReflectionService();
+        OpenAi.OpenAiEndpoints.Map(app);
+        app.MapGet("/healthz", () => Results.Text("ok"));
+        app.MapGet("/readyz", (GenerationEngine _) => Results.Text("ready"));
         return new ServerHost(app);
+    }
+
+    private static void Listen(KestrelServerOptions k, string host, int port, HttpProtocols protocols)
+    {
+        if (host is "localhost") k.ListenLocalhost(port, o => o.Protocols = protocols);
+        else k.Listen(System.Net.IPAddress.Parse(host), port, o => o.Protocols = protocols);
     }
 
     /// <summary>Loads the model (so a bad folder fails at start-up, not on the first call) and starts listening.</summary>
@@ -74,6 +91,7 @@ public sealed class ServerHost : IAsyncDisposable
             string.Join(", ", experiments.Current.Experiments.Keys.Order(StringComparer.Ordinal)));
         await _app.StartAsync(cancellationToken);
         log.LogInformation("serving featureflow.v1.Inference on {Address}", Address);
+        if (HttpAddress is { } http) log.LogInformation("serving the OpenAI-compatible API on {Address}/v1", http);
     }
 
     public Task WaitForShutdownAsync(CancellationToken cancellationToken = default) => _app.WaitForShutdownAsync(cancellationToken);

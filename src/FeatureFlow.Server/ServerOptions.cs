@@ -10,6 +10,11 @@ public sealed record ServerOptions
     public string Host { get; init; } = "127.0.0.1";
     /// <summary>0 picks a free port (tests read it from <see cref="ServerHost.Address"/>).</summary>
     public int Port { get; init; } = 50051;
+    /// <summary>
+    /// The OpenAI-compatible HTTP/1.1 endpoint (and /healthz, /readyz); 0 picks a free port, null (the default for
+    /// embedding hosts and tests) turns it off. <c>featureflow serve</c> defaults to 8080.
+    /// </summary>
+    public int? HttpPort { get; init; }
     public EngineOptions Engine { get; init; } = new();
     /// <summary>The experiments config (YAML or JSON, docs/experiments.md); null: no experiments. Reloaded when it changes.</summary>
     public string? ExperimentsConfig { get; init; }

@@ -1,0 +1,265 @@
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using FeatureFlow.Engine;
+using FeatureFlow.Steering;
+using FeatureFlow.Steering.Packs;
+
+namespace FeatureFlow.Server.OpenAi;
+
+/// <summary>
+/// The OpenAI-compatible HTTP API (<c>/v1/models</c>, <c>/v1/completions</c>, <c>/v1/chat/completions</c>) over
+/// the same pipeline as gRPC: existing OpenAI clients work unchanged, and steering, experiments and the arm ride
+/// along as extra JSON fields. Errors use OpenAI's error object.
+/// </summary>
+public static class OpenAiEndpoints
+{
+    public static void Map(WebApplication app)
+    {
+        app.MapGet("/v1/models", (GenerationEngine engine) => Results.Json(new JsonObject
+        {
+            ["object"] = "list",
+            ["data"] = new JsonArray(Model(engine)),
+        }));
+        app.MapPost("/v1/completions", Completions);
+        app.MapPost("/v1/chat/completions", Chat);
+    }
+
+    private static JsonObject Model(GenerationEngine engine) => new()
+    {
+        ["id"] = engine.Folder.Manifest.Name,
+        ["object"] = "model",
+        ["created"] = 0,
+        ["owned_by"] = "featureflow",
+    };
+
+    private static async Task Chat(HttpContext http, GenerationEngine engine)
+    {
+        if (await ReadBody(http) is null) return;
+        // The shipped model folders carry no chat template; answering with one made up would mislead clients.
+        await Error(http, 400, $"model '{engine.Folder.Manifest.Name}' ships no chat template, so it cannot take chat messages; use /v1/completions",
+            "messages", "chat_template_missing");
+    }
+
+    private static async Task Completions(HttpContext http, GenerationEngine engine, GenerationPipeline pipeline, ILoggerFactory loggers)
+    {
+        if (await ReadBody(http) is not { } body) return;
+        CompletionRequest request;
+        SubmittedGeneration submitted;
+        try
+        {
+            request = CompletionRequest.Parse(body.RootElement);
+            if (request.Model is { } model && model != engine.Folder.Manifest.Name)
+                throw new PackNotFoundException("model", $"model '{model}' is not served here (serving '{engine.Folder.Manifest.Name}')");
+            submitted = pipeline.Submit(request.Generate, request.N);
+        }
+        catch (Exception e) when (Refusal(e) is { } refusal)
+        {
+            if (e is EngineOverloadedException overloaded)
+                http.Response.Headers.RetryAfter = Math.Ceiling(overloaded.RetryAfter.TotalSeconds).ToString(System.Globalization.CultureInfo.InvariantCulture);
+            await Error(http, refusal.Status, refusal.Message, refusal.Param, refusal.Code);
+            return;
+        }
+        using (submitted)
+        {
+            http.Response.Headers["x-request-id"] = submitted.RequestId;
+            var completion = new Completion(engine, pipeline, submitted, request);
+            try
+            {
+                if (request.Stream) await completion.StreamAsync(http);
+                else await completion.RespondAsync(http);
+            }
+            catch (GenerationFailedException e) when (!http.Response.HasStarted)
+            {
+                await Error(http, 500, e.Message, null, "non_finite_logits");
+            }
+            catch (OperationCanceledException) when (http.RequestAborted.IsCancellationRequested)
+            {
+                loggers.CreateLogger("FeatureFlow.OpenAi").LogDebug("completion {Id} cancelled by the client", submitted.RequestId);
+            }
+        }
+    }
+
+    private sealed record RefusalInfo(int Status, string Message, string? Param, string Code);
+
+    private static RefusalInfo? Refusal(Exception e) => e switch
+    {
+        PackNotFoundException or ExperimentNotFoundException => new(404, e.Message, ((FieldValidationException)e).Field, "not_found"),
+        FieldValidationException f => new(400, e.Message, f.Field, "invalid_value"),
+        EngineOverloadedException o => new(429, $"{o.Limit}: {o.Message}", null, "rate_limit_exceeded"),
+        ObjectDisposedException => new(503, "the server is shutting down", null, "unavailable"),
+        _ => null,
+    };
+
+    /// <summary>The request body as JSON, or null after answering 400 for malformed JSON.</summary>
+    private static async Task<JsonDocument?> ReadBody(HttpContext http)
+    {
+        try
+        {
+            return await JsonDocument.ParseAsync(http.Request.Body, cancellationToken: http.RequestAborted);
+        }
+        catch (JsonException e)
+        {
+            await Error(http, 400, $"the body is not valid JSON: {e.Message}", "body", "invalid_json");
+            return null;
+        }
+    }
+
+    public static Task Error(HttpContext http, int status, string message, string? param, string code)
+    {
+        http.Response.StatusCode = status;
+        return http.Response.WriteAsJsonAsync(ErrorObject(message, param, code, status));
+    }
+
+    public static JsonObject ErrorObject(string message, string? param, string code, int status) => new()
+    {
+        ["error"] = new JsonObject
+        {
+            ["message"] = message,
+            ["type"] = status switch { 429 => "rate_limit_error", 401 => "authentication_error", 403 => "permission_error", >= 500 => "server_error", _ => "invalid_request_error" },
+            ["param"] = param,
+            ["code"] = code,
+        },
+    };
+
+    /// <summary>One completion's choices as they stream or as one response body.</summary>
+    private sealed class Completion(GenerationEngine engine, GenerationPipeline pipeline, SubmittedGeneration submitted,
+        CompletionRequest request)
+    {
+        private readonly string _id = "cmpl-" + submitted.RequestId;
+        private readonly long _created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+        private readonly string _model = engine.Folder.Manifest.Name;
+        private int _completionTokens;
+
+        private JsonObject Envelope(JsonArray choices)
+        {
+            var o = new JsonObject { ["id"] = _id, ["object"] = "text_completion", ["created"] = _created, ["model"] = _model, ["choices"] = choices };
+            if (submitted.Arm is not null) (o["experiment"], o["experiment_arm"]) = (submitted.Experiment, submitted.Arm);
+            return o;
+        }
+
+        private JsonObject Usage() => new()
+        {
+            ["prompt_tokens"] = PromptTokens,
+            ["completion_tokens"] = _completionTokens,
+            ["total_tokens"] = PromptTokens + _completionTokens,
+        };
+
+        private int PromptTokens { get; set; }
+
+        public async Task RespondAsync(HttpContext http)
+        {
+            var choices = new JsonArray();
+            for (var i = 0; i < submitted.Rows.Count; i++)
+            {
+                var text = new StringBuilder();
+                var logprobs = new LogprobsBuilder(engine, request.Logprobs);
+                string? finish = null;
+                await foreach (var u in submitted.Rows[i].ReadAllAsync(http.RequestAborted))
+                {
+                    Count(u);
+                    logprobs.Add(u, text.Length);
+                    text.Append(u.Text);
+                    finish = Finish(u) ?? finish;
+                }
+                choices.Add(new JsonObject { ["text"] = text.ToString(), ["index"] = i, ["logprobs"] = logprobs.Build(), ["finish_reason"] = finish });
+            }
+            var body = Envelope(choices);
+            body["usage"] = Usage();
+            pipeline.Finished(submitted, _completionTokens);
+            await http.Response.WriteAsJsonAsync(body, http.RequestAborted);
+        }
+
+        /// <summary>Server-sent events: one chunk per choice per update, then usage if asked, then [DONE].</summary>
+        public async Task StreamAsync(HttpContext http)
+        {
+            http.Response.ContentType = "text/event-stream";
+            http.Response.Headers.CacheControl = "no-cache";
+            var events = System.Threading.Channels.Channel.CreateUnbounded<JsonObject>();
+            var readers = submitted.Rows.Select((row, index) => Task.Run(async () =>
+            {
+                var offset = 0;
+                await foreach (var u in row.ReadAllAsync(http.RequestAborted))
+                {
+                    var logprobs = new LogprobsBuilder(engine, request.Logprobs);
+                    logprobs.Add(u, offset);
+                    offset += u.Text.Length;
+                    lock (this) Count(u);
+                    events.Writer.TryWrite(Envelope(new JsonArray(new JsonObject
+                    {
+                        ["text"] = u.Text, ["index"] = index, ["logprobs"] = logprobs.Build(), ["finish_reason"] = Finish(u),
+                    })));
+                }
+            })).ToArray();
+            var all = Task.WhenAll(readers);
+            _ = all.ContinueWith(t => events.Writer.TryComplete(t.Exception?.InnerException), TaskScheduler.Default);
+            try
+            {
+                await foreach (var chunk in events.Reader.ReadAllAsync(http.RequestAborted)) await Send(http, chunk.ToJsonString());
+                await all;
+                pipeline.Finished(submitted, _completionTokens);
+            }
+            catch (GenerationFailedException e)
+            {
+                // Headers are gone: the error travels as an event, in OpenAI's error shape, before [DONE].
+                await Send(http, ErrorObject(e.Message, null, "non_finite_logits", 500).ToJsonString());
+            }
+            if (request.IncludeUsage)
+            {
+                var usage = Envelope([]);
+                usage["usage"] = Usage();
+                await Send(http, usage.ToJsonString());
+            }
+            await Send(http, "[DONE]");
+        }
+
+        private static async Task Send(HttpContext http, string data)
+        {
+            await http.Response.WriteAsync($"data: {data}\n\n", http.RequestAborted);
+            await http.Response.Body.FlushAsync(http.RequestAborted);
+        }
+
+        private void Count(GenerationUpdate u)
+        {
+            _completionTokens += u.TokenIds.Count;
+            if (u.Usage is { } usage) PromptTokens = usage.PromptTokens;
+        }
+
+        private static string? Finish(GenerationUpdate u) => u.Finish switch
+        {
+            Engine.FinishReason.Length => "length",
+            Engine.FinishReason.Stop => "stop",
+            Engine.FinishReason.Error => "error",
+            Engine.FinishReason.Cancelled => "cancelled",
+            _ => null,
+        };
+    }
+
+    /// <summary>The legacy completions <c>logprobs</c> object: tokens, their log-probabilities, alternatives, offsets.</summary>
+    private sealed class LogprobsBuilder(GenerationEngine engine, int? top)
+    {
+        private readonly JsonArray _tokens = [], _logprobs = [], _top = [], _offsets = [];
+        public void Add(GenerationUpdate u, int textOffset)
+        {
+            for (var k = 0; k < u.TokenIds.Count; k++)
+            {
+                _tokens.Add(Piece(u.TokenIds[k]));
+                _logprobs.Add(u.LogProbs[k]);
+                _offsets.Add(textOffset);
+                if (u.TopLogProbs.Count > k)
+                {
+                    var alternatives = new JsonObject();
+                    foreach (var t in u.TopLogProbs[k]) alternatives[Piece(t.Token)] = t.LogProb;
+                    _top.Add(alternatives);
+                }
+            }
+        }
+
+        private string Piece(int token) => Encoding.UTF8.GetString(engine.Tokenizer.DecodePiece(0, token));
+
+        public JsonObject? Build() => top is null ? null : new JsonObject
+        {
+            ["tokens"] = _tokens, ["token_logprobs"] = _logprobs, ["top_logprobs"] = _top, ["text_offset"] = _offsets,
+        };
+    }
+}
