@@ -61,6 +61,14 @@ public sealed class GenerationEngine : IDisposable
         remove => _scheduler.GenerationFinished -= value;
     }
 
+    /// <summary>Raised on the scheduler's thread after each token: first token of its request, and seconds since submission
+    /// (first) or since the request's previous token — time to first token and inter-token latency.</summary>
+    public event Action<bool, double>? TokenTimed
+    {
+        add => _scheduler.TokenTimed += value;
+        remove => _scheduler.TokenTimed -= value;
+    }
+
     public EngineFigures Figures() => _scheduler.Figures();
 
     /// <summary>Prompt text as the model sees it: BOS, then the tokens of the text (none for empty text).</summary>

@@ -46,6 +46,8 @@ internal sealed class Scheduler : IDisposable
 
     public event Action<long, int>? TokenGenerated;
     public event Action<GenerationRecord>? GenerationFinished;
+    /// <summary>After each token: whether it is the request's first, and the seconds since submission or the previous token.</summary>
+    public event Action<bool, double>? TokenTimed;
 
     /// <summary>Queues sequences together (a Compare's arms): all of them, or none when a limit would be passed.</summary>
     public void Enqueue(IReadOnlyList<Sequence> sequences)
@@ -233,6 +235,10 @@ internal sealed class Scheduler : IDisposable
         if (s.Completion != before)
         {
             _generated++;
+            var now = Stopwatch.GetTimestamp();
+            var first = s.LastTokenAt == 0;
+            TokenTimed?.Invoke(first, Stopwatch.GetElapsedTime(first ? s.SubmittedAt : s.LastTokenAt, now).TotalSeconds);
+            s.LastTokenAt = now;
             TokenGenerated?.Invoke(s.Id, s.Completion);
         }
         return finished;

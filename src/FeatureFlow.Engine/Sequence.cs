@@ -51,6 +51,9 @@ internal sealed class Sequence
     public int NextToken { get; private set; }
     public FinishReason? Finish { get; private set; }
     public bool IsCancelled => _cancelled;
+    /// <summary>When the request was queued, and when its latest token was sampled (Stopwatch timestamps).</summary>
+    public long SubmittedAt { get; } = System.Diagnostics.Stopwatch.GetTimestamp();
+    public long LastTokenAt { get; set; }
 
     public void Cancel() => _cancelled = true;
 

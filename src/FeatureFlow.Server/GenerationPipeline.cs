@@ -22,7 +22,8 @@ public sealed record SubmittedGeneration(IReadOnlyList<Generation> Rows, Feature
 /// experiment's arm (when the request names one), mapping and validation, then submission. Refusals are thrown as
 /// domain exceptions; each transport turns them into its own status.
 /// </summary>
-public sealed class GenerationPipeline(GenerationEngine engine, SteeringCatalog catalog, ExperimentService experiments)
+public sealed class GenerationPipeline(GenerationEngine engine, SteeringCatalog catalog, ExperimentService experiments,
+    Observability.ServerMetrics metrics)
 {
     /// <summary>Submits <paramref name="copies"/> rows of the request (seed, seed + 1, …) as one batch, or none.</summary>
     public SubmittedGeneration Submit(GenerateRequest request, int copies = 1)
@@ -39,8 +40,11 @@ public sealed class GenerationPipeline(GenerationEngine engine, SteeringCatalog 
         var rows = Enumerable.Range(0, copies)
             .Select(i => domain with { Sampling = domain.Sampling with { Seed = domain.Sampling.Seed + (ulong)i } })
             .ToArray();
-        return new SubmittedGeneration(engine.SubmitAll(rows), readout, request.Experiment.Length > 0 ? request.Experiment : null, arm,
+        var submitted = new SubmittedGeneration(engine.SubmitAll(rows), readout, request.Experiment.Length > 0 ? request.Experiment : null, arm,
             request.SubjectId, Guid.NewGuid().ToString("N"));
+        var packs = (armSteering ?? request.Steering)?.Terms.Where(t => t.Pack is not null).Select(t => t.Pack.Name.Split('@')[0]) ?? [];
+        metrics.Steering(packs, submitted.Experiment, arm);
+        return submitted;
     }
 
     /// <summary>Records a finished experiment request's tokens and latency (a no-op outside experiments).</summary>

@@ -4,6 +4,7 @@ using FeatureFlow.Steering.Packs;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Prometheus;
 
 namespace FeatureFlow.Server;
 
@@ -53,7 +54,12 @@ public sealed class ServerHost : IAsyncDisposable
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton<ExperimentService>();
         builder.Services.AddSingleton<GenerationPipeline>();
-        builder.Services.AddGrpc(o => o.EnableDetailedErrors = false);
+        builder.Services.AddSingleton<Observability.ServerMetrics>();
+        builder.Services.AddGrpc(o =>
+        {
+            o.EnableDetailedErrors = false;
+            o.Interceptors.Add<Observability.MetricsInterceptor>();
+        });
         builder.Services.AddGrpcReflection();
         builder.Services.AddGrpcHealthChecks().AddCheck("model", () => Microsoft.Extensions.Diagnostics.HealthChecks.HealthCheckResult.Healthy());
 
@@ -63,6 +69,16 @@ public sealed class ServerHost : IAsyncDisposable
         app.MapGrpcReflectionService();
         OpenAi.OpenAiEndpoints.Map(app);
         app.MapGet("/healthz", () => Results.Text("ok"));
+        var metrics = app.Services.GetRequiredService<Observability.ServerMetrics>();
+        // HTTP API calls by route and status (gRPC calls are counted by the interceptor).
+        app.Use(async (http, next) =>
+        {
+            await next(http);
+            if (http.Request.Path.StartsWithSegments("/v1"))
+                metrics.Request("http", http.Request.Path.Value!, http.Response.StatusCode.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        });
+        var registry = metrics.Registry;
+        app.MapMetrics(settings => settings.Registry = registry, "/metrics");
         app.MapGet("/readyz", (GenerationEngine _) => Results.Text("ready"));
         return new ServerHost(app);
     }
