@@ -18,6 +18,7 @@ public static class CliApp
         root.Subcommands.Add(CompareCommand.Build(output, error));
         root.Subcommands.Add(ExperimentsCommand.Build(output, error));
         root.Subcommands.Add(BenchCommand.Build(output, error));
+        root.Subcommands.Add(EvalCommand.Build(output, error));
         return root;
     }
 

@@ -138,7 +138,10 @@ public sealed class SparseAutoencoder
     {
         var e = EncoderRow(feature);
         var bias = EncoderBias[feature] - (ApplyDecoderBiasToInput ? TensorPrimitives.Dot(e, DecoderBias) : 0f);
-        var threshold = Activation == SaeActivation.Relu ? 0f : Math.Max(0f, Threshold[feature]);
-        return (DecoderRow(feature).ToArray(), e.ToArray(), bias, threshold);
+        return (DecoderRow(feature).ToArray(), e.ToArray(), bias, HookThreshold(feature));
     }
+
+    /// <summary>The θ the steering hook applies for a feature: the stored one, never below 0 (0 for ReLU).</summary>
+    public float HookThreshold(int feature) =>
+        Activation == SaeActivation.Relu ? 0f : Math.Max(0f, Threshold[feature]);
 }

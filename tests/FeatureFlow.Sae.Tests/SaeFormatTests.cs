@@ -97,6 +97,30 @@ public sealed class SaeFormatTests : IDisposable
         Assert.Equal("0.1", back.Metadata["held_out_fvu"]);
     }
 
+    [Fact]
+    public void Rewriting_thresholds_changes_only_the_thresholds_file_and_the_metadata()
+    {
+        var folder = Path.Combine(_dir, "cal");
+        WriteSaeLens(folder, """
+            {"architecture": "topk", "k": 2, "d_in": 3, "d_sae": 4, "hook_name": "blocks.2.hook_resid_post",
+             "extra_key": [1, 2], "metadata": {"trainer": "x", "count": 7}}
+            """, _ => { });
+        var weights = File.ReadAllBytes(Path.Combine(folder, SaeLensFormat.WeightsFile));
+        var sae = SaeLensFormat.Read(folder);
+        Threshold.CopyTo(sae.Threshold, 0);
+        sae.Metadata["threshold_rule"] = "MaxJaccard";
+        SaeLensFormat.WriteThresholds(sae, folder);
+
+        var back = SaeLensFormat.Read(folder);
+        Assert.Equal(Threshold, back.Threshold);
+        Assert.Equal(("MaxJaccard", "x"), (back.Metadata["threshold_rule"], back.Metadata["trainer"]));
+        Assert.Equal(weights, File.ReadAllBytes(Path.Combine(folder, SaeLensFormat.WeightsFile)));
+        var cfgText = File.ReadAllText(Path.Combine(folder, SaeLensFormat.ConfigFile));
+        var cfg = System.Text.Json.Nodes.JsonNode.Parse(cfgText)!;
+        Assert.Equal("[1,2]", cfg["extra_key"]!.ToJsonString());
+        Assert.Equal(7, cfg["metadata"]!["count"]!.GetValue<int>());
+    }
+
     private static byte[] NpyBytes(float[] values, params long[] shape)
     {
         var header = $"{{'descr': '<f4', 'fortran_order': False, 'shape': ({string.Join(", ", shape)}{(shape.Length == 1 ? "," : "")}), }}";

@@ -50,7 +50,38 @@ public class TopKTrainerTests
         Assert.Equal(a.Encoder, b.Encoder);
         Assert.Equal(a.Decoder, b.Decoder);
         Assert.Equal(a.DecoderBias, b.DecoderBias);
+        Assert.Equal(a.Threshold, b.Threshold);
         Assert.NotEqual(a.Decoder, c.Decoder);
+    }
+
+    [Theory]
+    [InlineData(ThresholdRule.SelectedPercentile)]
+    [InlineData(ThresholdRule.RateMatched)]
+    [InlineData(ThresholdRule.MaxJaccard)]
+    public void The_trainer_sets_thresholds_by_its_rule_from_training_tokens_and_records_it(ThresholdRule rule)
+    {
+        var data = SparseData(6_000, 5);
+        var options = Options with { Epochs = 1, Thresholds = rule };
+        var sae = TopKTrainer.Train(data, 16, new Site(0, SiteKind.AttnOut), "m", options).Sae;
+        var trained = sae.Threshold.ToArray();
+        // The first 90 % are the training tokens (fewer than the 100,000 the trainer calibrates on at most).
+        ThresholdCalibration.Calibrate(sae, data.AsSpan(0, 5_400 * 16), rule);
+        Assert.Equal(sae.Threshold, trained);
+        Assert.Equal(rule.ToString(), sae.Metadata["threshold_rule"]);
+    }
+
+    [Fact]
+    public void The_default_rule_is_max_jaccard_and_differs_from_the_first_rule_only_in_thresholds()
+    {
+        var data = SparseData(6_000, 6);
+        var quick = Options with { Epochs = 1 };
+        Assert.Equal(ThresholdRule.MaxJaccard, quick.Thresholds);
+        var now = TopKTrainer.Train(data, 16, new Site(0, SiteKind.AttnOut), "m", quick).Sae;
+        var old = quick with { Thresholds = ThresholdRule.SelectedPercentile };
+        var first = TopKTrainer.Train(data, 16, new Site(0, SiteKind.AttnOut), "m", old).Sae;
+        Assert.Equal(first.Encoder, now.Encoder);
+        Assert.Equal(first.Decoder, now.Decoder);
+        Assert.NotEqual(first.Threshold, now.Threshold);
     }
 
     [Fact]

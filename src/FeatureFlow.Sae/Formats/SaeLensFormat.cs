@@ -61,6 +61,26 @@ public static class SaeLensFormat
             new SafeTensorsWriter().AddFloat32("threshold", sae.Threshold, sae.DSae).Write(Path.Combine(directory, ThresholdsFile));
     }
 
+    /// <summary>
+    /// Rewrites only a TopK folder's hook thresholds (<see cref="ThresholdsFile"/>) and puts
+    /// <see cref="SparseAutoencoder.Metadata"/> into cfg.json's metadata; every other key and the weights stay as
+    /// they are.
+    /// </summary>
+    public static void WriteThresholds(SparseAutoencoder sae, string directory)
+    {
+        if (sae.Activation != SaeActivation.TopK)
+            throw new ArgumentException($"{directory}: only TopK folders keep separate hook thresholds");
+        var cfgPath = Path.Combine(directory, ConfigFile);
+        var cfg = JsonNode.Parse(File.ReadAllText(cfgPath))?.AsObject()
+            ?? throw new InvalidDataException($"{cfgPath}: empty");
+        if (cfg["metadata"] is not JsonObject metadata) cfg["metadata"] = metadata = new JsonObject();
+        foreach (var (k, v) in sae.Metadata.OrderBy(kv => kv.Key, StringComparer.Ordinal)) metadata[k] = v;
+        new SafeTensorsWriter().AddFloat32("threshold", sae.Threshold, sae.DSae)
+            .Write(Path.Combine(directory, ThresholdsFile));
+        var indented = new System.Text.Json.JsonSerializerOptions { WriteIndented = true };
+        File.WriteAllText(cfgPath, cfg.ToJsonString(indented) + "\n");
+    }
+
     public static SparseAutoencoder Read(string directory)
     {
         var cfgPath = Path.Combine(directory, ConfigFile);

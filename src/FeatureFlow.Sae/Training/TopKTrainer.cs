@@ -18,7 +18,9 @@ public sealed record TopKTrainingOptions
     public int ResampleEverySteps { get; init; } = 250;
     /// <summary>Share of tokens held out for the report.</summary>
     public double HeldOutFraction { get; init; } = 0.1;
-    /// <summary>Percentile of a feature's selected activations used as its JumpReLU threshold.</summary>
+    /// <summary>How the steering hook's per-feature JumpReLU thresholds are set after training.</summary>
+    public ThresholdRule Thresholds { get; init; } = ThresholdRule.MaxJaccard;
+    /// <summary>For <see cref="ThresholdRule.SelectedPercentile"/>: the percentile of selected activations.</summary>
     public double ThresholdPercentile { get; init; } = 0.10;
 }
 
@@ -101,10 +103,11 @@ public static class TopKTrainer
 
         var sae = Fold(p, scale, site, modelName, options.K);
         var thresholdSample = activations.AsSpan(0, Math.Min(trainCount, 100_000) * dIn);
-        SetThresholds(sae, thresholdSample, options.ThresholdPercentile);
+        ThresholdCalibration.Calibrate(sae, thresholdSample, options.Thresholds, options.ThresholdPercentile);
         var trainReport = Evaluate(sae, activations.AsSpan(0, Math.Min(trainCount, 100_000) * dIn));
         var heldOutReport = heldOut > 0 ? Evaluate(sae, activations.AsSpan(trainCount * dIn)) : trainReport;
         sae.Metadata["trainer"] = "featureflow TopK";
+        sae.Metadata["threshold_rule"] = options.Thresholds.ToString();
         sae.Metadata["seed"] = options.Seed.ToString(System.Globalization.CultureInfo.InvariantCulture);
         sae.Metadata["training_tokens"] = ((long)trainCount * options.Epochs).ToString(System.Globalization.CultureInfo.InvariantCulture);
         sae.Metadata["held_out_fvu"] = heldOutReport.Fvu.ToString("R", System.Globalization.CultureInfo.InvariantCulture);
@@ -318,26 +321,6 @@ public static class TopKTrainer
         TensorPrimitives.Multiply(p.BEnc, scale, sae.EncoderBias);
         TensorPrimitives.Multiply(p.BDec, scale, sae.DecoderBias);
         return sae;
-    }
-
-    /// <summary>θ_j = a low percentile of feature j's activations when top-k selects it, so JumpReLU_θ approximates TopK per feature.</summary>
-    private static void SetThresholds(SparseAutoencoder sae, ReadOnlySpan<float> activations, double percentile)
-    {
-        var d = sae.DIn;
-        var values = Enumerable.Range(0, sae.DSae).Select(_ => new List<float>()).ToArray();
-        var z = new float[sae.DSae];
-        var scratch = new float[d];
-        for (var i = 0; i < activations.Length / d; i++)
-        {
-            sae.Encode(activations.Slice(i * d, d), z, scratch);
-            for (var j = 0; j < z.Length; j++) if (z[j] > 0f) values[j].Add(z[j]);
-        }
-        for (var j = 0; j < sae.DSae; j++)
-        {
-            if (values[j].Count == 0) continue;
-            values[j].Sort();
-            sae.Threshold[j] = values[j][(int)(percentile * (values[j].Count - 1))];
-        }
     }
 
     private static double MeanSquaredNorm(ReadOnlySpan<float> data, int d)
