@@ -35,6 +35,8 @@ public static class BenchCommand
                 ModelDirectory = parse.GetValue(model)!,
                 Port = 0,
                 Engine = new EngineOptions { ExecutionProvider = ExecutionProviderPreference.Cpu, IntraOpThreads = parse.GetValue(threads) },
+                // All streams come from one address, which the per-caller limit would otherwise cap.
+                Limits = new() { MaxStreamsPerKey = Math.Max(1, levels.Max()) },
             };
             await using var host = ServerHost.Create(options, logging => logging.SetMinimumLevel(LogLevel.Warning));
             await host.StartAsync(ct);

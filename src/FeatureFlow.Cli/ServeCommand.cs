@@ -31,11 +31,13 @@ public static class ServeCommand
         var prefill = new Option<int>("--max-prefill-tokens-per-step") { Description = "prompt tokens prefilled between two decode steps (bounds the stall new arrivals cause)", DefaultValueFactory = _ => defaults.MaxPrefillTokensPerStep };
         var experiments = new Option<string?>("--experiments") { Description = "experiments config (YAML or JSON; docs/experiments.md), reloaded when it changes" };
         var experimentsDb = new Option<string?>("--experiments-db") { Description = "SQLite file where experiment figures persist (default: experiments.db in the working directory)" };
+        var drain = new Option<int>("--drain-seconds") { Description = "on SIGTERM, how long in-flight streams may finish before they are ended", DefaultValueFactory = _ => 30 };
         var maxTokens = new Option<int>("--default-max-tokens") { Description = "max_tokens for requests that leave it unset", DefaultValueFactory = _ => defaults.DefaultMaxTokens };
         var command = new Command("serve", "Serve a model folder over gRPC (featureflow.v1.Inference, grpc.health.v1.Health, reflection; cleartext HTTP/2).")
         {
-            model, host, port, httpPort, provider, threads, rows, budget, queued, queuedTokens, prefill, maxTokens, experiments, experimentsDb,
+            model, host, port, httpPort, provider, threads, rows, budget, queued, queuedTokens, prefill, maxTokens, experiments, experimentsDb, drain,
         };
+        var security = new ServeSecurityFlags(command);
         command.SetAction((parse, ct) => CliApp.Guard(error, async () =>
         {
             var options = new ServerOptions
@@ -45,6 +47,7 @@ public static class ServeCommand
                 Port = parse.GetValue(port),
                 HttpPort = parse.GetValue(httpPort) is var h && h >= 0 ? h : null,
                 ExperimentsConfig = parse.GetValue(experiments),
+                DrainSeconds = parse.GetValue(drain),
                 ExperimentsDatabase = parse.GetValue(experimentsDb),
                 Engine = new EngineOptions
                 {
@@ -58,7 +61,7 @@ public static class ServeCommand
                     DefaultMaxTokens = parse.GetValue(maxTokens),
                 },
             };
-            await using var server = ServerHost.Create(options);
+            await using var server = ServerHost.Create(security.Apply(parse, options));
             await server.StartAsync(ct);
             await server.WaitForShutdownAsync(ct);
             return 0;

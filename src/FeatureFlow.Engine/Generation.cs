@@ -33,6 +33,9 @@ public enum FinishReason
 /// <summary>A generation that could not continue; the other rows of its batch are unaffected.</summary>
 public sealed class GenerationFailedException(string message) : Exception(message);
 
+/// <summary>A generation ended because the server is shutting down and its drain time ran out.</summary>
+public sealed class EngineShutdownException(string message) : Exception(message);
+
 public sealed record Usage(int PromptTokens, int CompletionTokens);
 
 /// <summary>One streamed piece: new text and token ids since the previous update; the last one has <see cref="Finish"/>.</summary>

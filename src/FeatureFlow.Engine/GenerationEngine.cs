@@ -71,6 +71,9 @@ public sealed class GenerationEngine : IDisposable
 
     public EngineFigures Figures() => _scheduler.Figures();
 
+    /// <summary>Ends every queued and running generation with <paramref name="reason"/> (at shutdown, when the drain time is up).</summary>
+    public void EndAll(Exception reason) => _scheduler.EndAll(reason);
+
     /// <summary>Prompt text as the model sees it: BOS, then the tokens of the text (none for empty text).</summary>
     public int[] EncodePrompt(string text) => Tokenizer.Encode(text, addBos: true);
 
@@ -154,6 +157,9 @@ public sealed class Generation : IDisposable
     internal Generation(Sequence sequence, Scheduler scheduler) => (_sequence, _scheduler) = (sequence, scheduler);
 
     public long Id => _sequence.Id;
+
+    /// <summary>Tokens generated so far (read from another thread: may trail the loop by a step).</summary>
+    public int CompletionTokens => _sequence.Completion;
 
     public async IAsyncEnumerable<GenerationUpdate> ReadAllAsync([EnumeratorCancellation] CancellationToken cancellationToken = default)
     {

@@ -29,6 +29,7 @@ internal sealed class Scheduler : IDisposable
     private readonly Thread _thread;
     private long _queuedTokens;
     private volatile bool _stopping;
+    private Exception? _endAll;
     private long _prefillSteps, _decodeSteps, _decodeRows, _generated, _decodeAllocated, _decodeTicks, _loopTicks;
     private int _runningRows;
     private long _kvReserved, _kvInUse;
@@ -75,6 +76,31 @@ internal sealed class Scheduler : IDisposable
         return new EngineOverloadedException(limit, $"the server is busy: {reason}; retry in about {retry.TotalSeconds:0} s", retry);
     }
 
+    /// <summary>Ends every queued and running generation with <paramref name="reason"/> before the next step.</summary>
+    public void EndAll(Exception reason)
+    {
+        Volatile.Write(ref _endAll, reason);
+        _wake.Release();
+    }
+
+    private void EndAllNow(Exception reason)
+    {
+        for (var i = _running.Count - 1; i >= 0; i--)
+        {
+            _running[i].Abort(FinishReason.Cancelled, reason);
+            Retire(i);
+        }
+        lock (_lock)
+        {
+            foreach (var s in _waiting) s.Abort(FinishReason.Cancelled, reason);
+            _dropped.Clear();
+            _dropped.AddRange(_waiting);
+            _waiting.Clear();
+            _queuedTokens = 0;
+        }
+        foreach (var s in _dropped) End(s, FinishReason.Cancelled);
+    }
+
     /// <summary>Makes the loop look again (a queued request was cancelled, or shutdown).</summary>
     public void Wake() => _wake.Release();
 
@@ -105,6 +131,7 @@ internal sealed class Scheduler : IDisposable
     {
         while (!_stopping)
         {
+            if (Interlocked.Exchange(ref _endAll, null) is { } reason) EndAllNow(reason);
             RetireCancelled();
             Admit();
             if (_running.Count > 0) Decode();

@@ -11,9 +11,13 @@ public sealed record SubmittedGeneration(IReadOnlyList<Generation> Rows, Feature
 {
     public long StartedAt { get; } = System.Diagnostics.Stopwatch.GetTimestamp();
 
+    /// <summary>The caller's stream and token reservation, ended (unused tokens refunded) with the rows.</summary>
+    public Security.CallerLimiter.Lease? Lease { get; init; }
+
     public void Dispose()
     {
         foreach (var row in Rows) row.Dispose();
+        Lease?.End(Rows.Sum(r => (long)r.CompletionTokens));
     }
 }
 
@@ -23,11 +27,16 @@ public sealed record SubmittedGeneration(IReadOnlyList<Generation> Rows, Feature
 /// domain exceptions; each transport turns them into its own status.
 /// </summary>
 public sealed class GenerationPipeline(GenerationEngine engine, SteeringCatalog catalog, ExperimentService experiments,
-    Observability.ServerMetrics metrics)
+    Observability.ServerMetrics metrics, ServerLifecycle lifecycle, Security.RequestLimits limits, Security.CallerLimiter callers)
 {
-    /// <summary>Submits <paramref name="copies"/> rows of the request (seed, seed + 1, …) as one batch, or none.</summary>
-    public SubmittedGeneration Submit(GenerateRequest request, int copies = 1)
+    /// <summary>
+    /// Submits <paramref name="copies"/> rows of the request (seed, seed + 1, …) as one batch, or none, within the size
+    /// limits and <paramref name="caller"/>'s stream and token limits.
+    /// </summary>
+    public SubmittedGeneration Submit(GenerateRequest request, Security.Caller caller, int copies = 1)
     {
+        lifecycle.EnsureAccepting();
+        limits.Check(request);
         string? arm = null;
         Api.V1.SteeringSpec? armSteering = null;
         if (request.Experiment.Length > 0)
@@ -37,14 +46,50 @@ public sealed class GenerationPipeline(GenerationEngine engine, SteeringCatalog 
             (arm, armSteering) = experiments.Assign(request.Experiment, request.SubjectId);
         }
         var (domain, readout) = RequestMapper.ToDomain(request, engine, catalog, armSteering);
+        domain = limits.Apply(domain, request.HasMaxTokens, request.PromptTokenIds.Count > 0);
         var rows = Enumerable.Range(0, copies)
             .Select(i => domain with { Sampling = domain.Sampling with { Seed = domain.Sampling.Seed + (ulong)i } })
             .ToArray();
-        var submitted = new SubmittedGeneration(engine.SubmitAll(rows), readout, request.Experiment.Length > 0 ? request.Experiment : null, arm,
-            request.SubjectId, Guid.NewGuid().ToString("N"));
+        var lease = callers.Admit(caller, domain.MaxTokens, copies);
+        SubmittedGeneration submitted;
+        try
+        {
+            submitted = new SubmittedGeneration(engine.SubmitAll(rows), readout, request.Experiment.Length > 0 ? request.Experiment : null,
+                arm, request.SubjectId, Guid.NewGuid().ToString("N")) { Lease = lease };
+        }
+        catch
+        {
+            lease.End(0); // refused by the engine: nothing ran
+            throw;
+        }
         var packs = (armSteering ?? request.Steering)?.Terms.Where(t => t.Pack is not null).Select(t => t.Pack.Name.Split('@')[0]) ?? [];
         metrics.Steering(packs, submitted.Experiment, arm);
         return submitted;
+    }
+
+    /// <summary>A Compare mapped within the size limits (all arms share the prompt and max_tokens).</summary>
+    public (IReadOnlyList<RequestMapper.CompareArm> Arms, FeatureReadoutPlan Readout) MapCompare(CompareRequest request, int maxArms)
+    {
+        limits.Check(request);
+        var (arms, readout) = RequestMapper.ToDomain(request, engine, catalog, maxArms);
+        var promptFromIds = request.PromptTokenIds.Count > 0;
+        return (arms.Select(a => a with { Request = limits.Apply(a.Request, request.HasMaxTokens, promptFromIds) }).ToArray(), readout);
+    }
+
+    /// <summary>Queues a Compare's arms together for <paramref name="caller"/> (one stream, a row per arm), or none.</summary>
+    public (IReadOnlyList<Generation> Rows, Security.CallerLimiter.Lease Lease) SubmitArms(IReadOnlyList<RequestMapper.CompareArm> arms,
+        Security.Caller caller)
+    {
+        var lease = callers.Admit(caller, arms[0].Request.MaxTokens, arms.Count);
+        try
+        {
+            return (engine.SubmitAll(arms.Select(a => a.Request).ToArray()), lease);
+        }
+        catch
+        {
+            lease.End(0);
+            throw;
+        }
     }
 
     /// <summary>Records a finished experiment request's tokens and latency (a no-op outside experiments).</summary>

@@ -7,13 +7,13 @@ using Grpc.Core;
 namespace FeatureFlow.Server;
 
 public sealed class InferenceService(GenerationEngine engine, SteeringCatalog catalog, ExperimentService experiments,
-    GenerationPipeline pipeline, ServerOptions options, ILogger<InferenceService> logger) : Inference.InferenceBase
+    GenerationPipeline pipeline, ServerLifecycle lifecycle, ServerOptions options, ILogger<InferenceService> logger) : Inference.InferenceBase
 {
     public override async Task Generate(GenerateRequest request, IServerStreamWriter<GenerateResponse> responseStream, ServerCallContext context)
     {
         var ct = context.CancellationToken;
         // Validated, compiled and queued before anything is streamed: a bad or refused request never enters the queue.
-        using var submitted = Call(() => pipeline.Submit(request), context);
+        using var submitted = Call(() => pipeline.Submit(request, Security.Caller.Of(context.GetHttpContext())), context);
         var generation = submitted.Rows[0];
         var first = true;
         var tokens = 0;
@@ -34,6 +34,10 @@ public sealed class InferenceService(GenerationEngine engine, SteeringCatalog ca
             logger.LogWarning("generation {Id}: {Reason}", generation.Id, e.Message);
             throw new RpcException(new Status(StatusCode.Internal, e.Message));
         }
+        catch (EngineShutdownException e)
+        {
+            throw new RpcException(new Status(StatusCode.Unavailable, e.Message));
+        }
         catch (Exception e) when (e is not OperationCanceledException and not RpcException)
         {
             logger.LogError(e, "generation {Id} failed", generation.Id);
@@ -44,13 +48,21 @@ public sealed class InferenceService(GenerationEngine engine, SteeringCatalog ca
     public override async Task Compare(CompareRequest request, IServerStreamWriter<CompareResponse> responseStream, ServerCallContext context)
     {
         var ct = context.CancellationToken;
-        var (arms, readout) = Call(() => RequestMapper.ToDomain(request, engine, catalog, options.MaxCompareArms), context);
+        var (arms, readout) = Call(() =>
+        {
+            lifecycle.EnsureAccepting();
+            return pipeline.MapCompare(request, options.MaxCompareArms);
+        }, context);
         // All arms are queued together (or refused together), so they run as rows of the same batches.
-        var generations = Call(() => engine.SubmitAll(arms.Select(a => a.Request).ToArray()), context);
+        var (generations, lease) = Call(() => pipeline.SubmitArms(arms, Security.Caller.Of(context.GetHttpContext())), context);
         try
         {
             var summaries = await CompareRunner.StreamAsync(arms, generations, readout, responseStream, engine.Scorer, ct);
             foreach (var summary in summaries) await responseStream.WriteAsync(new CompareResponse { Arm = summary.Arm, Summary = summary }, ct);
+        }
+        catch (EngineShutdownException e)
+        {
+            throw new RpcException(new Status(StatusCode.Unavailable, e.Message));
         }
         catch (Exception e) when (e is not OperationCanceledException and not RpcException)
         {
@@ -60,6 +72,7 @@ public sealed class InferenceService(GenerationEngine engine, SteeringCatalog ca
         finally
         {
             foreach (var g in generations) g.Dispose();
+            lease.End(generations.Sum(g => (long)g.CompletionTokens));
         }
     }
 
@@ -91,6 +104,10 @@ public sealed class InferenceService(GenerationEngine engine, SteeringCatalog ca
         catch (ObjectDisposedException)
         {
             throw new RpcException(new Status(StatusCode.Unavailable, "the server is shutting down"));
+        }
+        catch (EngineShutdownException e)
+        {
+            throw new RpcException(new Status(StatusCode.Unavailable, e.Message));
         }
     }
 
@@ -125,18 +142,21 @@ public sealed class InferenceService(GenerationEngine engine, SteeringCatalog ca
     public override Task<PackInfo> GetPack(GetPackRequest request, ServerCallContext context) =>
         Task.FromResult(ToApi(Call(() => catalog.Packs.Get(request.Name, "name"), context)));
 
+    [Security.AdminOnly]
     public override Task<PackInfo> PutPack(PutPackRequest request, ServerCallContext context)
     {
         var pack = Call(() => catalog.Packs.Put(request.Name, request.Content.ToByteArray()), context);
-        logger.LogInformation("pack {Name}@{Hash} stored by PutPack", pack.Name, pack.Metadata.ContentSha256[..12]);
+        logger.LogInformation("pack {Name}@{Hash} stored by PutPack ({Caller})", pack.Name, pack.Metadata.ContentSha256[..12],
+            Security.Caller.Of(context.GetHttpContext()).Id);
         return Task.FromResult(ToApi(pack));
     }
 
+    [Security.AdminOnly]
     public override Task<DeletePackResponse> DeletePack(DeletePackRequest request, ServerCallContext context)
     {
         if (!Call(() => catalog.Packs.Delete(request.Name), context))
             throw new RpcException(new Status(StatusCode.NotFound, $"name: no steering pack named '{request.Name}'"));
-        logger.LogInformation("pack {Name} deleted by DeletePack", request.Name);
+        logger.LogInformation("pack {Name} deleted by DeletePack ({Caller})", request.Name, Security.Caller.Of(context.GetHttpContext()).Id);
         return Task.FromResult(new DeletePackResponse());
     }
 

@@ -17,7 +17,7 @@ public sealed class ServerHost : IAsyncDisposable
 
     public GenerationEngine Engine => _app.Services.GetRequiredService<GenerationEngine>();
 
-    /// <summary>The gRPC endpoint's bound address (http://host:port), once started.</summary>
+    /// <summary>The gRPC endpoint's bound address (http://host:port, https:// with TLS), once started.</summary>
     public string Address => Addresses[0];
 
     /// <summary>The OpenAI-compatible HTTP endpoint's bound address, once started; null when it is off.</summary>
@@ -32,16 +32,20 @@ public sealed class ServerHost : IAsyncDisposable
             throw new ArgumentException($"host '{options.Host}' is not an IP address or 'localhost'");
         if (options.Port is < 0 or > 65535) throw new ArgumentException($"port {options.Port} is outside 0..65535");
         var folder = ModelFolder.Open(options.ModelDirectory);
+        var (keys, certificate) = Security.ServerSecurity.Prepare(options, folder.Manifest.Architecture.ContextLength);
         var builder = WebApplication.CreateSlimBuilder();
         // One line per request from ASP.NET is noise at serving rates; our own log says what matters.
         builder.Logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
         logging?.Invoke(builder.Logging);
         builder.WebHost.ConfigureKestrel(k =>
         {
+            options.Limits.ApplyTo(k.Limits);
             // Cleartext gRPC needs an HTTP/2-only endpoint (with Http1AndHttp2 calls fail with HTTP_1_1_REQUIRED).
-            Listen(k, options.Host, options.Port, HttpProtocols.Http2);
-            // The OpenAI-compatible API, health and readiness on their own HTTP/1.1 endpoint.
-            if (options.HttpPort is { } http) Listen(k, options.Host, http, HttpProtocols.Http1);
+            Listen(k, options.Host, options.Port, HttpProtocols.Http2, certificate);
+            // The OpenAI-compatible API, health and readiness on their own endpoint: HTTP/1.1, and HTTP/2 too under
+            // TLS, where ALPN lets each client pick.
+            if (options.HttpPort is { } http)
+                Listen(k, options.Host, http, certificate is null ? HttpProtocols.Http1 : HttpProtocols.Http1AndHttp2, certificate);
         });
         builder.Services.AddSingleton(_ => new GenerationEngine(folder, options.Engine));
         // Packs reload when their files change; a refused replacement is logged and the old version keeps serving.
@@ -54,14 +58,19 @@ public sealed class ServerHost : IAsyncDisposable
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton<ExperimentService>();
         builder.Services.AddSingleton<GenerationPipeline>();
+        Security.ServerSecurity.AddServices(builder.Services, keys);
         builder.Services.AddSingleton<Observability.ServerMetrics>();
         builder.Services.AddGrpc(o =>
         {
             o.EnableDetailedErrors = false;
+            o.MaxReceiveMessageSize = options.Limits.MaxGrpcMessageBytes;
             o.Interceptors.Add<Observability.MetricsInterceptor>();
         });
         builder.Services.AddGrpcReflection();
-        builder.Services.AddGrpcHealthChecks().AddCheck("model", () => Microsoft.Extensions.Diagnostics.HealthChecks.HealthCheckResult.Healthy());
+        builder.Services.AddSingleton<ServerLifecycle>();
+        // Readiness is real: not serving until the model is loaded and listening, and from the first moment of a drain.
+        builder.Services.AddGrpcHealthChecks().AddCheck<ServerLifecycle>("model");
+        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(options.DrainSeconds + 5));
 
         var app = builder.Build();
         app.MapGrpcService<InferenceService>();
@@ -77,16 +86,26 @@ public sealed class ServerHost : IAsyncDisposable
             if (http.Request.Path.StartsWithSegments("/v1"))
                 metrics.Request("http", http.Request.Path.Value!, http.Response.StatusCode.ToString(System.Globalization.CultureInfo.InvariantCulture));
         });
+        // After the metrics middleware, so that refused HTTP calls are counted too.
+        app.UseMiddleware<Security.AccessMiddleware>();
         var registry = metrics.Registry;
         app.MapMetrics(settings => settings.Registry = registry, "/metrics");
-        app.MapGet("/readyz", (GenerationEngine _) => Results.Text("ready"));
+        app.MapGet("/readyz", (ServerLifecycle lifecycle) => lifecycle.Ready
+            ? Results.Text("ready")
+            : Results.Text(lifecycle.Draining ? "draining" : "starting", statusCode: 503));
         return new ServerHost(app);
     }
 
-    private static void Listen(KestrelServerOptions k, string host, int port, HttpProtocols protocols)
+    private static void Listen(KestrelServerOptions k, string host, int port, HttpProtocols protocols,
+        System.Security.Cryptography.X509Certificates.X509Certificate2? certificate)
     {
-        if (host is "localhost") k.ListenLocalhost(port, o => o.Protocols = protocols);
-        else k.Listen(System.Net.IPAddress.Parse(host), port, o => o.Protocols = protocols);
+        void Configure(ListenOptions o)
+        {
+            o.Protocols = protocols;
+            if (certificate is not null) o.UseHttps(certificate);
+        }
+        if (host is "localhost") k.ListenLocalhost(port, Configure);
+        else k.Listen(System.Net.IPAddress.Parse(host), port, Configure);
     }
 
     /// <summary>Loads the model (so a bad folder fails at start-up, not on the first call) and starts listening.</summary>
@@ -105,10 +124,17 @@ public sealed class ServerHost : IAsyncDisposable
         var experiments = _app.Services.GetRequiredService<ExperimentService>(); // a bad config fails start-up here
         log.LogInformation("experiments: {Count} ({Names})", experiments.Current.Experiments.Count,
             string.Join(", ", experiments.Current.Experiments.Keys.Order(StringComparer.Ordinal)));
+        Security.ServerSecurity.LogStatus(log, _app.Services.GetRequiredService<Security.ApiKeyStore>(), _app.Services.GetRequiredService<ServerOptions>());
         await _app.StartAsync(cancellationToken);
+        var lifecycle = _app.Services.GetRequiredService<ServerLifecycle>();
+        _app.Lifetime.ApplicationStopping.Register(lifecycle.Stopping);
+        lifecycle.Started();
         log.LogInformation("serving featureflow.v1.Inference on {Address}", Address);
         if (HttpAddress is { } http) log.LogInformation("serving the OpenAI-compatible API on {Address}/v1", http);
     }
+
+    /// <summary>Stops as SIGTERM does: not ready at once, in-flight streams drain (up to the drain time), then it stops.</summary>
+    public Task StopAsync() => _app.StopAsync();
 
     public Task WaitForShutdownAsync(CancellationToken cancellationToken = default) => _app.WaitForShutdownAsync(cancellationToken);
 

@@ -20,8 +20,22 @@ public sealed record ServerOptions
     public string? ExperimentsConfig { get; init; }
     /// <summary>Where experiment figures persist (SQLite). Null: experiments.db in the working directory when a config is set.</summary>
     public string? ExperimentsDatabase { get; init; }
+    /// <summary>On shutdown, how long in-flight streams may run on before they are ended with a "shutting down" status.</summary>
+    public int DrainSeconds { get; init; } = 30;
     /// <summary>Reload packs when files in the model folder's packs/ change.</summary>
     public bool WatchPacks { get; init; } = true;
     /// <summary>Most arms one Compare may run (arms + sweep strengths); each is a row of the batch.</summary>
     public int MaxCompareArms { get; init; } = 8;
+    /// <summary>
+    /// API keys, one a line (<c>admin:KEY</c> for an admin key); FEATUREFLOW_API_KEYS and FEATUREFLOW_ADMIN_KEYS add
+    /// more (<see cref="Security.ApiKeyStore"/>). Without any key the server binds only to loopback.
+    /// </summary>
+    public string? ApiKeysFile { get; init; }
+    /// <summary>Serve a non-loopback <see cref="Host"/> without API keys (refused at start-up otherwise).</summary>
+    public bool InsecureNoAuth { get; init; }
+    /// <summary>PEM certificate and private key: with both, both endpoints serve TLS.</summary>
+    public string? TlsCertificateFile { get; init; }
+    public string? TlsKeyFile { get; init; }
+    /// <summary>Request sizes, slow-client timeouts and per-caller limits.</summary>
+    public Security.ServerLimits Limits { get; init; } = new();
 }

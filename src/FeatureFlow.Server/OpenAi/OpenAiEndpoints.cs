@@ -51,7 +51,7 @@ public static class OpenAiEndpoints
             request = CompletionRequest.Parse(body.RootElement);
             if (request.Model is { } model && model != engine.Folder.Manifest.Name)
                 throw new PackNotFoundException("model", $"model '{model}' is not served here (serving '{engine.Folder.Manifest.Name}')");
-            submitted = pipeline.Submit(request.Generate, request.N);
+            submitted = pipeline.Submit(request.Generate, Security.Caller.Of(http), request.N);
         }
         catch (Exception e) when (Refusal(e) is { } refusal)
         {
@@ -73,6 +73,10 @@ public static class OpenAiEndpoints
             {
                 await Error(http, 500, e.Message, null, "non_finite_logits");
             }
+            catch (EngineShutdownException e) when (!http.Response.HasStarted)
+            {
+                await Error(http, 503, e.Message, null, "server_shutting_down");
+            }
             catch (OperationCanceledException) when (http.RequestAborted.IsCancellationRequested)
             {
                 loggers.CreateLogger("FeatureFlow.OpenAi").LogDebug("completion {Id} cancelled by the client", submitted.RequestId);
@@ -88,6 +92,7 @@ public static class OpenAiEndpoints
         FieldValidationException f => new(400, e.Message, f.Field, "invalid_value"),
         EngineOverloadedException o => new(429, $"{o.Limit}: {o.Message}", null, "rate_limit_exceeded"),
         ObjectDisposedException => new(503, "the server is shutting down", null, "unavailable"),
+        EngineShutdownException => new(503, e.Message, null, "server_shutting_down"),
         _ => null,
     };
 
@@ -101,6 +106,12 @@ public static class OpenAiEndpoints
         catch (JsonException e)
         {
             await Error(http, 400, $"the body is not valid JSON: {e.Message}", "body", "invalid_json");
+            return null;
+        }
+        catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge)
+        {
+            var limit = http.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpMaxRequestBodySizeFeature>()?.MaxRequestBodySize;
+            await Error(http, 413, $"the request body exceeds max_request_body_bytes {limit}", "body", "request_too_large");
             return null;
         }
     }
@@ -199,10 +210,11 @@ public static class OpenAiEndpoints
                 await all;
                 pipeline.Finished(submitted, _completionTokens);
             }
-            catch (GenerationFailedException e)
+            catch (Exception e) when (e is GenerationFailedException or EngineShutdownException)
             {
                 // Headers are gone: the error travels as an event, in OpenAI's error shape, before [DONE].
-                await Send(http, ErrorObject(e.Message, null, "non_finite_logits", 500).ToJsonString());
+                var (code, status) = e is EngineShutdownException ? ("server_shutting_down", 503) : ("non_finite_logits", 500);
+                await Send(http, ErrorObject(e.Message, null, code, status).ToJsonString());
             }
             if (request.IncludeUsage)
             {
