@@ -3,7 +3,6 @@ using System.Globalization;
 using System.Text.Json;
 using FeatureFlow.Api.V1;
 using Grpc.Core;
-using Grpc.Net.Client;
 using Spectre.Console;
 
 namespace FeatureFlow.Cli;
@@ -28,9 +27,10 @@ public static class CompareCommand
         var seed = new Option<ulong?>("--seed") { Description = "one seed for every arm (default: random, printed in the summary)" };
         var json = new Option<bool>("--json") { Description = "print one JSON object {arms: [{label, text, token_ids, summary}]} at the end" };
         var server = GenerateCommand.ServerOption();
+        var key = ServerClient.KeyOption();
         var command = new Command("compare", "Run steering arms side by side on one prompt and seed (a pack at several strengths, and/or explicit arms).")
         {
-            prompt, pack, strengths, arms, watch, maxTokens, temperature, topP, topK, seed, json, server,
+            prompt, pack, strengths, arms, watch, maxTokens, temperature, topP, topK, seed, json, server, key,
         };
         command.SetAction((parse, ct) => CliApp.Guard(error, async () =>
         {
@@ -49,8 +49,8 @@ public static class CompareCommand
             else if (parse.GetValue(strengths) is not null) throw new FormatException("--strengths needs --pack");
             foreach (var w in parse.GetValue(watch) ?? []) request.Watch.Add(ParseFeature(w));
 
-            using var channel = GrpcChannel.ForAddress(parse.GetValue(server)!);
-            using var call = new Inference.InferenceClient(channel).Compare(request, cancellationToken: ct);
+            using var client = new ServerClient(parse.GetValue(server)!, parse.GetValue(key));
+            using var call = client.Inference.Compare(request, cancellationToken: ct);
             var live = !parse.GetValue(json) && !Console.IsOutputRedirected;
             var result = live ? await ShowLive(call.ResponseStream, ct) : await Collect(call.ResponseStream, ct);
             if (parse.GetValue(json)) await output.WriteLineAsync(Json(result));

@@ -2,7 +2,6 @@ using System.CommandLine;
 using System.Globalization;
 using FeatureFlow.Api.V1;
 using Google.Protobuf;
-using Grpc.Net.Client;
 using Spectre.Console;
 
 namespace FeatureFlow.Cli;
@@ -14,11 +13,12 @@ public static class ExperimentsCommand
     {
         var json = new Option<bool>("--json") { Description = "print the server's answer as JSON" };
         var server = GenerateCommand.ServerOption();
-        var list = new Command("list", "Each configured experiment with its arms, weights and request counts.") { json, server };
+        var key = ServerClient.KeyOption();
+        var list = new Command("list", "Each configured experiment with its arms, weights and request counts.") { json, server, key };
         list.SetAction((parse, ct) => CliApp.Guard(error, async () =>
         {
-            using var channel = GrpcChannel.ForAddress(parse.GetValue(server)!);
-            var reply = await new Inference.InferenceClient(channel).ListExperimentsAsync(new ListExperimentsRequest(), cancellationToken: ct);
+            using var client = new ServerClient(parse.GetValue(server)!, parse.GetValue(key));
+            var reply = await client.Inference.ListExperimentsAsync(new ListExperimentsRequest(), cancellationToken: ct);
             if (parse.GetValue(json)) await output.WriteLineAsync(JsonFormatter.Default.Format(reply));
             else
             {
@@ -33,12 +33,12 @@ public static class ExperimentsCommand
         var name = new Argument<string>("NAME") { Description = "the experiment" };
         var show = new Command("show", "One experiment's per-arm figures: requests, tokens, latency, and each outcome's mean, interval and difference from control.")
         {
-            name, json, server,
+            name, json, server, key,
         };
         show.SetAction((parse, ct) => CliApp.Guard(error, async () =>
         {
-            using var channel = GrpcChannel.ForAddress(parse.GetValue(server)!);
-            var e = await new Inference.InferenceClient(channel).GetExperimentAsync(new GetExperimentRequest { Name = parse.GetValue(name)! }, cancellationToken: ct);
+            using var client = new ServerClient(parse.GetValue(server)!, parse.GetValue(key));
+            var e = await client.Inference.GetExperimentAsync(new GetExperimentRequest { Name = parse.GetValue(name)! }, cancellationToken: ct);
             if (parse.GetValue(json)) await output.WriteLineAsync(JsonFormatter.Default.Format(e));
             else Terminal(output).Write(Figures(e));
             return 0;

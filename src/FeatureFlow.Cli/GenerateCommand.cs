@@ -7,7 +7,6 @@ using FeatureFlow.Models.Folder;
 using FeatureFlow.Server;
 using Google.Protobuf;
 using Grpc.Core;
-using Grpc.Net.Client;
 
 namespace FeatureFlow.Cli;
 
@@ -33,9 +32,10 @@ public static class GenerateCommand
         var model = ServeCommand.ModelOption();
         var provider = ServeCommand.ProviderOption();
         var server = ServerOption();
+        var key = ServerClient.KeyOption();
         var command = new Command("generate", "Stream a (steered) completion from a running server, or in-process with --local.")
         {
-            prompt, promptIds, maxTokens, temperature, topP, topK, seed, stop, steering, packs, json, local, model, provider, server,
+            prompt, promptIds, maxTokens, temperature, topP, topK, seed, stop, steering, packs, json, local, model, provider, server, key,
         };
         command.SetAction((parse, ct) => CliApp.Guard(error, async () =>
         {
@@ -56,7 +56,7 @@ public static class GenerateCommand
 
             var responses = parse.GetValue(local)
                 ? Local(request, parse.GetValue(model)!, parse.GetValue(provider), ct)
-                : Remote(request, parse.GetValue(server)!, ct);
+                : Remote(request, parse.GetValue(server)!, parse.GetValue(key), ct);
             await Print(responses, parse.GetValue(json), output);
             return 0;
         }));
@@ -84,10 +84,11 @@ public static class GenerateCommand
         catch (InvalidProtocolBufferException e) { throw new FormatException($"--steering: not a featureflow.v1.SteeringSpec ({e.Message})"); }
     }
 
-    private static async IAsyncEnumerable<GenerateResponse> Remote(GenerateRequest request, string address, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken ct)
+    private static async IAsyncEnumerable<GenerateResponse> Remote(GenerateRequest request, string address, string? key,
+        [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken ct)
     {
-        using var channel = GrpcChannel.ForAddress(address);
-        using var call = new Inference.InferenceClient(channel).Generate(request, cancellationToken: ct);
+        using var client = new ServerClient(address, key);
+        using var call = client.Inference.Generate(request, cancellationToken: ct);
         await foreach (var response in call.ResponseStream.ReadAllAsync(ct)) yield return response;
     }
 

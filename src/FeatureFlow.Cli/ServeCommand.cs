@@ -15,7 +15,7 @@ public static class ServeCommand
     public static Option<int> IntraOpThreadsOption() =>
         new("--intra-op-threads") { Description = "ONNX Runtime threads inside one step (0: one per core; 1, the default, is fastest for tiny models)", DefaultValueFactory = _ => 1 };
 
-    public static Command Build(TextWriter error)
+    public static Command Build(TextWriter output, TextWriter error)
     {
         var model = ModelOption();
         var host = new Option<string>("--host") { Description = "address to listen on", DefaultValueFactory = _ => "127.0.0.1" };
@@ -31,15 +31,35 @@ public static class ServeCommand
         var prefill = new Option<int>("--max-prefill-tokens-per-step") { Description = "prompt tokens prefilled between two decode steps (bounds the stall new arrivals cause)", DefaultValueFactory = _ => defaults.MaxPrefillTokensPerStep };
         var experiments = new Option<string?>("--experiments") { Description = "experiments config (YAML or JSON; docs/experiments.md), reloaded when it changes" };
         var experimentsDb = new Option<string?>("--experiments-db") { Description = "SQLite file where experiment figures persist (default: experiments.db in the working directory)" };
+        var logFormat = new Option<string>("--log-format") { Description = "text, or json (one object per line, with the request id)", DefaultValueFactory = _ => "text" };
+        var logPrompts = new Option<bool>("--log-prompts") { Description = "include prompt text in the request log lines (off by default)" };
         var drain = new Option<int>("--drain-seconds") { Description = "on SIGTERM, how long in-flight streams may finish before they are ended", DefaultValueFactory = _ => 30 };
         var maxTokens = new Option<int>("--default-max-tokens") { Description = "max_tokens for requests that leave it unset", DefaultValueFactory = _ => defaults.DefaultMaxTokens };
         var command = new Command("serve", "Serve a model folder over gRPC (featureflow.v1.Inference, grpc.health.v1.Health, reflection; cleartext HTTP/2).")
         {
-            model, host, port, httpPort, provider, threads, rows, budget, queued, queuedTokens, prefill, maxTokens, experiments, experimentsDb, drain,
+            model, host, port, httpPort, provider, threads, rows, budget, queued, queuedTokens, prefill, maxTokens, experiments, experimentsDb, drain, logFormat, logPrompts,
         };
         var security = new ServeSecurityFlags(command);
-        command.SetAction((parse, ct) => CliApp.Guard(error, async () =>
+        var config = new Option<string?>("--config") { Description = $"settings file (JSON; keys are flag names without dashes; default {ServeConfiguration.DefaultFile} if present)" };
+        var printConfig = new Option<bool>("--print-config") { Description = "print the effective settings and where each came from (secrets redacted), then exit" };
+        command.Options.Add(config);
+        command.Options.Add(printConfig);
+        command.SetAction((given, ct) => CliApp.Guard(error, async () =>
         {
+            // Environment variables and the settings file become flags, checked by the same parsers.
+            var (args, settings) = ServeConfiguration.Merge(command, given, given.GetValue(config));
+            var parse = command.Parse(args);
+            if (parse.Errors.Count > 0)
+            {
+                var outside = settings.Where(s => s.Source is not "flag" and not "default").Select(s => $"{s.Name} = {s.Value} ({s.Source})");
+                throw new ArgumentException(string.Join("; ", parse.Errors.Select(e => e.Message))
+                    + (outside.Any() ? $" [settings from outside the command line: {string.Join(", ", outside)}]" : ""));
+            }
+            if (given.GetValue(printConfig))
+            {
+                await output.WriteLineAsync(ServeConfiguration.Print(settings));
+                return 0;
+            }
             var options = new ServerOptions
             {
                 ModelDirectory = parse.GetValue(model)!,
@@ -48,6 +68,8 @@ public static class ServeCommand
                 HttpPort = parse.GetValue(httpPort) is var h && h >= 0 ? h : null,
                 ExperimentsConfig = parse.GetValue(experiments),
                 DrainSeconds = parse.GetValue(drain),
+                LogFormat = parse.GetValue(logFormat)!,
+                LogPrompts = parse.GetValue(logPrompts),
                 ExperimentsDatabase = parse.GetValue(experimentsDb),
                 Engine = new EngineOptions
                 {

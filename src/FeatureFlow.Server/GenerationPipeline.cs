@@ -27,7 +27,8 @@ public sealed record SubmittedGeneration(IReadOnlyList<Generation> Rows, Feature
 /// domain exceptions; each transport turns them into its own status.
 /// </summary>
 public sealed class GenerationPipeline(GenerationEngine engine, SteeringCatalog catalog, ExperimentService experiments,
-    Observability.ServerMetrics metrics, ServerLifecycle lifecycle, Security.RequestLimits limits, Security.CallerLimiter callers)
+    Observability.ServerMetrics metrics, ServerLifecycle lifecycle, Security.RequestLimits limits, Security.CallerLimiter callers,
+    ServerOptions options, ILogger<GenerationPipeline> logger)
 {
     /// <summary>
     /// Submits <paramref name="copies"/> rows of the request (seed, seed + 1, …) as one batch, or none, within the size
@@ -62,8 +63,13 @@ public sealed class GenerationPipeline(GenerationEngine engine, SteeringCatalog 
             lease.End(0); // refused by the engine: nothing ran
             throw;
         }
-        var packs = (armSteering ?? request.Steering)?.Terms.Where(t => t.Pack is not null).Select(t => t.Pack.Name.Split('@')[0]) ?? [];
+        var packs = (armSteering ?? request.Steering)?.Terms.Where(t => t.Pack is not null).Select(t => t.Pack.Name.Split('@')[0]).ToArray() ?? [];
         metrics.Steering(packs, submitted.Experiment, arm);
+        // Prompt text stays out of the log unless the operator turns it on.
+        logger.LogInformation("request {RequestId} from {Caller}: {Rows} rows, {PromptTokens} prompt tokens, max_tokens {MaxTokens}, " +
+            "{Terms} steering terms, packs [{Packs}], experiment {Experiment} arm {Arm}{Prompt}", submitted.RequestId, caller.Id, copies,
+            domain.PromptIds.Length, domain.MaxTokens, domain.Steering.Terms.Count, string.Join(",", packs), submitted.Experiment, arm,
+            options.LogPrompts ? $", prompt {System.Text.Json.JsonSerializer.Serialize(request.Prompt)}" : "");
         return submitted;
     }
 
@@ -95,6 +101,8 @@ public sealed class GenerationPipeline(GenerationEngine engine, SteeringCatalog 
     /// <summary>Records a finished experiment request's tokens and latency (a no-op outside experiments).</summary>
     public void Finished(SubmittedGeneration submitted, int tokens)
     {
+        var elapsed = System.Diagnostics.Stopwatch.GetElapsedTime(submitted.StartedAt);
+        logger.LogInformation("request {RequestId} finished: {Tokens} tokens in {Milliseconds:F0} ms", submitted.RequestId, tokens, elapsed.TotalMilliseconds);
         if (submitted.Arm is null) return;
         experiments.RecordRequest(submitted.Experiment!, submitted.Arm, submitted.RequestId, submitted.SubjectId ?? "", tokens,
             System.Diagnostics.Stopwatch.GetElapsedTime(submitted.StartedAt));

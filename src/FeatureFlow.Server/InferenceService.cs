@@ -15,6 +15,8 @@ public sealed class InferenceService(GenerationEngine engine, SteeringCatalog ca
         // Validated, compiled and queued before anything is streamed: a bad or refused request never enters the queue.
         using var submitted = Call(() => pipeline.Submit(request, Security.Caller.Of(context.GetHttpContext())), context);
         var generation = submitted.Rows[0];
+        using var scope = logger.BeginScope(new Dictionary<string, object> { ["RequestId"] = submitted.RequestId });
+        await context.WriteResponseHeadersAsync(new Metadata { { "x-request-id", submitted.RequestId } });
         var first = true;
         var tokens = 0;
         try

@@ -36,6 +36,17 @@ public sealed class ServerHost : IAsyncDisposable
         var builder = WebApplication.CreateSlimBuilder();
         // One line per request from ASP.NET is noise at serving rates; our own log says what matters.
         builder.Logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
+        if (options.LogFormat == "json")
+        {
+            builder.Logging.ClearProviders();
+            builder.Logging.AddJsonConsole(o =>
+            {
+                o.IncludeScopes = true;
+                o.UseUtcTimestamp = true;
+                o.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fffZ";
+            });
+        }
+        else if (options.LogFormat != "text") throw new ArgumentException($"log format '{options.LogFormat}' is not text or json");
         logging?.Invoke(builder.Logging);
         builder.WebHost.ConfigureKestrel(k =>
         {

@@ -22,6 +22,10 @@ public sealed record ServerOptions
     public string? ExperimentsDatabase { get; init; }
     /// <summary>On shutdown, how long in-flight streams may run on before they are ended with a "shutting down" status.</summary>
     public int DrainSeconds { get; init; } = 30;
+    /// <summary>"text" (default) or "json": one JSON object per log line, with the request id as a field.</summary>
+    public string LogFormat { get; init; } = "text";
+    /// <summary>Write prompts into the request log lines (off: prompts can hold personal data).</summary>
+    public bool LogPrompts { get; init; }
     /// <summary>Reload packs when files in the model folder's packs/ change.</summary>
     public bool WatchPacks { get; init; } = true;
     /// <summary>Most arms one Compare may run (arms + sweep strengths); each is a row of the batch.</summary>

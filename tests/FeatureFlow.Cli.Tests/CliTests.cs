@@ -166,4 +166,25 @@ public class CliTests
         }
         Directory.Delete(dir, recursive: true);
     }
+
+    [Fact]
+    public async Task Client_verbs_send_the_api_key_a_server_requires()
+    {
+        var keys = Path.Combine(Directory.CreateTempSubdirectory("featureflow-cli-keys-").FullName, "keys.txt");
+        await File.WriteAllTextAsync(keys, "cli-test-key-0123456789\n");
+        await using var server = ServerHost.Create(new ServerOptions
+        {
+            ModelDirectory = RepoPaths.Stories260kModel, Port = 0, ApiKeysFile = keys,
+            Engine = new EngineOptions { ExecutionProvider = ExecutionProviderPreference.Cpu },
+        });
+        await server.StartAsync();
+        var (exit, _, stderr) = await CliRunner.Run("info", "--server", server.Address);
+        Assert.Equal(1, exit);
+        Assert.Contains("Unauthenticated", stderr);
+        (exit, var stdout, stderr) = await CliRunner.Run("generate", "--server", server.Address, "--api-key", "cli-test-key-0123456789",
+            "--prompt", "Once upon a time", "--temperature", "0", "--max-tokens", "9");
+        Assert.True(exit == 0, stderr);
+        Assert.Equal(", there was a little girl named\n", stdout);
+        File.Delete(keys);
+    }
 }
