@@ -101,7 +101,16 @@ public static class OpenAiEndpoints
     {
         try
         {
-            return await JsonDocument.ParseAsync(http.Request.Body, cancellationToken: http.RequestAborted);
+            // Read whole (Kestrel bounds its size) and check the encoding first: the JSON reader only decodes
+            // property names when they are used, and invalid UTF-8 there would surface later as a server error.
+            using var buffer = new MemoryStream();
+            await http.Request.Body.CopyToAsync(buffer, http.RequestAborted);
+            if (!System.Text.Unicode.Utf8.IsValid(buffer.GetBuffer().AsSpan(0, (int)buffer.Length)))
+            {
+                await Error(http, 400, "the body is not valid UTF-8", "body", "invalid_json");
+                return null;
+            }
+            return JsonDocument.Parse(buffer.GetBuffer().AsMemory(0, (int)buffer.Length));
         }
         catch (JsonException e)
         {
