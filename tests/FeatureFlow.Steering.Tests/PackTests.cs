@@ -90,21 +90,50 @@ public sealed class PackTests : IDisposable
     }
 
     [Fact]
-    public void Control_vector_directions_are_one_based_and_round_trip()
+    public void Control_vector_direction_N_is_block_N_output_and_round_trips_to_the_same_blocks()
     {
         var pack = SamplePack("p", Manifest);
         var path = Path.Combine(_dir, "p.gguf");
         var skipped = ControlVectorGguf.Write(pack, 2f, 5, "llama", path);
-        Assert.Equal(2, skipped.Count); // the rescale and clamp terms
-        var bytes = File.ReadAllBytes(path);
-        Assert.Equal("GGUF"u8.ToArray(), bytes[..4]);
-        var text = System.Text.Encoding.ASCII.GetString(bytes);
-        Assert.Contains("direction.3", text);  // blocks.2.hook_resid_post
-        Assert.Contains("direction.4", text);  // blocks.3.hook_resid_post
-        Assert.DoesNotContain("direction.0", text);
-        var terms = ControlVectorGguf.Read(path, 64, 5);
-        Assert.Equal([new Site(2, SiteKind.ResidPost), new Site(3, SiteKind.ResidPost)], terms.Select(t => t.Site));
-        Assert.Equal(pack.Terms[0].Feature.Decoder.Select(x => x * 3f * 2f), terms[0].Feature.Decoder);
+        Assert.Equal([pack.Terms[2], pack.Terms[3]], skipped.Select(s => s.Term)); // the rescale and clamp terms
+        Assert.All(skipped, s => Assert.Contains("activation", s.Reason));
+        var text = System.Text.Encoding.ASCII.GetString(File.ReadAllBytes(path));
+        Assert.StartsWith("GGUF", text);
+        // llama.cpp adds direction.N to block N's output, so blocks.N.hook_resid_post is written as direction.N.
+        Assert.Contains("direction.2", text);
+        Assert.Contains("direction.3", text);
+        Assert.DoesNotContain("direction.4", text);
+        var contents = ControlVectorGguf.Read(path, 64, 5);
+        Assert.Empty(contents.Ignored);
+        Assert.Equal([new Site(2, SiteKind.ResidPost), new Site(3, SiteKind.ResidPost)],
+            contents.Terms.Select(t => t.Site));
+        Assert.All(contents.Terms, t => Assert.Equal(SteeringOperation.Add, t.Operation));
+        Assert.Equal(pack.Terms[0].Feature.Decoder.Select(x => x * 3f * 2f), contents.Terms[0].Feature.Decoder);
         Assert.Throws<InvalidDataException>(() => ControlVectorGguf.Read(path, 32, 5));
+    }
+
+    [Fact]
+    public void Control_vector_export_reports_each_term_llama_cpp_cannot_express()
+    {
+        var v = Numerics.RandomVector(new Random(5), 64);
+        var metadata = new PackMetadata { Name = "q", ModelFingerprint = SteeringPack.Fingerprint(Manifest) };
+        var pack = new SteeringPack(metadata,
+        [
+            new SteeringTerm(new Site(0, SiteKind.ResidPost), SteeringOperation.Add, 1f, new FeatureVector(v)),
+            new SteeringTerm(new Site(2, SiteKind.MlpOut), SteeringOperation.Add, 1f, new FeatureVector(v)),
+            new SteeringTerm(new Site(4, SiteKind.ResidPost), SteeringOperation.Add, 1f, new FeatureVector(v)),
+        ]);
+        var skipped = ControlVectorGguf.Unexpressible(pack);
+        Assert.Equal([pack.Terms[0], pack.Terms[1]], skipped.Select(s => s.Term));
+        Assert.Contains("never steers block 0", skipped[0].ToString());
+        Assert.StartsWith("add at blocks.0.hook_resid_post", skipped[0].ToString());
+        Assert.Contains("resid_post", skipped[1].Reason);
+        var path = Path.Combine(_dir, "q.gguf");
+        Assert.Equal(skipped, ControlVectorGguf.Write(pack, 1f, 5, "llama", path));
+        Assert.Equal([new Site(4, SiteKind.ResidPost)], ControlVectorGguf.Read(path, 64, 5).Terms.Select(t => t.Site));
+
+        var onlyBlock0 = new SteeringPack(pack.Metadata, [pack.Terms[0]]);
+        var e = Assert.Throws<InvalidDataException>(() => ControlVectorGguf.Write(onlyBlock0, 1f, 5, "llama", path));
+        Assert.Contains("never steers block 0", e.Message);
     }
 }

@@ -5,26 +5,54 @@ namespace FeatureFlow.Steering.Packs;
 
 /// <summary>
 /// llama.cpp control vectors: GGUF with <c>general.architecture = controlvector</c> and one F32 tensor
-/// <c>direction.N</c> per steered layer, where N is 1-based: direction.N is added to the output of
-/// block N−1 (0-based), i.e. to <c>blocks.(N−1).hook_resid_post</c>. Only additive terms at
-/// resid_post sites have a llama.cpp equivalent.
+/// <c>direction.N</c> per steered block. llama.cpp adds direction.N to the output of block N (0-based, the
+/// block index it uses everywhere), i.e. to <c>blocks.N.hook_resid_post</c>, at every position. It starts at
+/// block 1: its loader refuses direction.0, so block 0's output cannot be steered. Only additive terms at
+/// resid_post sites of blocks 1 and up have a llama.cpp equivalent.
 /// </summary>
 public static class ControlVectorGguf
 {
     private const uint Version = 3, Alignment = 32;
     private const uint TypeUInt32 = 4, TypeString = 8, TensorF32 = 0;
 
-    /// <summary>Writes the pack's additive resid_post part at <paramref name="strength"/>; returns the terms that could not be expressed.</summary>
-    public static IReadOnlyList<SteeringTerm> Write(SteeringPack pack, float strength, int layers, string modelHint, string path)
+    /// <summary>
+    /// The pack's terms that a control vector cannot hold, each with the reason, so that a caller can refuse
+    /// (or report) them before anything is written.
+    /// </summary>
+    public static IReadOnlyList<SkippedTerm> Unexpressible(SteeringPack pack) =>
+        pack.Terms.Select(t => Reason(t) is { } reason ? new SkippedTerm(t, reason) : null)
+            .OfType<SkippedTerm>().ToArray();
+
+    private static string? Reason(SteeringTerm t) =>
+        t.Operation != SteeringOperation.Add
+            ? $"{t.Operation.ToString().ToLowerInvariant()} depends on the feature's activation; "
+              + "a control vector only adds a fixed vector"
+            : t.Site.Kind != SiteKind.ResidPost
+                ? "llama.cpp adds control vectors to block outputs (resid_post) only"
+                : t.Site.Layer == 0
+                    ? "llama.cpp never steers block 0 "
+                      + "(control vectors start at block 1; its loader refuses direction.0)"
+                    : null;
+
+    /// <summary>
+    /// Writes the pack's expressible part (additive resid_post terms at blocks ≥ 1) at
+    /// <paramref name="strength"/>, block L's terms summed into direction.L; returns the terms left out, each with
+    /// its reason.
+    /// </summary>
+    public static IReadOnlyList<SkippedTerm> Write(
+        SteeringPack pack, float strength, int layers, string modelHint, string path)
     {
-        var skipped = pack.Terms.Where(t => t.Operation != SteeringOperation.Add || t.Site.Kind != SiteKind.ResidPost).ToArray();
+        var skipped = Unexpressible(pack);
         var directions = new SortedDictionary<int, float[]>();
-        foreach (var t in pack.Terms.Except(skipped))
+        foreach (var t in pack.Terms.Except(skipped.Select(s => s.Term)))
         {
-            if (!directions.TryGetValue(t.Site.Layer, out var sum)) directions[t.Site.Layer] = sum = new float[t.Feature.Decoder.Length];
+            if (!directions.TryGetValue(t.Site.Layer, out var sum))
+                directions[t.Site.Layer] = sum = new float[t.Feature.Decoder.Length];
             for (var i = 0; i < sum.Length; i++) sum[i] += strength * t.Value * t.Feature.Decoder[i];
         }
-        if (directions.Count == 0) throw new InvalidDataException($"pack '{pack.Name}' has no additive resid_post terms, the only kind a llama.cpp control vector holds");
+        if (directions.Count == 0)
+            throw new InvalidDataException($"pack '{pack.Name}' has nothing a llama.cpp control vector can hold: "
+                + string.Join("; ", skipped));
 
         using var stream = File.Create(path);
         using var w = new BinaryWriter(stream, Encoding.UTF8);
@@ -38,7 +66,7 @@ public static class ControlVectorGguf
         ulong offset = 0;
         foreach (var (layer, v) in directions)
         {
-            WriteString(w, $"direction.{layer + 1}");
+            WriteString(w, $"direction.{layer}");
             w.Write(1u);
             w.Write((ulong)v.Length);
             w.Write(TensorF32);
@@ -54,8 +82,12 @@ public static class ControlVectorGguf
         return skipped;
     }
 
-    /// <summary>Reads direction.N tensors as additive terms at blocks.(N−1).hook_resid_post with coefficient 1.</summary>
-    public static IReadOnlyList<SteeringTerm> Read(string path, int dModel, int layers)
+    /// <summary>
+    /// Reads direction.N (N ≥ 1) as an additive term at <c>blocks.N.hook_resid_post</c> with coefficient 1, the
+    /// block llama.cpp steers with it. A direction.0 is not imported but reported in
+    /// <see cref="ControlVectorContents.Ignored"/>: llama.cpp never applies it.
+    /// </summary>
+    public static ControlVectorContents Read(string path, int dModel, int layers)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"control vector not found: {path}", path);
         using var r = new BinaryReader(File.OpenRead(path), Encoding.UTF8);
@@ -88,17 +120,31 @@ public static class ControlVectorGguf
             }
             var dataStart = (r.BaseStream.Position + alignment - 1) / alignment * alignment;
             var terms = new List<SteeringTerm>();
+            var ignored = new List<string>();
             foreach (var (name, length, offset) in infos)
             {
-                if (!name.StartsWith("direction.", StringComparison.Ordinal) || !int.TryParse(name["direction.".Length..], out var n))
-                    throw new InvalidDataException($"{path}: unexpected tensor '{name}' (control vectors hold direction.N)");
-                if (n < 1 || n > layers) throw new InvalidDataException($"{path}: '{name}' steers block {n - 1}, which the model (blocks 0..{layers - 1}) does not have");
-                if ((int)length != dModel) throw new InvalidDataException($"{path}: '{name}' has {length} values; the model's d_model is {dModel}");
+                if (!name.StartsWith("direction.", StringComparison.Ordinal)
+                    || !int.TryParse(name["direction.".Length..], out var n) || n < 0)
+                    throw new InvalidDataException(
+                        $"{path}: unexpected tensor '{name}' (control vectors hold direction.N)");
+                if (n >= layers)
+                    throw new InvalidDataException(
+                        $"{path}: '{name}' steers block {n}, which the model (blocks 0..{layers - 1}) does not have");
+                if ((int)length != dModel)
+                    throw new InvalidDataException(
+                        $"{path}: '{name}' has {length} values; the model's d_model is {dModel}");
+                if (n == 0)
+                {
+                    ignored.Add($"{name}: llama.cpp never applies it "
+                        + "(control vectors start at block 1; its loader refuses the file)");
+                    continue;
+                }
                 r.BaseStream.Position = dataStart + (long)offset;
                 var v = Enumerable.Range(0, dModel).Select(_ => r.ReadSingle()).ToArray();
-                terms.Add(new SteeringTerm(new Site(n - 1, SiteKind.ResidPost), SteeringOperation.Add, 1f, new FeatureVector(v)));
+                terms.Add(new SteeringTerm(new Site(n, SiteKind.ResidPost), SteeringOperation.Add, 1f,
+                    new FeatureVector(v)));
             }
-            return terms.OrderBy(t => t.Site.Layer).ToArray();
+            return new ControlVectorContents(terms.OrderBy(t => t.Site.Layer).ToArray(), ignored);
         }
         catch (EndOfStreamException)
         {
@@ -137,3 +183,16 @@ public static class ControlVectorGguf
         return Enumerable.Range(0, checked((int)count)).Select(_ => ReadValue(r, type)).ToArray();
     }
 }
+
+/// <summary>A pack term that <see cref="ControlVectorGguf.Write"/> left out, and why llama.cpp cannot hold it.</summary>
+public sealed record SkippedTerm(SteeringTerm Term, string Reason)
+{
+    public override string ToString() =>
+        $"{Term.Operation.ToString().ToLowerInvariant()} at {Term.Site.HookName}: {Reason}";
+}
+
+/// <summary>
+/// What <see cref="ControlVectorGguf.Read"/> found: the terms llama.cpp would apply, and the tensors it would not
+/// (each with the reason).
+/// </summary>
+public sealed record ControlVectorContents(IReadOnlyList<SteeringTerm> Terms, IReadOnlyList<string> Ignored);
