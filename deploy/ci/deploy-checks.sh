@@ -18,7 +18,7 @@
 #    10. experiment        POST /v1/completions in the ConfigMap's experiment returns choices[0].text (SQLite in /data)
 #    11. sigterm           podman stop (SIGTERM) ends the server with exit status 0 within the grace period
 #
-# Requests carry `authorization: Bearer ci-key` and the container gets FEATUREFLOW_API_KEYS=ci-key; the probes'
+# Requests carry `authorization: Bearer ci-deploy-check-key-0001`; the container gets it in FEATUREFLOW_API_KEYS; the probes'
 # endpoints (/readyz, gRPC health) are called WITHOUT a key, as the kubelet calls them.
 #
 #   deploy/ci/deploy-checks.sh [COUNTS_FILE]      writes "passed=N failed=N skipped=N" there
@@ -177,7 +177,7 @@ say "   args: ${args[*]}"
 run=(podman run -d --name "$name" --no-healthcheck
   --read-only --tmpfs /data:rw,U,size=64m
   --user 10001:10001 --cap-drop ALL --security-opt no-new-privileges
-  -e FEATUREFLOW_API_KEYS=ci-key
+  -e FEATUREFLOW_API_KEYS=ci-deploy-check-key-0001
   -v "$tmp/config:/etc/featureflow:ro"
   -p "127.0.0.1::$http_port" -p "127.0.0.1::$grpc_port"
   "$image" "${args[@]}")
@@ -201,7 +201,7 @@ else
   not_run 3 "server not ready"; finish
 fi
 
-auth=(-H "authorization: Bearer ci-key")
+auth=(-H "authorization: Bearer ci-deploy-check-key-0001")
 has_text='let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const j=JSON.parse(s);const t=j.choices&&j.choices[0]&&j.choices[0].text;if(typeof t!=="string"||t.length===0){console.error("no choices[0].text in "+s);process.exit(1)}console.log("   choices[0].text: "+JSON.stringify(t))})'
 
 step "gRPC health on $host_grpc (no key, as the kubelet's grpc probe)"

@@ -6,9 +6,11 @@ namespace FeatureFlow.Cli;
 public static class EvalCommand
 {
     public static Command Build(TextWriter output, TextWriter error) =>
-        new("eval", "Evaluate steering (strength sweeps with judge-free scores and charts) and flow-map matches.")
+        new("eval", "Evaluate steering (strength sweeps with judge-free scores and charts) and flow-map matches; reproduce "
+            + "docs/steering-results.md.")
         {
             EvalSweepCommand.Build(output, error),
             EvalMatchesCommand.Build(output, error),
+            EvalResultsCommand.Build(output, error),
         };
 }

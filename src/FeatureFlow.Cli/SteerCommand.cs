@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text;
 using FeatureFlow.Engine;
+using FeatureFlow.Evaluation;
 using FeatureFlow.Flow;
 using FeatureFlow.Models.Folder;
 using FeatureFlow.Sae;
@@ -103,33 +104,57 @@ public static class SteerCommand
         var seeds = new Option<int>("--seeds") { DefaultValueFactory = _ => new PackEvaluationOptions().Seeds };
         var tokens = new Option<int>("--tokens") { DefaultValueFactory = _ => new PackEvaluationOptions().Tokens };
         var write = new Option<bool>("--write-readme") { Description = "write the pack folder's README.md with the results" };
+        var results = new Option<string>("--results")
+        {
+            Description = "figures folder of `eval results`; its packs.json adds each shipped multi-layer pack's " +
+                "sweep curve",
+            DefaultValueFactory = _ => "docs/steering-results",
+        };
         var command = new Command("report", "Evaluate every pack (same seeds with and without it): seed-feature activation, theme-word rate, perplexity under the unsteered model.")
         {
-            model, packs, seeds, tokens, write,
+            model, packs, seeds, tokens, write, results,
         };
         command.SetAction((parse, _) => CliApp.Guard(error, () =>
         {
             var folder = ModelFolder.Open(parse.GetValue(model)!);
-            var catalog = new SteeringCatalog(PackRegistry.Load(PacksDirectory(folder, parse.GetValue(packs)), folder.Manifest), SaeSet.Load(Path.Combine(folder.Directory, "saes"), folder.Manifest.Architecture));
-            foreach (var refused in catalog.Packs.Errors) error.WriteLine($"featureflow: refused {refused.Path}: {refused.Message}");
-            using var engine = new GenerationEngine(folder, new EngineOptions { ExecutionProvider = ExecutionProviderPreference.Cpu });
+            var dir = PacksDirectory(folder, parse.GetValue(packs));
             var options = new PackEvaluationOptions { Seeds = parse.GetValue(seeds), Tokens = parse.GetValue(tokens) };
-            var results = new List<(SteeringPack Pack, PackEvaluationResult Result)>();
-            var bar = new ProgressBar(error, "steer report", "packs");
-            foreach (var pack in catalog.Packs.Packs.OrderBy(p => p.Name, StringComparer.Ordinal))
-            {
-                results.Add((pack, PackEvaluation.Evaluate(engine, pack, catalog.Saes, options)));
-                bar.Report(results.Count, catalog.Packs.Packs.Count);
-            }
-            var markdown = PackReadme(folder, results, options);
-            if (parse.GetValue(write)) File.WriteAllText(Path.Combine(PacksDirectory(folder, parse.GetValue(packs)), "README.md"), markdown);
+            var markdown = Readme(folder, dir, parse.GetValue(results)!, options, error);
+            if (parse.GetValue(write)) File.WriteAllText(Path.Combine(dir, "README.md"), markdown);
             output.Write(markdown);
             return Task.FromResult(0);
         }));
         return command;
     }
 
-    private static string PackReadme(ModelFolder folder, List<(SteeringPack Pack, PackEvaluationResult Result)> results, PackEvaluationOptions options)
+    /// <summary>
+    /// Evaluates every pack of <paramref name="packsDir"/> and returns its README: the results table, then per pack
+    /// its description, flow graph, recipe and examples, and for a multi-layer pack that <c>eval results --ship</c>
+    /// recorded in <paramref name="resultsDir"/>'s packs.json, its sweep curve and the sweep's cells at its strength.
+    /// </summary>
+    public static string Readme(ModelFolder folder, string packsDir, string resultsDir, PackEvaluationOptions options,
+        TextWriter error)
+    {
+        var catalog = new SteeringCatalog(PackRegistry.Load(packsDir, folder.Manifest),
+            SaeSet.Load(Path.Combine(folder.Directory, "saes"), folder.Manifest.Architecture));
+        foreach (var refused in catalog.Packs.Errors)
+            error.WriteLine($"featureflow: refused {refused.Path}: {refused.Message}");
+        using var engine = new GenerationEngine(folder,
+            new EngineOptions { ExecutionProvider = ExecutionProviderPreference.Cpu });
+        var results = new List<(SteeringPack Pack, PackEvaluationResult Result)>();
+        var bar = new ProgressBar(error, "steer report", "packs");
+        foreach (var pack in catalog.Packs.Packs.OrderBy(p => p.Name, StringComparer.Ordinal))
+        {
+            results.Add((pack, PackEvaluation.Evaluate(engine, pack, catalog.Saes, options)));
+            bar.Report(results.Count, catalog.Packs.Packs.Count);
+        }
+        var shipped = ShippedPack.Load(resultsDir).ToDictionary(p => p.Name);
+        var link = Path.GetRelativePath(packsDir, resultsDir).Replace('\\', '/');
+        return PackReadme(folder, results, options, shipped, link);
+    }
+
+    private static string PackReadme(ModelFolder folder, List<(SteeringPack Pack, PackEvaluationResult Result)> results,
+        PackEvaluationOptions options, IReadOnlyDictionary<string, ShippedPack> shipped, string resultsLink)
     {
         var sb = new StringBuilder();
         sb.AppendLine($"# Steering packs for {folder.Manifest.Name}");
@@ -161,8 +186,35 @@ public static class SteerCommand
             sb.AppendLine($"- built with: `{m.BuildCommand}`");
             sb.AppendLine($"- seed 1 unsteered: \"{Escape(r.Unsteered.Example)}\"");
             sb.AppendLine($"- seed 1 steered: \"{Escape(r.Steered.Example)}\"");
+            var multiLayer = pack.Terms.Select(t => t.Site.Layer).Distinct().Count() > 1;
+            if (multiLayer && shipped.TryGetValue(m.Name, out var sweep)) SweepSection(sb, sweep, resultsLink);
         }
         return sb.ToString();
+    }
+
+    /// <summary>A multi-layer pack's sweep: its curve against single layers and seed, cells at its strength.</summary>
+    private static void SweepSection(StringBuilder sb, ShippedPack sweep, string resultsLink)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        sb.AppendLine();
+        sb.AppendLine(inv, $"Default strength chosen by `featureflow eval results --ship` " +
+            $"(`docs/steering-results.md`) from the sweep of theme `{sweep.Theme}` ({sweep.Sweep} units): " +
+            $"the strength of {sweep.Family} with the " +
+            $"highest combined score (behaviour × coherence) among those keeping perplexity ≤ " +
+            $"{sweep.MaxPerplexityRatio:G3} × unsteered with behaviour above unsteered. Its curve against each " +
+            $"single layer of the flow graph and the seed alone (95% intervals):");
+        sb.AppendLine();
+        sb.AppendLine($"![sweep of {sweep.Name}]({resultsLink}/{sweep.Figure})");
+        sb.AppendLine();
+        sb.AppendLine("| sweep cell (n generations) | strength | theme rate | behaviour | perplexity | combined |");
+        sb.AppendLine("|---|---:|---|---|---|---|");
+        foreach (var c in sweep.Rows)
+        {
+            var mine = c.Cell.StartsWith(sweep.Family, StringComparison.Ordinal);
+            var label = mine ? $"**{c.Cell}** (this pack)" : c.Cell;
+            sb.AppendLine(inv, $"| {label} ({c.N}) | {c.Strength:G4} | {c.ThemeRate} | {c.Behaviour} | " +
+                $"{c.Perplexity} | {c.Combined} |");
+        }
     }
 
     private static string Escape(string s) => s.Replace("\n", " ", StringComparison.Ordinal).Replace("|", "\\|", StringComparison.Ordinal);
@@ -172,19 +224,31 @@ public static class SteerCommand
         var name = new Argument<string>("PACK") { Description = "pack name" };
         var outFile = new Option<string>("--out") { Description = "control-vector file", Required = true };
         var strength = new Option<float?>("--strength") { Description = "strength baked into the vectors (default: the pack's)" };
+        var strict = new Option<bool>("--strict")
+        {
+            Description = "fail (and write nothing) if any term has no llama.cpp equivalent",
+        };
         var model = ServeCommand.ModelOption();
         var packs = PacksOption();
-        var command = new Command("export-gguf", "Write a pack's additive resid_post part as a llama.cpp control vector (direction.N is block N-1's output).")
+        var command = new Command("export-gguf",
+            "Write a pack's additive resid_post terms at blocks 1.. as a llama.cpp control vector "
+            + "(blocks.N.hook_resid_post → direction.N; llama.cpp never steers block 0).")
         {
-            name, outFile, strength, model, packs,
+            name, outFile, strength, strict, model, packs,
         };
         command.SetAction((parse, _) => CliApp.Guard(error, () =>
         {
             var folder = ModelFolder.Open(parse.GetValue(model)!);
             var pack = LoadPack(folder, parse.GetValue(packs), parse.GetValue(name)!);
-            var skipped = ControlVectorGguf.Write(pack, parse.GetValue(strength) ?? pack.Metadata.DefaultStrength, folder.Manifest.Architecture.Layers, "llama", parse.GetValue(outFile)!);
-            if (skipped.Count > 0) error.WriteLine($"featureflow: {skipped.Count} terms have no llama.cpp equivalent and were left out (only additive terms at resid_post sites are): {string.Join(", ", skipped.Select(t => $"{t.Operation} at {t.Site}"))}");
-            output.WriteLine($"wrote {parse.GetValue(outFile)}");
+            var path = parse.GetValue(outFile)!;
+            if (parse.GetValue(strict) && ControlVectorGguf.Unexpressible(pack) is { Count: > 0 } refused)
+                throw new InvalidDataException($"--strict: {refused.Count} terms of pack '{pack.Name}' have no "
+                    + $"llama.cpp equivalent, nothing written: {string.Join("; ", refused)}");
+            var strengthValue = parse.GetValue(strength) ?? pack.Metadata.DefaultStrength;
+            var layers = folder.Manifest.Architecture.Layers;
+            var skipped = ControlVectorGguf.Write(pack, strengthValue, layers, "llama", path);
+            foreach (var s in skipped) error.WriteLine($"featureflow: left out {s}");
+            output.WriteLine($"wrote {path}: {pack.Terms.Count - skipped.Count} of {pack.Terms.Count} terms");
             return Task.FromResult(0);
         }));
         return command;
@@ -196,7 +260,9 @@ public static class SteerCommand
         var name = new Option<string>("--name") { Description = "pack name", Required = true };
         var model = ServeCommand.ModelOption();
         var packs = PacksOption();
-        var command = new Command("import-gguf", "Read a llama.cpp control vector into a pack (direction.N → blocks.(N-1).hook_resid_post).")
+        var command = new Command("import-gguf",
+            "Read a llama.cpp control vector into a pack "
+            + "(direction.N → blocks.N.hook_resid_post, the block llama.cpp steers with it).")
         {
             file, name, model, packs,
         };
@@ -204,7 +270,12 @@ public static class SteerCommand
         {
             var folder = ModelFolder.Open(parse.GetValue(model)!);
             var path = parse.GetValue(file)!;
-            var terms = ControlVectorGguf.Read(path, folder.Manifest.Architecture.DModel, folder.Manifest.Architecture.Layers);
+            var architecture = folder.Manifest.Architecture;
+            var contents = ControlVectorGguf.Read(path, architecture.DModel, architecture.Layers);
+            foreach (var ignored in contents.Ignored) error.WriteLine($"featureflow: not imported {ignored}");
+            var terms = contents.Terms;
+            if (terms.Count == 0)
+                throw new InvalidDataException($"{path}: no direction that llama.cpp applies (direction.1 and up)");
             var pack = new SteeringPack(new PackMetadata
             {
                 Name = parse.GetValue(name)!,
@@ -213,7 +284,8 @@ public static class SteerCommand
                 Operation = "promote",
                 Mode = "imported",
                 Schedule = "as stored",
-                Sources = terms.Select(t => new PackSource($"direction.{t.Site.Layer + 1}", 1f, "control-vector")).ToArray(),
+                Sources = terms.Select(t => new PackSource($"direction.{t.Site.Layer}", 1f, "control-vector"))
+                    .ToArray(),
             }, terms);
             var dir = PacksDirectory(folder, parse.GetValue(packs));
             Directory.CreateDirectory(dir);

@@ -15,6 +15,8 @@ public sealed record PackEvaluationOptions
     public float TopP { get; init; } = 0.9f;
     /// <summary>null: the pack's default strength.</summary>
     public float? Strength { get; init; }
+    /// <summary>Prompt texts, each run with every seed; the empty string is BOS alone.</summary>
+    public IReadOnlyList<string> Prompts { get; init; } = [""];
 }
 
 /// <summary>Mean and 95% confidence half-width (normal approximation) over seeds.</summary>
@@ -30,7 +32,10 @@ public sealed record Estimate(double Mean, double HalfWidth)
     public override string ToString() => FormattableString.Invariant($"{Mean:F3} ± {HalfWidth:F3}");
 }
 
-/// <summary>One arm (unsteered or steered) of a pack evaluation.</summary>
+/// <summary>
+/// One arm (unsteered or steered) of a pack evaluation over every prompt and seed; the example is the first prompt's
+/// seed 1.
+/// </summary>
 public sealed record ArmResult(Estimate FeatureActivation, Estimate ThemeWordRate, Estimate Perplexity, string Example);
 
 public sealed record PackEvaluationResult(string Pack, float Strength, string SeedFeature, ArmResult Unsteered, ArmResult Steered, PackEvaluationOptions Options);
@@ -61,19 +66,26 @@ public static partial class PackEvaluation
         var activation = new List<double>();
         var themeRate = new List<double>();
         var perplexity = new List<double>();
-        // All seeds run at once as rows of one batch; each gives exactly the tokens it would give alone.
-        var generations = Enumerable.Range(0, options.Seeds).Select(s => Generate(engine, new GenerationRequest
+        // Every prompt and seed at once, as rows of one batch; each gives exactly the tokens it would give alone.
+        var runs = options.Prompts.Select(engine.EncodePrompt)
+            .SelectMany(prompt => Enumerable.Range(1, options.Seeds).Select(seed => (Prompt: prompt,
+                Generation: Generate(engine, new GenerationRequest
+                {
+                    PromptIds = prompt,
+                    MaxTokens = options.Tokens,
+                    Sampling = new SamplingOptions
+                    {
+                        Temperature = options.Temperature, TopP = options.TopP, Seed = (ulong)seed,
+                    },
+                    Steering = spec,
+                }))))
+            .ToArray();
+        Task.WaitAll(runs.Select(r => r.Generation));
+        var example = runs[0].Generation.Result.Text;
+        foreach (var (prompt, generation) in runs)
         {
-            PromptIds = [engine.Tokenizer.BosId],
-            MaxTokens = options.Tokens,
-            Sampling = new SamplingOptions { Temperature = options.Temperature, TopP = options.TopP, Seed = (ulong)s + 1 },
-            Steering = spec,
-        })).ToArray();
-        Task.WaitAll(generations);
-        var example = generations[0].Result.Text;
-        foreach (var (ids, text) in generations.Select(g => g.Result))
-        {
-            var (meanActivation, ppl) = Score(reader, ids, sae, feature);
+            var (ids, text) = generation.Result;
+            var (meanActivation, ppl) = Score(reader, prompt, ids, sae, feature);
             activation.Add(meanActivation);
             perplexity.Add(ppl);
             var words = WordPattern().Matches(text).Select(m => m.Value.ToLowerInvariant()).ToArray();
@@ -94,11 +106,15 @@ public static partial class PackEvaluation
         return (ids, text.ToString());
     }
 
-    /// <summary>Runs BOS + tokens through the unsteered model: the feature's mean activation over the generated positions, and their perplexity.</summary>
-    private static (double MeanActivation, double Perplexity) Score(HookedDecoder decoder, List<int> generated, SparseAutoencoder sae, int feature)
+    /// <summary>
+    /// Runs prompt + tokens through the unsteered model: the feature's mean activation over the generated positions,
+    /// and their perplexity.
+    /// </summary>
+    private static (double MeanActivation, double Perplexity) Score(HookedDecoder decoder, int[] prompt,
+        List<int> generated, SparseAutoencoder sae, int feature)
     {
         if (generated.Count == 0) return (0, double.NaN);
-        int[] sequence = [1, .. generated];
+        int[] sequence = [.. prompt, .. generated];
         using var state = decoder.NewState();
         using var identity = decoder.Bind(new SteeringTensors(decoder.SteeringShape!));
         var output = decoder.Run(state, sequence, identity, [sae.Site]);
@@ -106,7 +122,7 @@ public static partial class PackEvaluation
         var z = new float[sae.DSae];
         var scratch = new float[d];
         double activation = 0, nll = 0;
-        for (var p = 1; p < sequence.Length; p++)
+        for (var p = prompt.Length; p < sequence.Length; p++)
         {
             sae.Encode(output.Sites[0].AsSpan(p * d, d), z, scratch);
             activation += z[feature];
@@ -117,7 +133,7 @@ public static partial class PackEvaluation
             foreach (var v in logits) sum += Math.Exp(v - max);
             nll -= logits[sequence[p]] - max - Math.Log(sum);
         }
-        var n = sequence.Length - 1;
+        var n = generated.Count;
         return (activation / n, Math.Exp(nll / n));
     }
 

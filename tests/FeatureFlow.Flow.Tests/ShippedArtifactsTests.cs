@@ -91,4 +91,30 @@ public sealed class ShippedArtifactsTests : IDisposable
         Assert.True(result.Steered.ThemeWordRate.Mean < result.Unsteered.ThemeWordRate.Mean,
             $"{name}: theme-word rate {result.Unsteered.ThemeWordRate} → {result.Steered.ThemeWordRate}");
     }
+
+    /// <summary>The prompts of `featureflow eval sweep`, so of the sweeps that chose the packs' strengths.</summary>
+    private static readonly string[] StoryPrompts =
+        ["", "Once upon a time,", "One day, a little girl named Lily", "Tim and his dog went to the"];
+
+    [Fact]
+    public void Every_pack_on_three_or_more_blocks_moves_its_theme_at_its_default_strength_within_1_5x_perplexity()
+    {
+        var packs = PackRegistry.Load(Path.Combine(Folder.Directory, "packs"), Folder.Manifest).Packs
+            .Where(p => p.Terms.Select(t => t.Site.Layer).Distinct().Count() >= 3).ToArray();
+        Assert.True(packs.Length >= 2, $"{packs.Length} packs steer three or more blocks");
+        using var engine = new GenerationEngine(Folder, Cpu);
+        // Other seeds and lengths than the sweeps': 16 seeds × 48 tokens on BOS and the three story openings.
+        var options = new PackEvaluationOptions { Seeds = 16, Tokens = 48, Prompts = StoryPrompts };
+        foreach (var pack in packs)
+        {
+            var r = PackEvaluation.Evaluate(engine, pack, Saes, options);
+            var (before, after) = (r.Unsteered.ThemeWordRate.Mean, r.Steered.ThemeWordRate.Mean);
+            var suppress = pack.Metadata.Operation == "rescale";
+            Assert.True(suppress ? after < before : after > before,
+                $"{pack.Name} ({pack.Metadata.Operation}): theme-word rate {r.Unsteered.ThemeWordRate} → " +
+                $"{r.Steered.ThemeWordRate}");
+            Assert.True(r.Steered.Perplexity.Mean <= 1.5 * r.Unsteered.Perplexity.Mean,
+                $"{pack.Name}: perplexity {r.Unsteered.Perplexity} → {r.Steered.Perplexity}");
+        }
+    }
 }
