@@ -49,27 +49,36 @@ public sealed class InferenceService(GenerationEngine engine, SteeringCatalog ca
 
     public override async Task Compare(CompareRequest request, IServerStreamWriter<CompareResponse> responseStream, ServerCallContext context)
     {
-        var ct = context.CancellationToken;
-        var (arms, readout) = Call(() =>
+        try
         {
-            lifecycle.EnsureAccepting();
-            return pipeline.MapCompare(request, options.MaxCompareArms);
-        }, context);
+            await RunCompare(request, responseStream, Security.Caller.Of(context.GetHttpContext()), context.CancellationToken);
+        }
+        catch (Exception e) when (e is not OperationCanceledException and not RpcException)
+        {
+            throw ToRpc(e, context);
+        }
+    }
+
+    /// <summary>
+    /// Runs a Compare for <paramref name="caller"/>, writing every arm's updates and then one summary per arm. Refusals
+    /// and failures are thrown as domain exceptions (each transport answers them its own way).
+    /// </summary>
+    public async Task RunCompare(CompareRequest request, IServerStreamWriter<CompareResponse> responseStream, Security.Caller caller,
+        CancellationToken ct)
+    {
+        lifecycle.EnsureAccepting();
+        var (arms, readout) = pipeline.MapCompare(request, options.MaxCompareArms);
         // All arms are queued together (or refused together), so they run as rows of the same batches.
-        var (generations, lease) = Call(() => pipeline.SubmitArms(arms, Security.Caller.Of(context.GetHttpContext())), context);
+        var (generations, lease) = pipeline.SubmitArms(arms, caller);
         try
         {
             var summaries = await CompareRunner.StreamAsync(arms, generations, readout, responseStream, engine.Scorer, ct);
             foreach (var summary in summaries) await responseStream.WriteAsync(new CompareResponse { Arm = summary.Arm, Summary = summary }, ct);
         }
-        catch (EngineShutdownException e)
-        {
-            throw new RpcException(new Status(StatusCode.Unavailable, e.Message));
-        }
-        catch (Exception e) when (e is not OperationCanceledException and not RpcException)
+        catch (Exception e) when (e is not OperationCanceledException and not EngineShutdownException and not RpcException)
         {
             logger.LogError(e, "compare of {Arms} arms failed", arms.Count);
-            throw new RpcException(new Status(StatusCode.Internal, $"compare failed: {e.Message}"));
+            throw new GenerationFailedException($"compare failed: {e.Message}");
         }
         finally
         {
@@ -85,35 +94,39 @@ public sealed class InferenceService(GenerationEngine engine, SteeringCatalog ca
         {
             return step();
         }
-        catch (Exception e) when (e is PackNotFoundException or ExperimentNotFoundException)
+        catch (Exception e) when (e is not RpcException and not OperationCanceledException)
         {
-            throw new RpcException(new Status(StatusCode.NotFound, e.Message));
-        }
-        catch (FieldValidationException e)
-        {
-            throw new RpcException(new Status(StatusCode.InvalidArgument, e.Message));
-        }
-        catch (InvalidDataException e)
-        {
-            throw new RpcException(new Status(StatusCode.InvalidArgument, e.Message));
-        }
-        catch (EngineOverloadedException e)
-        {
-            // gRPC's retry pushback: clients that retry wait this long; others read it from the message.
-            context.ResponseTrailers.Add("grpc-retry-pushback-ms", ((long)e.RetryAfter.TotalMilliseconds).ToString(System.Globalization.CultureInfo.InvariantCulture));
-            throw new RpcException(new Status(StatusCode.ResourceExhausted, $"{e.Limit}: {e.Message}"));
-        }
-        catch (ObjectDisposedException)
-        {
-            throw new RpcException(new Status(StatusCode.Unavailable, "the server is shutting down"));
-        }
-        catch (EngineShutdownException e)
-        {
-            throw new RpcException(new Status(StatusCode.Unavailable, e.Message));
+            throw ToRpc(e, context);
         }
     }
 
-    public override Task<ModelInfo> GetModelInfo(GetModelInfoRequest request, ServerCallContext context)
+    /// <summary>A refusal or failure as the gRPC status that says why (unknown failures rethrown as they are).</summary>
+    private static Exception ToRpc(Exception e, ServerCallContext context)
+    {
+        switch (e)
+        {
+            case PackNotFoundException or ExperimentNotFoundException:
+                return new RpcException(new Status(StatusCode.NotFound, e.Message));
+            case FieldValidationException or InvalidDataException:
+                return new RpcException(new Status(StatusCode.InvalidArgument, e.Message));
+            case EngineOverloadedException o:
+                // gRPC's retry pushback: clients that retry wait this long; others read it from the message.
+                context.ResponseTrailers.Add("grpc-retry-pushback-ms", ((long)o.RetryAfter.TotalMilliseconds).ToString(System.Globalization.CultureInfo.InvariantCulture));
+                return new RpcException(new Status(StatusCode.ResourceExhausted, $"{o.Limit}: {o.Message}"));
+            case ObjectDisposedException:
+                return new RpcException(new Status(StatusCode.Unavailable, "the server is shutting down"));
+            case EngineShutdownException:
+                return new RpcException(new Status(StatusCode.Unavailable, e.Message));
+            case GenerationFailedException:
+                return new RpcException(new Status(StatusCode.Internal, e.Message));
+            default:
+                return e;
+        }
+    }
+
+    public override Task<ModelInfo> GetModelInfo(GetModelInfoRequest request, ServerCallContext context) => Task.FromResult(ModelInfo());
+
+    public ModelInfo ModelInfo()
     {
         var m = engine.Folder.Manifest;
         var info = new ModelInfo
@@ -130,15 +143,17 @@ public sealed class InferenceService(GenerationEngine engine, SteeringCatalog ca
             ExecutionProviderReason = engine.Provider.Reason,
         };
         info.Sites.AddRange(m.Steering.Sites);
-        return Task.FromResult(info);
+        return info;
     }
 
-    public override Task<ListPacksResponse> ListPacks(ListPacksRequest request, ServerCallContext context)
+    public override Task<ListPacksResponse> ListPacks(ListPacksRequest request, ServerCallContext context) => Task.FromResult(PackList());
+
+    public ListPacksResponse PackList()
     {
         var response = new ListPacksResponse();
         response.Packs.AddRange(catalog.Packs.Packs.OrderBy(p => p.Name, StringComparer.Ordinal).Select(ToApi));
         response.Refused.AddRange(catalog.Packs.Errors.Select(e => new RefusedPack { Path = e.Path, Reason = e.Message }));
-        return Task.FromResult(response);
+        return response;
     }
 
     public override Task<PackInfo> GetPack(GetPackRequest request, ServerCallContext context) =>
@@ -162,12 +177,15 @@ public sealed class InferenceService(GenerationEngine engine, SteeringCatalog ca
         return Task.FromResult(new DeletePackResponse());
     }
 
-    public override Task<ListExperimentsResponse> ListExperiments(ListExperimentsRequest request, ServerCallContext context)
+    public override Task<ListExperimentsResponse> ListExperiments(ListExperimentsRequest request, ServerCallContext context) =>
+        Task.FromResult(ExperimentList());
+
+    public ListExperimentsResponse ExperimentList()
     {
         var config = experiments.Current;
         var response = new ListExperimentsResponse { ConfigVersion = experiments.Version };
         response.Experiments.AddRange(config.Experiments.Keys.Order(StringComparer.Ordinal).Select(experiments.Info));
-        return Task.FromResult(response);
+        return response;
     }
 
     public override Task<ExperimentInfo> GetExperiment(GetExperimentRequest request, ServerCallContext context) =>

@@ -69,6 +69,8 @@ public sealed class ServerHost : IAsyncDisposable
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton<ExperimentService>();
         builder.Services.AddSingleton<GenerationPipeline>();
+        // Stateless: one instance serves gRPC and the JSON-over-HTTP API.
+        builder.Services.AddSingleton<InferenceService>();
         Security.ServerSecurity.AddServices(builder.Services, keys);
         builder.Services.AddSingleton<Observability.ServerMetrics>();
         builder.Services.AddGrpc(o =>
@@ -88,6 +90,7 @@ public sealed class ServerHost : IAsyncDisposable
         app.MapGrpcHealthChecksService();
         app.MapGrpcReflectionService();
         OpenAi.OpenAiEndpoints.Map(app);
+        Http.UiApi.Map(app);
         app.MapGet("/healthz", () => Results.Text("ok"));
         var metrics = app.Services.GetRequiredService<Observability.ServerMetrics>();
         // HTTP API calls by route and status (gRPC calls are counted by the interceptor).

@@ -84,20 +84,22 @@ public static class OpenAiEndpoints
         }
     }
 
-    private sealed record RefusalInfo(int Status, string Message, string? Param, string Code);
+    internal sealed record RefusalInfo(int Status, string Message, string? Param, string Code);
 
-    private static RefusalInfo? Refusal(Exception e) => e switch
+    /// <summary>How a refused request is answered on HTTP (null: not a refusal, a server error).</summary>
+    internal static RefusalInfo? Refusal(Exception e) => e switch
     {
         PackNotFoundException or ExperimentNotFoundException => new(404, e.Message, ((FieldValidationException)e).Field, "not_found"),
         FieldValidationException f => new(400, e.Message, f.Field, "invalid_value"),
         EngineOverloadedException o => new(429, $"{o.Limit}: {o.Message}", null, "rate_limit_exceeded"),
         ObjectDisposedException => new(503, "the server is shutting down", null, "unavailable"),
         EngineShutdownException => new(503, e.Message, null, "server_shutting_down"),
+        GenerationFailedException => new(500, e.Message, null, "generation_failed"),
         _ => null,
     };
 
     /// <summary>The request body as JSON, or null after answering 400 for malformed JSON.</summary>
-    private static async Task<JsonDocument?> ReadBody(HttpContext http)
+    internal static async Task<JsonDocument?> ReadBody(HttpContext http)
     {
         try
         {

@@ -29,7 +29,7 @@ public sealed class AccessMiddleware(RequestDelegate next, ApiKeyStore keys, ILo
         if (grpcMethod is not null && http.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } body)
             body.MaxRequestBodySize = null;
         var path = http.Request.Path.Value ?? "";
-        if (grpcMethod is null ? OpenPaths.Contains(path) : grpcMethod.ServiceName == HealthService)
+        if (grpcMethod is null ? OpenPaths.Contains(path) || IsPage(path) : grpcMethod.ServiceName == HealthService)
         {
             await next(http);
             return;
@@ -53,6 +53,9 @@ public sealed class AccessMiddleware(RequestDelegate next, ApiKeyStore keys, ILo
         http.Features.Set(caller);
         await next(http);
     }
+
+    /// <summary>The browser pages and their assets are public; the API calls they make carry the key.</summary>
+    private static bool IsPage(string path) => path is "/" or "/experiments" || path.StartsWith("/ui/", StringComparison.Ordinal);
 
     private static Task Refuse(HttpContext http, int status, Grpc.Core.StatusCode grpcStatus, string message, string code)
     {
