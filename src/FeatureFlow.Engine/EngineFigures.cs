@@ -14,6 +14,10 @@ public sealed record EngineFigures
     public long KvTokenBudget { get; init; }
     public long PrefillSteps { get; init; }
     public long DecodeSteps { get; init; }
+    /// <summary>Prefill steps that ran the graph without hooks (the row steered and read out nothing).</summary>
+    public long PlainPrefillSteps { get; init; }
+    /// <summary>Decode steps that ran the graph without hooks (no row steered or read out a site).</summary>
+    public long PlainDecodeSteps { get; init; }
     /// <summary>Rows summed over decode steps: ÷ <see cref="DecodeSteps"/> is the mean batch size.</summary>
     public long DecodeRows { get; init; }
     public long GeneratedTokens { get; init; }

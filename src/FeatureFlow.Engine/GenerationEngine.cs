@@ -24,7 +24,7 @@ public sealed class GenerationEngine : IDisposable
         Tokenizer = folder.LoadTokenizer();
         var graph = folder.BatchedGraphPath
             ?? throw new InvalidDataException($"{folder.Directory}: the manifest names no batched graph (re-export the folder with `featureflow export`)");
-        Runner = new ModelRunner(graph, folder.Manifest.Architecture, options);
+        Runner = new ModelRunner(graph, folder.BatchedPlainGraphPath, folder.Manifest.Architecture, options);
         Compiler = new SteeringCompiler(Runner.SteeringShape);
         _scheduler = new Scheduler(Runner, options);
         _scorer = new Lazy<SequenceScorer>(() => new SequenceScorer(folder.PlainGraphPath, folder.Manifest.Architecture, options));

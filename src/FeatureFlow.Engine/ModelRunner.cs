@@ -7,15 +7,22 @@ namespace FeatureFlow.Engine;
 
 /// <summary>
 /// Runs the batched graph (GroupQueryAttention over a shared KV buffer) one step at a time: a prefill of one
-/// row's prompt into its slot, or a decode step of rows 0..n−1 with one token each. Owns the session, the KV
+/// row's prompt into its slot, or a decode step of rows 0..n−1 with one token each. Owns the sessions, the KV
 /// cache, the steering slots and every input and output buffer; a decode step binds views made once and
 /// allocates nothing. Used by the scheduler's loop thread only.
 /// </summary>
+/// <remarks>
+/// When the folder has the batched graph without hooks, both graphs run over the same buffers, and a step in
+/// which no row steers (<see cref="SteeringSlots.IsIdentity"/>) and no row reads a site out runs that one: the
+/// hooks are 188 of the hooked graph's 471 operators on stories260K. All-zero steering makes every hook the exact
+/// identity, so a row's logits are the same bits whichever graph runs a step, and batch invariance holds as rows
+/// come and go.
+/// </remarks>
 public sealed class ModelRunner : IDisposable
 {
-    private readonly InferenceSession _session;
+    private readonly Graph _hooked;
+    private readonly Graph? _plain;
     private readonly RunOptions _runOptions = new();
-    private readonly OrtIoBinding _decode, _prefill;
     private readonly RowTensor<long> _tokens, _positions;
     private readonly RowTensor<int> _seqLens;
     private readonly RowTensor<float> _logits;
@@ -26,9 +33,10 @@ public sealed class ModelRunner : IDisposable
     // Site outputs, [rows, 1, d] each, made when a row first asks to read that site.
     private readonly RowTensor<float>?[] _sites;
     private readonly bool[] _boundSites;
-    private int _boundRows = -1;
 
-    public ModelRunner(string graphPath, ModelArchitecture architecture, EngineOptions options)
+    /// <param name="graphPath">The batched hooked graph.</param>
+    /// <param name="plainGraphPath">The batched graph without hooks; null runs every step on the hooked one.</param>
+    public ModelRunner(string graphPath, string? plainGraphPath, ModelArchitecture architecture, EngineOptions options)
     {
         Architecture = architecture;
         // The KV cache, steering slots and logits live in pinned host memory, bound in place. On CUDA, ONNX Runtime
@@ -36,13 +44,23 @@ public sealed class ModelRunner : IDisposable
         // so until device-resident buffers exist this runner is CPU only, and says so rather than run wrongly.
         if (options.ExecutionProvider == ExecutionProviderPreference.Cuda)
             throw new InvalidOperationException("the batching engine runs on CPU for now (its KV cache is host memory); use --provider Cpu or Auto");
-        (_session, var provider) = SessionFactory.Create(graphPath, options with { ExecutionProvider = ExecutionProviderPreference.Cpu });
+        var cpu = options with { ExecutionProvider = ExecutionProviderPreference.Cpu };
+        var (session, provider) = SessionFactory.Create(graphPath, cpu);
+        _hooked = new Graph(session);
         Provider = options.ExecutionProvider == ExecutionProviderPreference.Auto
             ? provider with { Reason = "the batching engine's KV cache is host memory, so it runs on CPU (CUDA support is pending)" }
             : provider;
-        var inputs = _session.InputMetadata;
+        var inputs = session.InputMetadata;
         if (!inputs.ContainsKey(GraphNames.SeqlensK) || !inputs.ContainsKey(GraphNames.SteeringAdd))
             throw new InvalidDataException($"{graphPath}: not a batched hooked graph (it needs {GraphNames.SeqlensK} and the steering inputs; re-export the model folder)");
+        if (plainGraphPath is not null)
+        {
+            _plain = new Graph(SessionFactory.Create(plainGraphPath, cpu).Session);
+            var plainInputs = _plain.Session.InputMetadata;
+            if (!plainInputs.ContainsKey(GraphNames.SeqlensK) || plainInputs.ContainsKey(GraphNames.SteeringAdd))
+                throw new InvalidDataException($"{plainGraphPath}: not a batched graph without hooks"
+                    + $" (it needs {GraphNames.SeqlensK} and no steering inputs)");
+        }
         SteeringShape = new SteeringShape(architecture.Layers, architecture.DModel, inputs[GraphNames.SteeringDecoder].Dimensions[2]);
         Rows = options.MaxBatchRows;
         Cache = new KvCache(architecture, Rows, options.KvTokenBudget ?? (long)Rows * architecture.ContextLength);
@@ -57,8 +75,6 @@ public sealed class ModelRunner : IDisposable
         _lastLogits = new float[architecture.VocabSize];
         _sites = new RowTensor<float>?[SteeringShape.Sites];
         _boundSites = new bool[SteeringShape.Sites];
-        _decode = _session.CreateIoBinding();
-        _prefill = _session.CreateIoBinding();
     }
 
     public ModelArchitecture Architecture { get; }
@@ -68,6 +84,8 @@ public sealed class ModelRunner : IDisposable
     public int Rows { get; }
     public KvCache Cache { get; }
     public SteeringSlots Steering { get; }
+    /// <summary>Whether the last prefill or decode step ran the graph without hooks.</summary>
+    public bool LastStepPlain { get; private set; }
 
     /// <summary>The token the row in <paramref name="slot"/> feeds at the next decode step.</summary>
     public void SetNextToken(int slot, int token) => _tokens.Row(slot)[0] = token;
@@ -83,7 +101,8 @@ public sealed class ModelRunner : IDisposable
     /// <summary>
     /// Runs a whole prompt for the row in <paramref name="slot"/> (its KV starts empty) and returns the logits
     /// of its last position; the values of the <paramref name="readout"/> sites at that position go to
-    /// <paramref name="readoutValues"/> ([sites × d]). The span is valid until the next prefill.
+    /// <paramref name="readoutValues"/> ([sites × d]). The span is valid until the next prefill. Runs the graph
+    /// without hooks when the slot's steering is the identity and nothing is read out.
     /// </summary>
     public ReadOnlySpan<float> Prefill(int slot, ReadOnlySpan<int> prompt, IReadOnlyList<Site> readout, Span<float> readoutValues)
     {
@@ -99,12 +118,16 @@ public sealed class ModelRunner : IDisposable
         _total[0] = count;
         using var ids = OrtValue.CreateTensorValueFromMemory(OrtMemoryInfo.DefaultInstance, new Memory<long>(_prefillTokens, 0, count), [1, count]);
         using var positions = OrtValue.CreateTensorValueFromMemory(OrtMemoryInfo.DefaultInstance, new Memory<long>(_prefillPositions, 0, count), [1, count]);
+        var graph = _plain is not null && readout.Count == 0 && Steering.IsIdentity(slot) ? _plain : _hooked;
+        var binding = graph.Prefill;
         // Prefill logits [1, T, vocab] vary in size: ONNX Runtime allocates them (once per request, not per token).
-        _prefill.BindOutputToDevice(GraphNames.Logits, OrtMemoryInfo.DefaultInstance);
-        Bind(_prefill, ids, positions, _seqLens.RowValue(slot), Cache.Row(slot), Steering.Row(slot), logits: null);
-        foreach (var site in readout) _prefill.BindOutputToDevice(site.HookName, OrtMemoryInfo.DefaultInstance);
-        _session.RunWithBinding(_runOptions, _prefill);
-        using (var outputs = _prefill.GetOutputValues())
+        binding.BindOutputToDevice(GraphNames.Logits, OrtMemoryInfo.DefaultInstance);
+        Bind(binding, ids, positions, _seqLens.RowValue(slot), Cache.Row(slot),
+            graph == _hooked ? Steering.Row(slot) : null, logits: null);
+        foreach (var site in readout) binding.BindOutputToDevice(site.HookName, OrtMemoryInfo.DefaultInstance);
+        graph.Session.RunWithBinding(_runOptions, binding);
+        LastStepPlain = graph == _plain;
+        using (var outputs = binding.GetOutputValues())
         {
             var vocab = Architecture.VocabSize;
             var d = Architecture.DModel;
@@ -113,8 +136,8 @@ public sealed class ModelRunner : IDisposable
             for (var i = 0; i < readout.Count; i++)
                 outputs[1 + 2 * Architecture.Layers + i].GetTensorDataAsSpan<float>().Slice((count - 1) * d, d).CopyTo(readoutValues.Slice(i * d, d));
         }
-        _prefill.ClearBoundInputs();
-        _prefill.ClearBoundOutputs();
+        binding.ClearBoundInputs();
+        binding.ClearBoundOutputs();
         Cache.Advance(slot, count);
         return _lastLogits;
     }
@@ -122,7 +145,8 @@ public sealed class ModelRunner : IDisposable
     /// <summary>
     /// One decode step for rows 0..<paramref name="rows"/>−1, each feeding its next token at its own position,
     /// reading out every site whose <paramref name="siteReaders"/> count is positive (see <see cref="SiteValue"/>).
-    /// Returns logits [rows, vocab]; the span is valid until the next decode step.
+    /// Runs the graph without hooks when no site is read and no row steers. Returns logits [rows, vocab]; the span
+    /// is valid until the next decode step.
     /// </summary>
     public ReadOnlySpan<float> Decode(int rows, ReadOnlySpan<int> siteReaders)
     {
@@ -137,37 +161,47 @@ public sealed class ModelRunner : IDisposable
             longest = Math.Max(longest, past + 1);
         }
         _total[0] = longest;
+        var reading = siteReaders.ContainsAnyExcept(0);
+        var graph = _plain is not null && !reading && Steering.AllIdentity(rows) ? _plain : _hooked;
         var sitesChanged = false;
-        for (var s = 0; s < _boundSites.Length; s++) sitesChanged |= _boundSites[s] != siteReaders[s] > 0;
-        if (_boundRows != rows || sitesChanged)
+        if (graph == _hooked)
+            for (var s = 0; s < _boundSites.Length; s++) sitesChanged |= _boundSites[s] != siteReaders[s] > 0;
+        if (graph.DecodeRows != rows || sitesChanged)
         {
-            // Views of a prefix are made once per row count; binding changes only when rows join or leave.
-            _decode.ClearBoundInputs();
-            _decode.ClearBoundOutputs();
-            Bind(_decode, _tokens.Prefix(rows), _positions.Prefix(rows), _seqLens.Prefix(rows), Cache.Prefix(rows),
-                Steering.Prefix(rows), _logits.Prefix(rows));
-            for (var s = 0; s < _boundSites.Length; s++)
-            {
-                _boundSites[s] = siteReaders[s] > 0;
-                if (_boundSites[s])
+            // Views of a prefix are made once per row count, and each graph keeps its own binding, so a binding
+            // changes only when rows join or leave (or read-out sites change), not when the step's graph does.
+            var binding = graph.Decode;
+            binding.ClearBoundInputs();
+            binding.ClearBoundOutputs();
+            Bind(binding, _tokens.Prefix(rows), _positions.Prefix(rows), _seqLens.Prefix(rows), Cache.Prefix(rows),
+                graph == _hooked ? Steering.Prefix(rows) : null, _logits.Prefix(rows));
+            if (graph == _hooked)
+                for (var s = 0; s < _boundSites.Length; s++)
                 {
-                    _sites[s] ??= new RowTensor<float>(Rows, 1, Architecture.DModel);
-                    _decode.BindOutput(Site.FromIndex(s).HookName, _sites[s]!.Prefix(rows));
+                    _boundSites[s] = siteReaders[s] > 0;
+                    if (_boundSites[s])
+                    {
+                        _sites[s] ??= new RowTensor<float>(Rows, 1, Architecture.DModel);
+                        binding.BindOutput(Site.FromIndex(s).HookName, _sites[s]!.Prefix(rows));
+                    }
                 }
-            }
-            _boundRows = rows;
+            graph.DecodeRows = rows;
         }
-        _session.RunWithBinding(_runOptions, _decode);
+        graph.Session.RunWithBinding(_runOptions, graph.Decode);
+        LastStepPlain = graph == _plain;
         for (var i = 0; i < rows; i++) Cache.Advance(i, 1);
         return _logits.Leading(rows);
     }
 
     /// <summary>The value at <paramref name="site"/> of the row in <paramref name="slot"/> from the last decode step.</summary>
-    public ReadOnlySpan<float> SiteValue(Site site, int slot) =>
-        _boundSites[site.Index] ? _sites[site.Index]!.Row(slot) : throw new InvalidOperationException($"{site} was not read out");
+    public ReadOnlySpan<float> SiteValue(Site site, int slot) => !LastStepPlain && _boundSites[site.Index]
+        ? _sites[site.Index]!.Row(slot)
+        : throw new InvalidOperationException($"{site} was not read out");
 
+    /// <summary>Binds a step's inputs and outputs; <paramref name="steering"/> is null for the graph without hooks.
+    /// </summary>
     private void Bind(OrtIoBinding binding, OrtValue ids, OrtValue positions, OrtValue seqLens, OrtValue[] kv,
-        OrtValue[] steering, OrtValue? logits)
+        OrtValue[]? steering, OrtValue? logits)
     {
         binding.BindInput(GraphNames.InputIds, ids);
         binding.BindInput(GraphNames.PositionIds, positions);
@@ -181,24 +215,44 @@ public sealed class ModelRunner : IDisposable
             binding.BindOutput(GraphNames.PresentKey(l), kv[2 * l]);
             binding.BindOutput(GraphNames.PresentValue(l), kv[2 * l + 1]);
         }
-        binding.BindInput(GraphNames.SteeringAdd, steering[0]);
-        binding.BindInput(GraphNames.SteeringEncoder, steering[1]);
-        binding.BindInput(GraphNames.SteeringDecoder, steering[2]);
-        binding.BindInput(GraphNames.SteeringCoefficients, steering[3]);
+        if (steering is not null)
+        {
+            binding.BindInput(GraphNames.SteeringAdd, steering[0]);
+            binding.BindInput(GraphNames.SteeringEncoder, steering[1]);
+            binding.BindInput(GraphNames.SteeringDecoder, steering[2]);
+            binding.BindInput(GraphNames.SteeringCoefficients, steering[3]);
+        }
         if (logits is not null) binding.BindOutput(GraphNames.Logits, logits);
     }
 
     public void Dispose()
     {
-        if (Environment.GetEnvironmentVariable("FEATUREFLOW_ORT_PROFILE") is { Length: > 0 }) _session.EndProfiling();
-        _decode.Dispose();
-        _prefill.Dispose();
-        _session.Dispose();
+        _hooked.Dispose();
+        _plain?.Dispose();
         _runOptions.Dispose();
         _totalValue.Dispose();
         Cache.Dispose();
         Steering.Dispose();
         foreach (var t in new IDisposable[] { _tokens, _positions, _seqLens, _logits }) t.Dispose();
         foreach (var t in _sites) t?.Dispose();
+    }
+
+    /// <summary>One graph's session, with its own decode and prefill bindings over the runner's buffers.</summary>
+    private sealed class Graph(InferenceSession session) : IDisposable
+    {
+        public InferenceSession Session { get; } = session;
+        public OrtIoBinding Decode { get; } = session.CreateIoBinding();
+        public OrtIoBinding Prefill { get; } = session.CreateIoBinding();
+        /// <summary>The row count <see cref="Decode"/> holds views for; −1 until its first step.</summary>
+        public int DecodeRows { get; set; } = -1;
+
+        public void Dispose()
+        {
+            if (Environment.GetEnvironmentVariable("FEATUREFLOW_ORT_PROFILE") is { Length: > 0 })
+                Session.EndProfiling();
+            Decode.Dispose();
+            Prefill.Dispose();
+            Session.Dispose();
+        }
     }
 }

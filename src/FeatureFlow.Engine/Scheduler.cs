@@ -30,7 +30,8 @@ internal sealed class Scheduler : IDisposable
     private long _queuedTokens;
     private volatile bool _stopping;
     private Exception? _endAll;
-    private long _prefillSteps, _decodeSteps, _decodeRows, _generated, _decodeAllocated, _decodeTicks, _loopTicks;
+    private long _prefillSteps, _decodeSteps, _plainPrefillSteps, _plainDecodeSteps, _decodeRows, _generated;
+    private long _decodeAllocated, _decodeTicks, _loopTicks;
     private int _runningRows;
     private long _kvReserved, _kvInUse;
     private double _tokensPerSecond = 100; // refined from measured steps; only used for retry-after estimates
@@ -119,6 +120,8 @@ internal sealed class Scheduler : IDisposable
             KvTokenBudget = _runner.Cache.TokenBudget,
             PrefillSteps = Volatile.Read(ref _prefillSteps),
             DecodeSteps = Volatile.Read(ref _decodeSteps),
+            PlainPrefillSteps = Volatile.Read(ref _plainPrefillSteps),
+            PlainDecodeSteps = Volatile.Read(ref _plainDecodeSteps),
             DecodeRows = Volatile.Read(ref _decodeRows),
             GeneratedTokens = Volatile.Read(ref _generated),
             DecodeAllocatedBytes = Volatile.Read(ref _decodeAllocated),
@@ -192,6 +195,7 @@ internal sealed class Scheduler : IDisposable
             _runner.Steering.Write(slot, sequence.Plan.Prompt);
             var logits = _runner.Prefill(slot, sequence.Request.PromptIds, sequence.Request.Readout, sequence.ReadoutValues);
             _prefillSteps++;
+            if (_runner.LastStepPlain) _plainPrefillSteps++;
             // Generated-only and prompt-only terms switch here, once, for the rest of the generation.
             if (!ReferenceEquals(sequence.Plan.Generated, sequence.Plan.Prompt)) _runner.Steering.Write(slot, sequence.Plan.Generated);
             finished = Accept(sequence, logits);
@@ -228,6 +232,7 @@ internal sealed class Scheduler : IDisposable
             return;
         }
         _decodeSteps++;
+        if (_runner.LastStepPlain) _plainDecodeSteps++;
         _decodeRows += rows;
         _finished.Clear();
         for (var i = 0; i < rows; i++)

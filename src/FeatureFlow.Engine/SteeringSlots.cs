@@ -7,13 +7,15 @@ namespace FeatureFlow.Engine;
 /// <summary>
 /// The four steering inputs of the batched graph, one row per KV slot. A row's tensors are written once when it
 /// joins (the prompt set) and once after its prefill (the generated set); steps bind the prefix as it is, so
-/// steering costs no copy per step, and a row without steering is all zeros (the hook's identity).
+/// steering costs no copy per step, and a row without steering is all zeros (the hook's identity). Whether a
+/// slot is the identity is decided once per write, so a step can choose the graph without hooks at no cost.
 /// </summary>
 public sealed class SteeringSlots : IDisposable
 {
     private readonly RowTensor<float> _add, _encoder, _decoder, _coefficients;
     private readonly OrtValue[]?[] _prefixes;
     private readonly OrtValue[]?[] _rows;
+    private readonly bool[] _identity;
 
     public SteeringSlots(SteeringShape shape, int rows)
     {
@@ -25,6 +27,8 @@ public sealed class SteeringSlots : IDisposable
         _coefficients = new RowTensor<float>(rows, sites, GraphNames.CoefficientRows, k);
         _prefixes = new OrtValue[rows + 1][];
         _rows = new OrtValue[rows][];
+        _identity = new bool[rows];
+        Array.Fill(_identity, true); // the buffers start zero
     }
 
     public SteeringShape Shape { get; }
@@ -38,11 +42,21 @@ public sealed class SteeringSlots : IDisposable
         tensors.Encoder.CopyTo(_encoder.Row(slot));
         tensors.Decoder.CopyTo(_decoder.Row(slot));
         tensors.Coefficients.CopyTo(_coefficients.Row(slot));
+        _identity[slot] = tensors.IsIdentity;
     }
+
+    /// <summary>Whether the row in <paramref name="slot"/> steers nothing.</summary>
+    public bool IsIdentity(int slot) => _identity[slot];
+
+    /// <summary>
+    /// Whether every row 0..<paramref name="rows"/>−1 steers nothing (<see cref="SteeringTensors.IsIdentity"/>).
+    /// </summary>
+    public bool AllIdentity(int rows) => !_identity.AsSpan(0, rows).Contains(false);
 
     public void Move(int from, int to)
     {
         foreach (var part in Parts) part.Copy(from, to);
+        _identity[to] = _identity[from];
     }
 
     /// <summary>add, encoder, decoder, coefficients of rows 0..<paramref name="rows"/>−1.</summary>

@@ -31,7 +31,13 @@ public sealed class SteeringTensors
     public float[] Decoder { get; }
     public float[] Coefficients { get; }
 
-    public bool IsIdentity => !Add.AsSpan().ContainsAnyExcept(0f) && !Decoder.AsSpan().ContainsAnyExcept(0f);
+    /// <summary>
+    /// Every input is zero, so the hook is h + 0 + (0·ReLU(0) + 0)·0 = h bit for bit and a graph without hooks
+    /// may stand in for it. Zero add and decoder alone would not do: an overflowing encoder activation times a
+    /// zero decoder is NaN.
+    /// </summary>
+    public bool IsIdentity => !Add.AsSpan().ContainsAnyExcept(0f) && !Decoder.AsSpan().ContainsAnyExcept(0f)
+        && !Encoder.AsSpan().ContainsAnyExcept(0f) && !Coefficients.AsSpan().ContainsAnyExcept(0f);
 
     public Span<float> AddAt(Site site) => Add.AsSpan(site.Index * Shape.DModel, Shape.DModel);
 

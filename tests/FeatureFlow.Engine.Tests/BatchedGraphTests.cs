@@ -65,6 +65,48 @@ public class BatchedGraphTests(BatchedGraphFixture f, ITestOutputHelper output) 
             + $"bit-identical to the hooked graph: {bitIdentical}");
     }
 
+    /// <summary>
+    /// The engine runs a step on decoder_batched.onnx when no row steers or reads out, and on the hooked graph
+    /// otherwise, so a row's logits must not depend on which one ran: with all-zero steering every hook is
+    /// h + 0 + (0·ReLU(0) + 0)·0, which must vanish bit for bit here too (GQA, ORT's fusions), in the logits and in
+    /// the K/V written. Rows of different lengths: three fresh prompts prefilled together, a fourth alone into its
+    /// slot, then 20 decode steps of all four.
+    /// </summary>
+    [Fact]
+    public void Batched_graph_without_hooks_is_bit_identical_to_the_hooked_one_with_zero_steering()
+    {
+        int[][] prompts = [Prompt, [1, 403], [1, 261, 378, 403, 407, 261, 378, 100, 200], [1, 300, 301]];
+        var identity = Identity();
+        var hookedKv = new SharedKvBuffer(f.Arch, prompts.Length, Capacity, float.NaN);
+        var plainKv = new SharedKvBuffer(f.Arch, prompts.Length, Capacity, float.NaN);
+        float[] Both(int firstSlot, BatchRow[] rows, string what)
+        {
+            var hooked = f.Batched.Run(hookedKv, firstSlot, rows);
+            var plain = f.BatchedPlain.Run(plainKv, firstSlot, rows);
+            Assert.True(plain.AsSpan().SequenceEqual(hooked), $"{what}: max |Δ| {MaxAbsDiff(plain, hooked):E2}");
+            return hooked;
+        }
+        var first = prompts[..3];
+        var t = first.Max(p => p.Length);
+        var prefill = Both(0, first.Select(p => new BatchRow(p, 0, identity)).ToArray(), "batched prefill");
+        var next = first.Select((p, r) => ArgMaxAt(prefill, r * t + p.Length - 1)).ToList();
+        var last = prompts[3];
+        next.Add(ArgMaxAt(Both(3, [new BatchRow(last, 0, identity)], "single prefill"), last.Length - 1));
+        for (var step = 0; step < 20; step++)
+        {
+            var rows = prompts.Select((p, r) => new BatchRow([next[r]], p.Length + step, identity)).ToArray();
+            var logits = Both(0, rows, $"decode step {step}");
+            for (var r = 0; r < rows.Length; r++) next[r] = ArgMaxAt(logits, r);
+        }
+        // Whole buffers as bits: the NaN filling beyond each row's length has the same bits in both.
+        static IEnumerable<int> Bits(float[] buffer) => buffer.Select(BitConverter.SingleToInt32Bits);
+        for (var l = 0; l < f.Arch.Layers; l++)
+        {
+            Assert.True(Bits(plainKv.Keys[l]).SequenceEqual(Bits(hookedKv.Keys[l])), $"layer {l}: keys differ");
+            Assert.True(Bits(plainKv.Values[l]).SequenceEqual(Bits(hookedKv.Values[l])), $"layer {l}: values differ");
+        }
+    }
+
     public static TheoryData<string> InterventionCases() => GraphNumericsTests.InterventionCases();
 
     [Theory]
@@ -236,7 +278,7 @@ public class BatchedGraphTests(BatchedGraphFixture f, ITestOutputHelper output) 
     }
 }
 
-/// <summary>The shipped folder's three graphs, each in its own CPU session, and the reference pass's weights.</summary>
+/// <summary>The shipped folder's four graphs, each in its own CPU session, and the reference pass's weights.</summary>
 public sealed class BatchedGraphFixture : IDisposable
 {
     public BatchedGraphFixture()
@@ -247,6 +289,8 @@ public sealed class BatchedGraphFixture : IDisposable
         var batchedPath = folder.BatchedGraphPath
             ?? throw new InvalidOperationException("the shipped folder has no batched graph");
         Batched = new SharedKvDriver(Open(batchedPath), Arch);
+        BatchedPlain = new SharedKvDriver(Open(folder.BatchedPlainGraphPath
+            ?? throw new InvalidOperationException("the shipped folder has no batched graph without hooks")), Arch);
         Hooked = new ConcatDriver(Open(folder.HookedGraphPath), Arch);
         Plain = new ConcatDriver(Open(folder.PlainGraphPath), Arch);
         Checkpoint = Llama2cCheckpoint.Read(Path.Combine(folder.Directory, folder.Manifest.Provenance.Checkpoint.File));
@@ -255,6 +299,7 @@ public sealed class BatchedGraphFixture : IDisposable
     public ModelArchitecture Arch { get; }
     public SteeringShape Shape { get; }
     internal SharedKvDriver Batched { get; }
+    internal SharedKvDriver BatchedPlain { get; }
     internal ConcatDriver Hooked { get; }
     internal ConcatDriver Plain { get; }
     public LoadedCheckpoint Checkpoint { get; }
@@ -269,6 +314,7 @@ public sealed class BatchedGraphFixture : IDisposable
     public void Dispose()
     {
         Batched.Dispose();
+        BatchedPlain.Dispose();
         Hooked.Dispose();
         Plain.Dispose();
     }
@@ -344,13 +390,13 @@ internal sealed class OrtRunValues : IDisposable
 }
 
 /// <summary>
-/// Runs the SharedBuffer graph over consecutive slots of a <see cref="SharedKvBuffer"/>: each slot's buffer is
-/// bound, via IOBinding, as both past and present, so GQA appends in place. Rows are right-padded to the longest.
+/// Runs a SharedBuffer graph (hooked or not) over consecutive slots of a <see cref="SharedKvBuffer"/>: each slot's
+/// buffer is bound, via IOBinding, as both past and present, so GQA appends in place. Rows are right-padded to the
+/// longest; a graph without hooks ignores the rows' steering.
 /// </summary>
 internal sealed class SharedKvDriver(InferenceSession session, ModelArchitecture arch) : IDisposable
 {
-    private readonly SteeringShape _shape = OrtRunValues.SteeringShapeOf(session, arch)
-        ?? throw new ArgumentException("the batched graph has no steering inputs");
+    private readonly SteeringShape? _shape = OrtRunValues.SteeringShapeOf(session, arch);
 
     /// <summary>Runs <paramref name="rows"/> in slots firstSlot …; returns logits [rows, T, vocab].</summary>
     public float[] Run(SharedKvBuffer kv, int firstSlot, IReadOnlyList<BatchRow> rows)
@@ -391,8 +437,9 @@ internal sealed class SharedKvDriver(InferenceSession session, ModelArchitecture
             binding.BindInput(GraphNames.PastValue(l), value);
             binding.BindOutput(GraphNames.PresentValue(l), value);
         }
-        foreach (var (name, value) in values.Steering(rows.Select(r => r.Steering).ToArray(), _shape))
-            binding.BindInput(name, value);
+        if (_shape is not null)
+            foreach (var (name, value) in values.Steering(rows.Select(r => r.Steering).ToArray(), _shape))
+                binding.BindInput(name, value);
         var logits = new float[n * t * arch.VocabSize];
         binding.BindOutput(GraphNames.Logits, values.Over(logits, n, t, arch.VocabSize));
         using var runOptions = new RunOptions();

@@ -103,6 +103,157 @@ public class BatchingTests(EngineFixture f) : IClassFixture<EngineFixture>
         Assert.True(batched.Select(b => b.Ids).Distinct(new SequenceComparer()).Count() > 8, "the requests should not all generate the same text");
     }
 
+    private static async Task<(List<int> Ids, List<float> LogProbs)> Collect(Generation generation)
+    {
+        using (generation)
+        {
+            var ids = new List<int>();
+            var logProbs = new List<float>();
+            await foreach (var u in generation.ReadAllAsync())
+            {
+                ids.AddRange(u.TokenIds);
+                logProbs.AddRange(u.LogProbs);
+            }
+            return (ids, logProbs);
+        }
+    }
+
+    private static IEnumerable<int> Bits(IEnumerable<float> values) => values.Select(BitConverter.SingleToInt32Bits);
+
+    [Fact]
+    public async Task A_step_runs_the_graph_without_hooks_only_when_no_row_steers_or_reads_a_site()
+    {
+        async Task<(long Prefills, long Decodes, long PlainPrefills, long PlainDecodes)> Steps(GenerationRequest r)
+        {
+            var before = f.Engine.Figures();
+            await Run(f.Engine, r);
+            var after = f.Engine.Figures();
+            return (after.PrefillSteps - before.PrefillSteps, after.DecodeSteps - before.DecodeSteps,
+                after.PlainPrefillSteps - before.PlainPrefillSteps, after.PlainDecodeSteps - before.PlainDecodeSteps);
+        }
+        var site = new Site(2, SiteKind.ResidPost);
+        var request = new GenerationRequest
+        {
+            PromptIds = f.Engine.EncodePrompt("Once upon a time"), MaxTokens = 20,
+            Sampling = new SamplingOptions { Temperature = 0f },
+        };
+        SteeringSpec Add(SteeringScope scope) =>
+            new([new SteeringTerm(site, SteeringOperation.Add, 4f, Feature(1), scope)]);
+
+        var unsteered = await Steps(request);
+        Assert.True(unsteered.Decodes > 0);
+        Assert.Equal((1L, unsteered.Decodes), (unsteered.PlainPrefills, unsteered.PlainDecodes));
+        var steered = await Steps(request with { Steering = Add(SteeringScope.All) });
+        Assert.Equal((1L, 0L, 0L), (steered.Prefills, steered.PlainPrefills, steered.PlainDecodes));
+        // Generated-only terms leave the prompt's tensors zero: the prefill needs no hooks, the decode steps do.
+        var generatedOnly = await Steps(request with { Steering = Add(SteeringScope.GeneratedOnly) });
+        Assert.Equal((1L, 0L), (generatedOnly.PlainPrefills, generatedOnly.PlainDecodes));
+        var readout = await Steps(request with { Readout = [site] });
+        Assert.Equal((0L, 0L), (readout.PlainPrefills, readout.PlainDecodes));
+    }
+
+    /// <summary>
+    /// Unsteered rows decode throughout while waves of steered rows (and an unsteered one reading a site out) join
+    /// when the first row reaches given token counts and leave a few tokens later, so the rows' steps switch between
+    /// the graph without hooks and the hooked one several times. Every row must still give its solo run's bits.
+    /// </summary>
+    [Fact]
+    public async Task Steered_rows_joining_and_leaving_switch_the_graph_without_changing_any_row_s_bits()
+    {
+        GenerationRequest[] unsteered =
+        [
+            new() { PromptIds = [1], MaxTokens = 200, Sampling = new SamplingOptions { Temperature = 0f } },
+            new()
+            {
+                PromptIds = f.Engine.EncodePrompt("Once upon a time"), MaxTokens = 150,
+                Sampling = new SamplingOptions { Temperature = 1f, Seed = 7 },
+            },
+            new()
+            {
+                PromptIds = f.Engine.EncodePrompt("The little dog"), MaxTokens = 150,
+                Sampling = new SamplingOptions { Temperature = 0.8f, TopP = 0.9f, Seed = 8 },
+            },
+        ];
+        // Every kind of steering of MixedRequests (index 0 steers nothing), short enough to leave mid-way.
+        var steered = MixedRequests(f.Engine, 7, seed: 21)[1..].Select(r => r with { MaxTokens = 12 }).ToArray();
+        var reader = new GenerationRequest
+        {
+            PromptIds = f.Engine.EncodePrompt("Lily and Tom"), MaxTokens = 12,
+            Sampling = new SamplingOptions { Temperature = 0f }, Readout = [new Site(1, SiteKind.MlpOut)],
+        };
+        (int At, GenerationRequest[] Requests)[] waves =
+            [(10, steered[..2]), (45, [steered[2], reader]), (80, steered[3..5]), (115, steered[5..])];
+        GenerationRequest[] joiners = [.. waves.SelectMany(w => w.Requests)];
+        var solo = new List<(List<int> Ids, List<float> LogProbs, string Text)>();
+        foreach (var r in unsteered.Concat(joiners)) solo.Add(await Run(f.Engine, r));
+
+        var before = f.Engine.Figures();
+        var joined = new List<Generation>();
+        var nextWave = 0;
+        long trigger = -1;
+        // On the loop thread after each token: a wave is queued when the first unsteered row reaches its count.
+        void OnToken(long id, int count)
+        {
+            if (id != Volatile.Read(ref trigger)) return;
+            for (; nextWave < waves.Length && count >= waves[nextWave].At; nextWave++)
+                joined.AddRange(f.Engine.SubmitAll(waves[nextWave].Requests));
+        }
+        f.Engine.TokenGenerated += OnToken;
+        (List<int> Ids, List<float> LogProbs)[] running;
+        try
+        {
+            var generations = f.Engine.SubmitAll(unsteered);
+            Volatile.Write(ref trigger, generations[0].Id);
+            running = await Task.WhenAll(generations.Select(Collect));
+        }
+        finally
+        {
+            f.Engine.TokenGenerated -= OnToken;
+        }
+        Assert.Equal(waves.Length, nextWave);
+        var batched = running.Concat(await Task.WhenAll(joined.Select(Collect))).ToArray();
+
+        var after = f.Engine.Figures();
+        var plain = after.PlainDecodeSteps - before.PlainDecodeSteps;
+        var steps = after.DecodeSteps - before.DecodeSteps;
+        Assert.True(plain > 0 && plain < steps, $"{plain} of {steps} decode steps ran the graph without hooks");
+        for (var i = 0; i < batched.Length; i++)
+        {
+            Assert.Equal(solo[i].Ids, batched[i].Ids);
+            Assert.Equal(Bits(solo[i].LogProbs), Bits(batched[i].LogProbs));
+        }
+    }
+
+    [Fact]
+    public async Task A_folder_without_the_batched_graph_without_hooks_runs_every_step_hooked_with_the_same_bits()
+    {
+        var dir = Directory.CreateTempSubdirectory("featureflow-no-plain-batched-").FullName;
+        try
+        {
+            var manifest = f.Folder.Manifest with { Graphs = f.Folder.Manifest.Graphs with { BatchedPlain = null } };
+            File.WriteAllText(Path.Combine(dir, Models.Folder.ModelManifest.FileName), manifest.ToJson());
+            var graphs = manifest.Graphs;
+            foreach (var file in new[] { graphs.Hooked, graphs.Plain, graphs.Batched!, manifest.Tokenizer.File })
+                File.Copy(Path.Combine(f.Folder.Directory, file), Path.Combine(dir, file));
+            using var engine = new GenerationEngine(Models.Folder.ModelFolder.Open(dir), EngineFixture.Options);
+            var requests = MixedRequests(f.Engine, 4, seed: 3).Select(r => r with { Steering = SteeringSpec.None });
+            foreach (var r in requests)
+            {
+                var expected = await Run(f.Engine, r);
+                var actual = await Run(engine, r);
+                Assert.Equal(expected.Ids, actual.Ids);
+                Assert.Equal(Bits(expected.LogProbs), Bits(actual.LogProbs));
+            }
+            var figures = engine.Figures();
+            Assert.True(figures.DecodeSteps > 0);
+            Assert.Equal((0L, 0L), (figures.PlainPrefillSteps, figures.PlainDecodeSteps));
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
+
     [Fact]
     public async Task Rows_really_share_decode_steps()
     {

@@ -31,7 +31,7 @@ public class ModelFolderTests
     }
 
     [Fact]
-    public void Re_export_reproduces_every_file_of_the_shipped_folder_byte_for_byte_including_the_batched_graph()
+    public void Re_export_reproduces_every_file_of_the_shipped_folder_byte_for_byte_including_the_batched_graphs()
     {
         var folder = ModelFolder.Open(RepoPaths.Stories260kModel);
         var outDir = Directory.CreateTempSubdirectory("featureflow-reexport-").FullName;
@@ -50,6 +50,7 @@ public class ModelFolderTests
             });
             var written = Directory.GetFiles(outDir).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToArray();
             Assert.Contains(ModelFolderExporter.BatchedGraphFile, written);
+            Assert.Contains(ModelFolderExporter.BatchedPlainGraphFile, written);
             Assert.Equal(m.Files.Keys.Append(ModelManifest.FileName).Order(StringComparer.Ordinal), written);
             foreach (var file in written)
             {
@@ -109,11 +110,60 @@ public class ModelFolderTests
     }
 
     [Fact]
+    public void Batched_graph_without_hooks_has_the_batched_interface_less_steering_and_site_outputs()
+    {
+        var folder = ModelFolder.Open(RepoPaths.Stories260kModel);
+        Assert.Equal(Path.Combine(folder.Directory, ModelFolderExporter.BatchedPlainGraphFile),
+            folder.BatchedPlainGraphPath);
+        var hooked = OnnxModelFile.Read(folder.BatchedGraphPath!);
+        var plain = OnnxModelFile.Read(folder.BatchedPlainGraphPath!);
+        Assert.Contains(plain.OpsetImport, o => o.Domain == "com.microsoft" && o.Version == 1);
+        Assert.Equal(5, plain.Graph.Node.Count(n => n.Domain == "com.microsoft" && n.OpType == "GroupQueryAttention"));
+        // Same names, types and shapes, so the engine binds the same buffers to either graph.
+        static string[] Describe(IEnumerable<Onnx.Ir.ValueInfoProto> values) =>
+            values.Select(v => v.ToString()).ToArray();
+        Assert.Equal(Describe(hooked.Graph.Input.Where(i => !i.Name.StartsWith("steering.", StringComparison.Ordinal))),
+            Describe(plain.Graph.Input));
+        Assert.Equal(Describe(hooked.Graph.Output.Where(o => !folder.Manifest.Steering.Sites.Contains(o.Name))),
+            Describe(plain.Graph.Output));
+        Assert.Contains(plain.MetadataProps, p => p.Key == "featureflow.hooks" && p.Value == "false");
+        Assert.Contains(plain.MetadataProps, p => p.Key == "featureflow.kv_layout" && p.Value == "shared_buffer");
+        // Each of the 15 hooks is eleven operators, and the steering inputs are split at the top.
+        Assert.True(plain.Graph.Node.Count + 15 * 11 < hooked.Graph.Node.Count,
+            $"{plain.Graph.Node.Count} nodes without hooks, {hooked.Graph.Node.Count} with");
+    }
+
+    [Fact]
+    public void A_folder_exported_before_the_batched_graph_without_hooks_still_opens()
+    {
+        var manifestPath = Path.Combine(RepoPaths.Stories260kModel, ModelManifest.FileName);
+        var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(manifestPath))!;
+        json["graphs"]!.AsObject().Remove("batched_plain");
+        var dir = Directory.CreateTempSubdirectory().FullName;
+        try
+        {
+            File.WriteAllText(Path.Combine(dir, ModelManifest.FileName), json.ToJsonString());
+            // Open checks only that the files it needs exist.
+            string[] files = [ModelFolderExporter.HookedGraphFile, ModelFolderExporter.BatchedGraphFile, "tok512.bin"];
+            foreach (var file in files) File.WriteAllBytes(Path.Combine(dir, file), []);
+            var folder = ModelFolder.Open(dir);
+            Assert.Null(folder.Manifest.Graphs.BatchedPlain);
+            Assert.Null(folder.BatchedPlainGraphPath);
+            Assert.NotNull(folder.BatchedGraphPath);
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
+
+    [Fact]
     public void A_folder_exported_before_the_batched_graph_still_opens()
     {
         var manifestPath = Path.Combine(RepoPaths.Stories260kModel, ModelManifest.FileName);
         var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(manifestPath))!;
         json["graphs"]!.AsObject().Remove("batched");
+        json["graphs"]!.AsObject().Remove("batched_plain");
         var dir = Directory.CreateTempSubdirectory().FullName;
         try
         {

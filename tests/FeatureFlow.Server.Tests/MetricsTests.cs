@@ -92,6 +92,8 @@ public class MetricsTests(HttpServerFixture f) : IClassFixture<HttpServerFixture
         Assert.Equal(2, Delta("featureflow_time_to_first_token_seconds_count"));
         Assert.Equal(13, Delta("featureflow_inter_token_latency_seconds_count"));
         Assert.True(Delta("featureflow_decode_steps") > 0);
+        // The unsteered completion runs alone: its decode steps need no hooks.
+        Assert.True(Delta("featureflow_plain_decode_steps") > 0);
         Assert.Equal(0, after.Value("featureflow_running_rows"));
         Assert.Equal(0, after.Value("featureflow_queue_depth"));
         Assert.True(after.Value("featureflow_kv_token_budget") > 0);

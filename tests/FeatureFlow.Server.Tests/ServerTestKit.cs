@@ -20,7 +20,12 @@ public static class ServerTestKit
     {
         var source = ModelFolder.Open(RepoPaths.Stories260kModel);
         var graphs = source.Manifest.Graphs;
-        foreach (var file in new[] { ModelManifest.FileName, graphs.Hooked, graphs.Plain, graphs.Batched!, source.Manifest.Tokenizer.File })
+        string[] files =
+        [
+            ModelManifest.FileName, graphs.Hooked, graphs.Plain, graphs.Batched!, graphs.BatchedPlain!,
+            source.Manifest.Tokenizer.File,
+        ];
+        foreach (var file in files)
             File.Copy(Path.Combine(source.Directory, file), Path.Combine(folder, file));
         return source.Manifest;
     }

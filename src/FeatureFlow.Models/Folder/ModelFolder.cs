@@ -17,6 +17,9 @@ public sealed class ModelFolder
     public string PlainGraphPath => Path.Combine(Directory, Manifest.Graphs.Plain);
     /// <summary>The shared-KV-buffer hooked graph; null when the folder has none.</summary>
     public string? BatchedGraphPath => Manifest.Graphs.Batched is { } file ? Path.Combine(Directory, file) : null;
+    /// <summary>The shared-KV-buffer graph without hooks; null when the folder has none.</summary>
+    public string? BatchedPlainGraphPath =>
+        Manifest.Graphs.BatchedPlain is { } file ? Path.Combine(Directory, file) : null;
     public string TokenizerPath => Path.Combine(Directory, Manifest.Tokenizer.File);
 
     public static ModelFolder Open(string directory)
@@ -27,7 +30,8 @@ public sealed class ModelFolder
             throw new FileNotFoundException($"no model folder at {full}: {ModelManifest.FileName} is missing (run `featureflow export` to create one)", manifestPath);
         var manifest = ModelManifest.Parse(File.ReadAllText(manifestPath), manifestPath);
         var folder = new ModelFolder(full, manifest);
-        string?[] needed = [folder.HookedGraphPath, folder.TokenizerPath, folder.BatchedGraphPath];
+        string?[] needed =
+            [folder.HookedGraphPath, folder.TokenizerPath, folder.BatchedGraphPath, folder.BatchedPlainGraphPath];
         foreach (var path in needed.OfType<string>())
             if (!File.Exists(path)) throw new FileNotFoundException($"model folder {full}: {Path.GetFileName(path)} named in the manifest is missing", path);
         return folder;

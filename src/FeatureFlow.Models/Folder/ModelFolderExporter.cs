@@ -21,15 +21,16 @@ public sealed record Llama2cExportRequest
 
 /// <summary>
 /// <c>featureflow export</c> for llama2.c checkpoints: writes the hooked graph, the plain graph, the
-/// hooked graph with a shared KV buffer (continuous batching),
-/// the tokenizer, <c>genai_config.json</c> and the manifest. Output is a pure function of the inputs,
-/// so re-running it on the same sources reproduces committed folders byte for byte.
+/// hooked graph with a shared KV buffer (continuous batching) and the same without hooks (batched steps that
+/// steer and read out nothing), the tokenizer, <c>genai_config.json</c> and the manifest. Output is a pure
+/// function of the inputs, so re-running it on the same sources reproduces committed folders byte for byte.
 /// </summary>
 public static class ModelFolderExporter
 {
     public const string HookedGraphFile = "decoder_hooked.onnx";
     public const string PlainGraphFile = "decoder.onnx";
     public const string BatchedGraphFile = "decoder_hooked_batched.onnx";
+    public const string BatchedPlainGraphFile = "decoder_batched.onnx";
     public const string ExporterVersion = "featureflow export 0.1";
 
     public static ModelManifest ExportLlama2c(Llama2cExportRequest request, Action<string>? progress = null)
@@ -56,6 +57,9 @@ public static class ModelFolderExporter
         var batched = hooked with { KvLayout = KvCacheLayout.SharedBuffer };
         Write(BatchedGraphFile,
             OnnxModelFile.Serialize(LlamaGraphExporter.Export(arch, checkpoint.Weights, batched, request.ModelName)));
+        var batchedPlain = batched with { Hooks = false, SiteOutputs = false };
+        Write(BatchedPlainGraphFile, OnnxModelFile.Serialize(
+            LlamaGraphExporter.Export(arch, checkpoint.Weights, batchedPlain, request.ModelName)));
 
         var tokenizerFile = Path.GetFileName(request.TokenizerPath);
         var checkpointFile = Path.GetFileName(request.CheckpointPath);
@@ -72,7 +76,7 @@ public static class ModelFolderExporter
             Name = request.ModelName,
             Architecture = arch,
             Tokenizer = new TokenizerEntry("llama2c", tokenizerFile, tokenizer.BosId, tokenizer.EosId),
-            Graphs = new GraphEntry(HookedGraphFile, PlainGraphFile, BatchedGraphFile),
+            Graphs = new GraphEntry(HookedGraphFile, PlainGraphFile, BatchedGraphFile, BatchedPlainGraphFile),
             Steering = new SteeringLayout(hooked.SlotsPerSite, Site.All(arch.Layers).Select(s => s.HookName).ToArray(), hooked.SiteOutputs),
             Provenance = new Provenance(request.Description, request.License,
                 new SourceFile(checkpointFile, checkpoint.Sha256),

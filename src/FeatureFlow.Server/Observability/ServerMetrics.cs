@@ -32,6 +32,8 @@ public sealed class ServerMetrics
         var kvReserved = factory.CreateGauge("featureflow_kv_tokens_reserved", "Tokens reserved by running rows (prompt + max_tokens).");
         var kvBudget = factory.CreateGauge("featureflow_kv_token_budget", "The KV token budget.");
         var steps = factory.CreateGauge("featureflow_decode_steps", "Decode steps run (a counter read from the engine).");
+        var plainSteps = factory.CreateGauge("featureflow_plain_decode_steps",
+            "Decode steps that ran the graph without hooks: no row steered or read a site out (a counter).");
         var rows = factory.CreateGauge("featureflow_decode_rows", "Rows summed over decode steps; rate(rows) / rate(steps) is the batch size.");
         Registry.AddBeforeCollectCallback(() =>
         {
@@ -43,6 +45,7 @@ public sealed class ServerMetrics
             kvReserved.Set(f.KvTokensReserved);
             kvBudget.Set(f.KvTokenBudget);
             steps.Set(f.DecodeSteps);
+            plainSteps.Set(f.PlainDecodeSteps);
             rows.Set(f.DecodeRows);
         });
         engine.TokenTimed += (first, seconds) =>
