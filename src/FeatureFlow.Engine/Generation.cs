@@ -47,6 +47,16 @@ public sealed record GenerationUpdate(string Text, IReadOnlyList<int> TokenIds, 
     public IReadOnlyList<float[]> SiteValues { get; init; } = [];
     /// <summary>Per token, the request's TopLogProbs most likely tokens and their log-probabilities, most likely first.</summary>
     public IReadOnlyList<TokenLogProb[]> TopLogProbs { get; init; } = [];
+
+    /// <summary>Consecutive updates as one: texts and per-token lists joined, the last finish reason and usage kept.</summary>
+    public static GenerationUpdate Merge(IReadOnlyList<GenerationUpdate> updates) => updates.Count == 1 ? updates[0] :
+        new GenerationUpdate(string.Concat(updates.Select(u => u.Text)), updates.SelectMany(u => u.TokenIds).ToArray(),
+            updates[^1].Finish, updates[^1].Usage)
+        {
+            LogProbs = updates.SelectMany(u => u.LogProbs).ToArray(),
+            SiteValues = updates.SelectMany(u => u.SiteValues).ToArray(),
+            TopLogProbs = updates.SelectMany(u => u.TopLogProbs).ToArray(),
+        };
 }
 
 public readonly record struct TokenLogProb(int Token, float LogProb);

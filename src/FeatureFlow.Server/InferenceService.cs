@@ -21,7 +21,8 @@ public sealed class InferenceService(GenerationEngine engine, SteeringCatalog ca
         var tokens = 0;
         try
         {
-            await foreach (var update in generation.ReadAllAsync(ct))
+            // Tokens that piled up while the previous message was being written go out together in the next one.
+            await foreach (var update in generation.ReadCoalescedAsync(ct))
             {
                 var response = RequestMapper.ToApi(update, submitted.Readout);
                 if (first) (response.RequestId, response.ExperimentArm) = (submitted.RequestId, submitted.Arm ?? "");

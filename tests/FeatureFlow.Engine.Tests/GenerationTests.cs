@@ -137,6 +137,33 @@ public class GenerationTests(EngineFixture f) : IClassFixture<EngineFixture>
         Assert.Equal((0, 0, 0L), (figures.RunningRows, figures.QueuedRequests, figures.KvTokensReserved));
     }
 
+    [Fact]
+    public async Task A_reader_that_falls_behind_gets_the_same_tokens_in_fewer_coalesced_updates()
+    {
+        var request = new GenerationRequest { PromptIds = [1], MaxTokens = 60, Sampling = new SamplingOptions { Temperature = 1f, Seed = 8 } };
+        var each = await f.Engine.CollectAsync(request);
+        using var generation = f.Engine.Submit(request);
+        var ids = new List<int>();
+        var logProbs = new List<float>();
+        var text = new System.Text.StringBuilder();
+        var updates = 0;
+        GenerationUpdate? last = null;
+        await foreach (var u in generation.ReadCoalescedAsync())
+        {
+            if (updates++ == 0) await Task.Delay(100); // the model runs ahead meanwhile
+            ids.AddRange(u.TokenIds);
+            logProbs.AddRange(u.LogProbs);
+            text.Append(u.Text);
+            last = u;
+        }
+        Assert.Equal(each.Ids, ids);
+        Assert.Equal(each.Text, text.ToString());
+        Assert.Equal(ids.Count, logProbs.Count);
+        Assert.Equal(each.Last.Finish, last!.Finish);
+        Assert.Equal(each.Last.Usage, last.Usage);
+        Assert.True(updates < ids.Count, $"{updates} updates for {ids.Count} tokens: nothing was coalesced");
+    }
+
     /// <summary>
     /// Runs <paramref name="act"/> (given the engine's count of generated tokens, read when it likes) and
     /// returns the engine's record of the generation it started, and what <paramref name="act"/> returned.
