@@ -91,6 +91,7 @@ public sealed class ServerHost : IAsyncDisposable
         app.MapGrpcReflectionService();
         OpenAi.OpenAiEndpoints.Map(app);
         Http.UiApi.Map(app);
+        Http.Playground.Map(app);
         app.MapGet("/healthz", () => Results.Text("ok"));
         var metrics = app.Services.GetRequiredService<Observability.ServerMetrics>();
         // HTTP API calls by route and status (gRPC calls are counted by the interceptor).
