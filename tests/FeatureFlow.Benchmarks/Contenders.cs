@@ -1,0 +1,168 @@
+using System.Diagnostics;
+using FeatureFlow.Engine;
+using FeatureFlow.Steering;
+using LLama;
+using LLama.Common;
+using LLama.Native;
+using Microsoft.ML.OnnxRuntimeGenAI;
+
+namespace FeatureFlow.Benchmarks;
+
+/// <summary>
+/// One greedy single-stream generation, timed from the request to its first token and to its last.
+/// <see cref="ModelMsPerStep"/> and <see cref="AllocatedBytesPerToken"/> come from our engine's figures only.
+/// </summary>
+public sealed record RunResult(IReadOnlyList<int> Tokens, double FirstTokenSeconds, double TotalSeconds,
+    double? ModelMsPerStep = null, double? AllocatedBytesPerToken = null)
+{
+    /// <summary>Decode rate: the tokens after the first over the time after the first (prefill excluded).</summary>
+    public double DecodeTokensPerSecond => (Tokens.Count - 1) / (TotalSeconds - FirstTokenSeconds);
+}
+
+/// <summary>An engine under test: greedy decoding of up to maxTokens after promptIds (BOS included, used verbatim).</summary>
+public interface IContender : IDisposable
+{
+    string Name { get; }
+    Task<RunResult> RunAsync(int[] promptIds, int maxTokens);
+}
+
+/// <summary>Our in-process <see cref="GenerationEngine"/>, unsteered or with one steering spec on every token.</summary>
+public sealed class OursContender(string name, GenerationEngine engine, SteeringSpec steering) : IContender
+{
+    public string Name { get; } = name;
+
+    public async Task<RunResult> RunAsync(int[] promptIds, int maxTokens)
+    {
+        var request = new GenerationRequest
+        {
+            PromptIds = promptIds,
+            MaxTokens = maxTokens,
+            Sampling = new SamplingOptions { Temperature = 0f },
+            Steering = steering,
+        };
+        var before = engine.Figures();
+        var tokens = new List<int>(maxTokens);
+        var clock = Stopwatch.StartNew();
+        double first = 0;
+        await foreach (var update in engine.GenerateAsync(request))
+        {
+            if (tokens.Count == 0 && update.TokenIds.Count > 0) first = clock.Elapsed.TotalSeconds;
+            tokens.AddRange(update.TokenIds);
+        }
+        var total = clock.Elapsed.TotalSeconds;
+        var after = engine.Figures();
+        var steps = Math.Max(1, after.DecodeSteps - before.DecodeSteps);
+        return new RunResult(tokens, first, total,
+            1000 * (after.DecodeModelSeconds - before.DecodeModelSeconds) / steps,
+            (after.DecodeAllocatedBytes - before.DecodeAllocatedBytes) / (double)steps);
+    }
+
+    public void Dispose() { }
+}
+
+/// <summary>
+/// ONNX Runtime GenAI's own generation loop over the folder's plain decoder.onnx (genai_config.json), on one
+/// intra-op thread like our engine. A Generator is GenAI's per-request state, so making it is timed.
+/// </summary>
+public sealed class GenAiContender : IContender
+{
+    private readonly Config _config;
+    private readonly Model _model;
+    private readonly int _bos;
+    private readonly int _eos;
+
+    public GenAiContender(string modelDirectory, int bos, int eos)
+    {
+        _config = new Config(modelDirectory);
+        _config.Overlay("""{"model":{"decoder":{"session_options":{"intra_op_num_threads":1}}}}""");
+        _model = new Model(_config);
+        (_bos, _eos) = (bos, eos);
+    }
+
+    public string Name => "ONNX Runtime GenAI 0.18 (decoder.onnx, 1 thread)";
+
+    public Task<RunResult> RunAsync(int[] promptIds, int maxTokens)
+    {
+        var tokens = new List<int>(maxTokens);
+        var clock = Stopwatch.StartNew();
+        double first = 0;
+        using (var parameters = new GeneratorParams(_model))
+        {
+            parameters.SetSearchOption("do_sample", false);
+            parameters.SetSearchOption("max_length", promptIds.Length + maxTokens);
+            using var generator = new Generator(_model, parameters);
+            generator.AppendTokens(promptIds);
+            while (!generator.IsDone())
+            {
+                generator.GenerateNextToken();
+                var next = generator.GetNextTokens()[0];
+                if (tokens.Count == 0) first = clock.Elapsed.TotalSeconds;
+                // Our engine and llama2.c's run.c end a story at BOS as well as EOS; GenAI only at EOS.
+                if (next == _bos || next == _eos) break;
+                tokens.Add(next);
+            }
+        }
+        return Task.FromResult(new RunResult(tokens, first, clock.Elapsed.TotalSeconds));
+    }
+
+    public void Dispose()
+    {
+        _model.Dispose();
+        _config.Dispose();
+    }
+}
+
+/// <summary>
+/// llama.cpp through LLamaSharp on the same weights as GGUF: greedy, one thread, our token ids fed verbatim. The
+/// context (llama.cpp's KV cache) is made before the clock starts, as our engine's cache is made at start-up.
+/// </summary>
+public sealed class LlamaCppContender : IContender
+{
+    private readonly ModelParams _params;
+    private readonly LLamaWeights _weights;
+    private readonly int _bos;
+    private readonly int _eos;
+
+    public LlamaCppContender(string ggufPath)
+    {
+        // Only llama.cpp's errors are worth showing; its info lines would bury the table.
+        NativeLogConfig.llama_log_set((level, message) =>
+        {
+            if (level == LLamaLogLevel.Error) Console.Error.Write(message);
+        });
+        _params = new ModelParams(ggufPath) { ContextSize = 512, GpuLayerCount = 0, Threads = 1, BatchThreads = 1 };
+        _weights = LLamaWeights.LoadFromFile(_params);
+        _bos = (int)_weights.Vocab.BOS!.Value;
+        _eos = (int)_weights.Vocab.EOS!.Value;
+    }
+
+    public string Name => "llama.cpp via LLamaSharp 0.30 (GGUF, 1 thread)";
+
+    public Task<RunResult> RunAsync(int[] promptIds, int maxTokens)
+    {
+        using var context = _weights.CreateContext(_params);
+        using var sampler = SafeLLamaSamplerChainHandle.Create(LLamaSamplerChainParams.Default());
+        sampler.AddGreedySampler();
+        var handle = context.NativeHandle;
+        var batch = new LLamaBatch();
+        var tokens = new List<int>(maxTokens);
+        var clock = Stopwatch.StartNew();
+        double first = 0;
+        for (var i = 0; i < promptIds.Length; i++)
+            batch.Add(promptIds[i], i, LLamaSeqId.Zero, logits: i == promptIds.Length - 1);
+        for (var position = promptIds.Length; tokens.Count < maxTokens; position++)
+        {
+            var result = handle.Decode(batch);
+            if (result != DecodeResult.Ok) throw new InvalidOperationException($"llama_decode failed: {result}");
+            var next = (int)sampler.Sample(handle, -1);
+            if (tokens.Count == 0) first = clock.Elapsed.TotalSeconds;
+            if (next == _bos || next == _eos) break;
+            tokens.Add(next);
+            batch.Clear();
+            batch.Add(next, position, LLamaSeqId.Zero, true);
+        }
+        return Task.FromResult(new RunResult(tokens, first, clock.Elapsed.TotalSeconds));
+    }
+
+    public void Dispose() => _weights.Dispose();
+}
