@@ -30,8 +30,14 @@ public enum FinishReason
     Error,
 }
 
-/// <summary>A generation that could not continue; the other rows of its batch are unaffected.</summary>
-public sealed class GenerationFailedException(string message) : Exception(message);
+/// <summary>
+/// A generation that could not continue; the other rows of its batch are unaffected. <see cref="Code"/> says why,
+/// in the form API error codes take.
+/// </summary>
+public sealed class GenerationFailedException(string message, string code = "generation_failed") : Exception(message)
+{
+    public string Code { get; } = code;
+}
 
 /// <summary>A generation ended because the server is shutting down and its drain time ran out.</summary>
 public sealed class EngineShutdownException(string message) : Exception(message);

@@ -69,7 +69,7 @@ internal sealed class Sequence
         if (!float.IsFinite(logSumExp))
         {
             Abort(FinishReason.Error, new GenerationFailedException(
-                $"generation stopped after {Completion} tokens: the logits became non-finite (the steering drove the activations out of range)"));
+                $"generation stopped after {Completion} tokens: the logits became non-finite (the steering drove the activations out of range)", "non_finite_logits"));
             return true;
         }
         // The sampler works in place on a copy: the log-probability is of the model's own distribution.

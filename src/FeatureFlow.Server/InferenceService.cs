@@ -32,14 +32,10 @@ public sealed class InferenceService(GenerationEngine engine, SteeringCatalog ca
             }
             pipeline.Finished(submitted, tokens);
         }
-        catch (GenerationFailedException e)
+        catch (Exception e) when (e is GenerationFailedException or EngineShutdownException)
         {
-            logger.LogWarning("generation {Id}: {Reason}", generation.Id, e.Message);
-            throw new RpcException(new Status(StatusCode.Internal, e.Message));
-        }
-        catch (EngineShutdownException e)
-        {
-            throw new RpcException(new Status(StatusCode.Unavailable, e.Message));
+            if (e is GenerationFailedException) logger.LogWarning("generation {Id}: {Reason}", generation.Id, e.Message);
+            throw Refusal.Of(e)!.ToRpc(context);
         }
         catch (Exception e) when (e is not OperationCanceledException and not RpcException)
         {
@@ -102,28 +98,7 @@ public sealed class InferenceService(GenerationEngine engine, SteeringCatalog ca
     }
 
     /// <summary>A refusal or failure as the gRPC status that says why (unknown failures rethrown as they are).</summary>
-    private static Exception ToRpc(Exception e, ServerCallContext context)
-    {
-        switch (e)
-        {
-            case PackNotFoundException or ExperimentNotFoundException:
-                return new RpcException(new Status(StatusCode.NotFound, e.Message));
-            case FieldValidationException or InvalidDataException:
-                return new RpcException(new Status(StatusCode.InvalidArgument, e.Message));
-            case EngineOverloadedException o:
-                // gRPC's retry pushback: clients that retry wait this long; others read it from the message.
-                context.ResponseTrailers.Add("grpc-retry-pushback-ms", ((long)o.RetryAfter.TotalMilliseconds).ToString(System.Globalization.CultureInfo.InvariantCulture));
-                return new RpcException(new Status(StatusCode.ResourceExhausted, $"{o.Limit}: {o.Message}"));
-            case ObjectDisposedException:
-                return new RpcException(new Status(StatusCode.Unavailable, "the server is shutting down"));
-            case EngineShutdownException:
-                return new RpcException(new Status(StatusCode.Unavailable, e.Message));
-            case GenerationFailedException:
-                return new RpcException(new Status(StatusCode.Internal, e.Message));
-            default:
-                return e;
-        }
-    }
+    private static Exception ToRpc(Exception e, ServerCallContext context) => Refusal.Of(e)?.ToRpc(context) ?? e;
 
     public override Task<ModelInfo> GetModelInfo(GetModelInfoRequest request, ServerCallContext context) => Task.FromResult(ModelInfo());
 

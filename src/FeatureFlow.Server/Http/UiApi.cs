@@ -50,14 +50,14 @@ public static class UiApi
         {
             await service.RunCompare(request, stream, Security.Caller.Of(http), http.RequestAborted);
         }
-        catch (Exception e) when (!http.Response.HasStarted && OpenAiEndpoints.Refusal(e) is { } refusal)
+        catch (Exception e) when (!http.Response.HasStarted && Refusal.Of(e) is { } refusal)
         {
-            await OpenAiEndpoints.Error(http, refusal.Status, refusal.Message, refusal.Param, refusal.Code);
+            await OpenAiEndpoints.Error(http, refusal);
             return;
         }
-        catch (Exception e) when (e is not OperationCanceledException && OpenAiEndpoints.Refusal(e) is { } refusal)
+        catch (Exception e) when (e is not OperationCanceledException && Refusal.Of(e) is { } refusal)
         {
-            await stream.Send(OpenAiEndpoints.ErrorObject(refusal.Message, refusal.Param, refusal.Code, refusal.Status).ToJsonString());
+            await stream.Send(OpenAiEndpoints.ErrorObject(refusal.Message, refusal.Param, refusal.Code, refusal.Http).ToJsonString());
         }
         await stream.Send("[DONE]");
     }

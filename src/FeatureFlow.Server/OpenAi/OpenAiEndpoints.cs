@@ -53,11 +53,9 @@ public static class OpenAiEndpoints
                 throw new PackNotFoundException("model", $"model '{model}' is not served here (serving '{engine.Folder.Manifest.Name}')");
             submitted = pipeline.Submit(request.Generate, Security.Caller.Of(http), request.N);
         }
-        catch (Exception e) when (Refusal(e) is { } refusal)
+        catch (Exception e) when (Refusal.Of(e) is { } refusal)
         {
-            if (e is EngineOverloadedException overloaded)
-                http.Response.Headers.RetryAfter = Math.Ceiling(overloaded.RetryAfter.TotalSeconds).ToString(System.Globalization.CultureInfo.InvariantCulture);
-            await Error(http, refusal.Status, refusal.Message, refusal.Param, refusal.Code);
+            await Error(http, refusal);
             return;
         }
         using (submitted)
@@ -69,13 +67,9 @@ public static class OpenAiEndpoints
                 if (request.Stream) await completion.StreamAsync(http);
                 else await completion.RespondAsync(http);
             }
-            catch (GenerationFailedException e) when (!http.Response.HasStarted)
+            catch (Exception e) when (!http.Response.HasStarted && e is GenerationFailedException or EngineShutdownException)
             {
-                await Error(http, 500, e.Message, null, "non_finite_logits");
-            }
-            catch (EngineShutdownException e) when (!http.Response.HasStarted)
-            {
-                await Error(http, 503, e.Message, null, "server_shutting_down");
+                await Error(http, Refusal.Of(e)!);
             }
             catch (OperationCanceledException) when (http.RequestAborted.IsCancellationRequested)
             {
@@ -83,20 +77,6 @@ public static class OpenAiEndpoints
             }
         }
     }
-
-    internal sealed record RefusalInfo(int Status, string Message, string? Param, string Code);
-
-    /// <summary>How a refused request is answered on HTTP (null: not a refusal, a server error).</summary>
-    internal static RefusalInfo? Refusal(Exception e) => e switch
-    {
-        PackNotFoundException or ExperimentNotFoundException => new(404, e.Message, ((FieldValidationException)e).Field, "not_found"),
-        FieldValidationException f => new(400, e.Message, f.Field, "invalid_value"),
-        EngineOverloadedException o => new(429, $"{o.Limit}: {o.Message}", null, "rate_limit_exceeded"),
-        ObjectDisposedException => new(503, "the server is shutting down", null, "unavailable"),
-        EngineShutdownException => new(503, e.Message, null, "server_shutting_down"),
-        GenerationFailedException => new(500, e.Message, null, "generation_failed"),
-        _ => null,
-    };
 
     /// <summary>The request body as JSON, or null after answering 400 for malformed JSON.</summary>
     internal static async Task<JsonDocument?> ReadBody(HttpContext http)
@@ -125,6 +105,14 @@ public static class OpenAiEndpoints
             await Error(http, 413, $"the request body exceeds max_request_body_bytes {limit}", "body", "request_too_large");
             return null;
         }
+    }
+
+    /// <summary>A refusal as an OpenAI error object, with Retry-After when it has a retry hint.</summary>
+    public static Task Error(HttpContext http, Refusal refusal)
+    {
+        if (refusal.RetryAfter is { } retry)
+            http.Response.Headers.RetryAfter = Math.Ceiling(retry.TotalSeconds).ToString(System.Globalization.CultureInfo.InvariantCulture);
+        return Error(http, refusal.Http, refusal.Message, refusal.Param, refusal.Code);
     }
 
     public static Task Error(HttpContext http, int status, string message, string? param, string code)
@@ -224,8 +212,8 @@ public static class OpenAiEndpoints
             catch (Exception e) when (e is GenerationFailedException or EngineShutdownException)
             {
                 // Headers are gone: the error travels as an event, in OpenAI's error shape, before [DONE].
-                var (code, status) = e is EngineShutdownException ? ("server_shutting_down", 503) : ("non_finite_logits", 500);
-                await Send(http, ErrorObject(e.Message, null, code, status).ToJsonString());
+                var refusal = Refusal.Of(e)!;
+                await Send(http, ErrorObject(refusal.Message, refusal.Param, refusal.Code, refusal.Http).ToJsonString());
             }
             if (request.IncludeUsage)
             {
