@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Globalization;
 using System.Net;
 using System.Net.Http.Json;
@@ -32,28 +31,8 @@ public static class Browser
             $"chromium is not installed at {Chromium}: run `apt-get install -y chromium` (as .ci/run does) or set FEATUREFLOW_CHROMIUM to a Chromium binary");
         Assert.True(Directory.Exists(Path.Combine(Folder, "node_modules", "playwright-core")),
             $"playwright-core is not installed: run `npm ci --prefix {Path.Combine("tests", "browser")}` (as .ci/run does)");
-        var start = new ProcessStartInfo("node", [Path.Combine(Folder, "playground.test.mjs"), .. arguments, "--out", Screenshots])
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            WorkingDirectory = RepoPaths.Root,
-        };
-        start.Environment["FEATUREFLOW_CHROMIUM"] = Chromium;
-        using var node = Process.Start(start)!;
-        var output = node.StandardOutput.ReadToEndAsync();
-        var errors = node.StandardError.ReadToEndAsync();
-        try
-        {
-            await node.WaitForExitAsync().WaitAsync(TimeSpan.FromMinutes(4));
-        }
-        catch (TimeoutException)
-        {
-            node.Kill(entireProcessTree: true);
-            throw new TimeoutException($"the browser test ran over 4 minutes: {await errors}");
-        }
-        var stderr = await errors;
-        Assert.True(node.ExitCode == 0, $"the browser test exited {node.ExitCode}:\n{stderr}\n{await output}");
-        return JsonDocument.Parse(await output).RootElement;
+        return await ServerTestKit.RunNodeScriptAsync(Path.Combine(Folder, "playground.test.mjs"), [.. arguments, "--out", Screenshots],
+            TimeSpan.FromMinutes(4), new Dictionary<string, string> { ["FEATUREFLOW_CHROMIUM"] = Chromium });
     }
 
     public static string Text(this JsonElement e, string property) => e.GetProperty(property).GetString()!;

@@ -1,5 +1,3 @@
-using System.Diagnostics;
-using System.Text.Json;
 
 namespace FeatureFlow.Server.Tests;
 
@@ -15,18 +13,7 @@ public class OpenAiClientTests(HttpServerFixture f) : IClassFixture<HttpServerFi
         var folder = Path.Combine(RepoPaths.Root, "tests", "openai-client");
         Assert.True(Directory.Exists(Path.Combine(folder, "node_modules", "openai")),
             $"the openai npm client is not installed: run `npm ci --prefix {folder}` (the README's test command does)");
-        var start = new ProcessStartInfo("node", [Path.Combine(folder, "test.mjs"), f.Host.HttpAddress + "/v1"])
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-        };
-        using var node = Process.Start(start)!;
-        var output = node.StandardOutput.ReadToEndAsync();
-        var errors = node.StandardError.ReadToEndAsync();
-        await node.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(60));
-        Assert.True(node.ExitCode == 0, $"node exited {node.ExitCode}: {await errors}");
-
-        var result = JsonDocument.Parse(await output).RootElement;
+        var result = await ServerTestKit.RunNodeScriptAsync(Path.Combine(folder, "test.mjs"), [f.Host.HttpAddress + "/v1"], TimeSpan.FromSeconds(60));
         var plain = result.GetProperty("plain");
         var steered = result.GetProperty("steered");
         var whole = result.GetProperty("whole");

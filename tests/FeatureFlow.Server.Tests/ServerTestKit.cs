@@ -15,6 +15,36 @@ public static class ServerTestKit
         return ids;
     }
 
+    /// <summary>
+    /// Runs a node script (working directory: the repository) and returns the JSON object it printed; fails with its
+    /// stderr when it exits non-zero, and kills it when it runs over <paramref name="timeout"/>.
+    /// </summary>
+    public static async Task<System.Text.Json.JsonElement> RunNodeScriptAsync(string script, IEnumerable<string> arguments,
+        TimeSpan timeout, IReadOnlyDictionary<string, string>? environment = null)
+    {
+        var start = new System.Diagnostics.ProcessStartInfo("node", [script, .. arguments])
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            WorkingDirectory = RepoPaths.Root,
+        };
+        foreach (var (name, value) in environment ?? new Dictionary<string, string>()) start.Environment[name] = value;
+        using var node = System.Diagnostics.Process.Start(start)!;
+        var output = node.StandardOutput.ReadToEndAsync();
+        var errors = node.StandardError.ReadToEndAsync();
+        try
+        {
+            await node.WaitForExitAsync().WaitAsync(timeout);
+        }
+        catch (TimeoutException)
+        {
+            node.Kill(entireProcessTree: true);
+            throw new TimeoutException($"{Path.GetFileName(script)} ran over {timeout.TotalSeconds:0} s: {await errors}");
+        }
+        Assert.True(node.ExitCode == 0, $"{Path.GetFileName(script)} exited {node.ExitCode}:\n{await errors}\n{await output}");
+        return System.Text.Json.JsonDocument.Parse(await output).RootElement;
+    }
+
     /// <summary>The shipped model's manifest, graphs and tokenizer (no packs or SAEs) in <paramref name="folder"/>.</summary>
     public static ModelManifest CopyShippedModel(string folder)
     {
