@@ -1,4 +1,3 @@
-using System.Threading.Channels;
 using FeatureFlow.Api.V1;
 using FeatureFlow.Engine;
 using Grpc.Core;
@@ -23,32 +22,20 @@ public static class CompareRunner
         FeatureReadoutPlan readout, IServerStreamWriter<CompareResponse> stream, SequenceScorer scorer, CancellationToken ct)
     {
         var states = arms.Select(_ => new ArmState(readout.Watched.Count)).ToArray();
-        // One writer at a time on the gRPC stream: the arms' readers hand their messages to this channel.
-        var messages = Channel.CreateUnbounded<CompareResponse>(new UnboundedChannelOptions { SingleReader = true });
-        var readers = generations.Select((g, arm) => Task.Run(async () =>
+        await RowStreams.InterleaveAsync(generations, (arm, update) =>
         {
             var state = states[arm];
-            try
-            {
-                await foreach (var update in g.ReadAllAsync(ct).ConfigureAwait(false))
-                {
-                    state.Tokens.AddRange(update.TokenIds);
-                    state.LogProbSum += update.LogProbs.Sum(p => (double)p);
-                    state.Finish = update.Finish ?? state.Finish;
-                    messages.Writer.TryWrite(new CompareResponse { Arm = arm, Update = RequestMapper.ToApi(update, readout, state.WatchedSums) });
-                }
-            }
-            catch (GenerationFailedException)
-            {
-                // One arm whose activations overflowed ends there; its summary says so and the others go on.
-                state.Finish = Engine.FinishReason.Error;
-            }
-        }, ct)).ToArray();
-        var all = Task.WhenAll(readers);
-        _ = all.ContinueWith(t => messages.Writer.TryComplete(t.Exception?.InnerException), TaskScheduler.Default);
-        await foreach (var message in messages.Reader.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
-            await stream.WriteAsync(message, ct).ConfigureAwait(false);
-        await all.ConfigureAwait(false);
+            state.Tokens.AddRange(update.TokenIds);
+            state.LogProbSum += update.LogProbs.Sum(p => (double)p);
+            state.Finish = update.Finish ?? state.Finish;
+            return new CompareResponse { Arm = arm, Update = RequestMapper.ToApi(update, readout, state.WatchedSums) };
+        }, message => stream.WriteAsync(message, ct), ct, (arm, e) =>
+        {
+            // One arm whose activations overflowed ends there; its summary says so and the others go on.
+            if (e is not GenerationFailedException) return false;
+            states[arm].Finish = Engine.FinishReason.Error;
+            return true;
+        });
 
         var prompt = arms[0].Request.PromptIds;
         return await Task.Run(() => states.Select((s, arm) =>

@@ -185,28 +185,20 @@ public static class OpenAiEndpoints
         {
             http.Response.ContentType = "text/event-stream";
             http.Response.Headers.CacheControl = "no-cache";
-            var events = System.Threading.Channels.Channel.CreateUnbounded<JsonObject>();
-            var readers = submitted.Rows.Select((row, index) => Task.Run(async () =>
-            {
-                var offset = 0;
-                await foreach (var u in row.ReadAllAsync(http.RequestAborted))
-                {
-                    var logprobs = new LogprobsBuilder(engine, request.Logprobs);
-                    logprobs.Add(u, offset);
-                    offset += u.Text.Length;
-                    lock (this) Count(u);
-                    events.Writer.TryWrite(Envelope(new JsonArray(new JsonObject
-                    {
-                        ["text"] = u.Text, ["index"] = index, ["logprobs"] = logprobs.Build(), ["finish_reason"] = Finish(u),
-                    })));
-                }
-            })).ToArray();
-            var all = Task.WhenAll(readers);
-            _ = all.ContinueWith(t => events.Writer.TryComplete(t.Exception?.InnerException), TaskScheduler.Default);
+            var offsets = new int[submitted.Rows.Count];
             try
             {
-                await foreach (var chunk in events.Reader.ReadAllAsync(http.RequestAborted)) await Send(http, chunk.ToJsonString());
-                await all;
+                await RowStreams.InterleaveAsync(submitted.Rows, (index, u) =>
+                {
+                    var logprobs = new LogprobsBuilder(engine, request.Logprobs);
+                    logprobs.Add(u, offsets[index]);
+                    offsets[index] += u.Text.Length;
+                    lock (this) Count(u);
+                    return Envelope(new JsonArray(new JsonObject
+                    {
+                        ["text"] = u.Text, ["index"] = index, ["logprobs"] = logprobs.Build(), ["finish_reason"] = Finish(u),
+                    }));
+                }, chunk => Send(http, chunk.ToJsonString()), http.RequestAborted);
                 pipeline.Finished(submitted, _completionTokens);
             }
             catch (Exception e) when (e is GenerationFailedException or EngineShutdownException)
