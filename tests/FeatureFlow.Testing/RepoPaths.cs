@@ -6,6 +6,9 @@ public static class RepoPaths
     public static string Root { get; } = FindRoot();
     public static string Stories260kModel => Path.Combine(Root, "models", "stories260k");
     public static string Stories260kFixtures => Path.Combine(Root, "tests", "fixtures", "stories260k");
+    /// <summary>Third-party ONNX exports (onnxruntime-genai's fused GPT-2, a torch.onnx GPT-2); see its NOTICE.md.</summary>
+    public static string GenAiTinyGpt2 => Path.Combine(Root, "tests", "fixtures", "onnx-exports", "genai-tiny-random-gpt2");
+    public static string TorchTinyGpt2 => Path.Combine(Root, "tests", "fixtures", "onnx-exports", "torch-tiny-gpt2");
 
     private static string FindRoot()
     {
