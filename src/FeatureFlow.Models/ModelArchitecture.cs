@@ -1,14 +1,41 @@
 namespace FeatureFlow.Models;
 
-public enum NormKind { RmsNorm }
+/// <summary>How a block normalises the residual stream before attention and the MLP.</summary>
+public enum NormKind
+{
+    /// <summary>x / rms(x) · w (Llama; Gemma scales by 1 + w).</summary>
+    RmsNorm,
+    /// <summary>(x − mean) / std · w + b (GPT-2).</summary>
+    LayerNorm,
+}
 
-public enum MlpKind { SwiGlu }
+/// <summary>The MLP's nonlinearity and whether it is gated.</summary>
+public enum MlpKind
+{
+    /// <summary>down(silu(gate(x)) · up(x)) (Llama).</summary>
+    SwiGlu,
+    /// <summary>proj(gelu_tanh(fc(x))) with biases (GPT-2's gelu_new).</summary>
+    Gelu,
+    /// <summary>down(gelu_tanh(gate(x)) · up(x)) (Gemma).</summary>
+    GeGlu,
+}
+
+/// <summary>How token positions enter the model.</summary>
+public enum PositionEmbedding
+{
+    /// <summary>Rotary embedding of queries and keys (<see cref="RotaryConvention"/>).</summary>
+    Rotary,
+    /// <summary>A learned table added to the token embedding (GPT-2's wpe).</summary>
+    Learned,
+}
 
 /// <summary>How rotary position embedding pairs up the channels of a head.</summary>
 public enum RotaryConvention
 {
     /// <summary>Pairs (2i, 2i+1), as llama2.c and Meta's original Llama code do.</summary>
     Interleaved,
+    /// <summary>Pairs (i, i + head_size/2) ("rotate_half"), as Hugging Face's Llama, GPT-NeoX and Gemma code do.</summary>
+    Half,
 }
 
 /// <summary>
@@ -28,6 +55,7 @@ public sealed record ModelArchitecture
     public NormKind Norm { get; init; } = NormKind.RmsNorm;
     public float NormEpsilon { get; init; } = 1e-5f;
     public MlpKind Mlp { get; init; } = MlpKind.SwiGlu;
+    public PositionEmbedding Positions { get; init; } = PositionEmbedding.Rotary;
     public RotaryConvention Rotary { get; init; } = RotaryConvention.Interleaved;
     public float RotaryTheta { get; init; } = 10000f;
     public bool TiedEmbeddings { get; init; } = true;

@@ -128,9 +128,7 @@ public static class LlamaGraphExporter
     {
         using var _ = g.Scope("rotary");
         var half = arch.HeadSize / 2;
-        // Computed in float32 exactly as run.c does: 1 / theta^(2i / head_size).
-        var freqs = new float[half];
-        for (var i = 0; i < half; i++) freqs[i] = 1.0f / MathF.Pow(arch.RotaryTheta, 2 * i / (float)arch.HeadSize);
+        var freqs = RotaryFrequencies.Inverse(arch);
         var pos = g.Op("Unsqueeze", [g.Op("Cast", [positionIds], Attr.Int("to", (long)DataType.Float)), g.ConstInt64(-1)]);
         var angles = g.Op("Mul", [pos, g.Initializer("rotary.inv_freq", freqs, half)]);
         var axes = g.ConstInt64(2, 4);
