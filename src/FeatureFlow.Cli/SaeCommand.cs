@@ -87,7 +87,7 @@ public static class SaeCommand
         var saes = SaesOption();
         var format = new Option<SaeSourceFormat>("--format") { Description = "SaeLens (cfg.json + sae_weights.safetensors), GemmaScope (params.npz) or Sparsify (cfg.json + sae.safetensors)", Required = true };
         var path = new Option<string>("--path") { Description = "the SAE folder (or params.npz)", Required = true };
-        var site = new Option<string?>("--site") { Description = "hook name the SAE reads (required for GemmaScope and Sparsify, which name hookpoints their own way)" };
+        var site = new Option<string?>("--site") { Description = "hook name the SAE reads (required for Sparsify; GemmaScope takes it from a release path …/gemma-scope-…-res|mlp/layer_N/…)" };
         var command = new Command("import", "Import a public SAE, check it against the model (site, d_model), and store it as a SAELens folder in the model's SAE folder.")
         {
             model, saes, format, path, site,
@@ -98,7 +98,7 @@ public static class SaeCommand
             var at = parse.GetValue(site) is { } hook ? Site.Parse(hook) : (Site?)null;
             var source = parse.GetValue(path)!;
             var sae = SaeImport.Read(parse.GetValue(format), source, at, folder.Manifest.Name);
-            Sae.SaeSet.Check(sae, folder.Manifest.Architecture, source);
+            Sae.SaeSet.Check(sae, folder.Manifest.Architecture, source, folder.Sites.ToHashSet());
             var target = Path.Combine(SaeDirectory(folder, parse.GetValue(saes)), sae.Site.HookName);
             SaeLensFormat.Write(sae, target);
             output.WriteLine($"imported {sae.Activation} SAE ({sae.DSae} features) at {sae.Site} into {target}");

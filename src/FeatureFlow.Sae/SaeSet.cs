@@ -46,12 +46,20 @@ public sealed class SaeSet
         return new SaeSet(directory, saes);
     }
 
-    public static void Check(SparseAutoencoder sae, ModelArchitecture architecture, string source)
+    /// <summary>
+    /// Refuses an SAE that cannot read the served model: another width, a layer past the last one, or (when the
+    /// model's hooked sites are given) a site the hooked graph does not carry.
+    /// </summary>
+    public static void Check(SparseAutoencoder sae, ModelArchitecture architecture, string source,
+        IReadOnlyCollection<Site>? servedSites = null)
     {
         if (sae.DIn != architecture.DModel)
             throw new InvalidDataException($"{source}: d_in {sae.DIn} does not match the model's d_model {architecture.DModel}");
         if (sae.Site.Layer >= architecture.Layers)
             throw new InvalidDataException($"{source}: {sae.Site} is past the model's {architecture.Layers} layers");
+        if (servedSites is not null && !servedSites.Contains(sae.Site))
+            throw new InvalidDataException($"{source}: {sae.Site} is not one of the model's hooked sites "
+                + $"({servedSites.Count} sites, {string.Join(", ", servedSites.Take(3))}, …)");
     }
 
     public SparseAutoencoder Get(Site site, string field) =>

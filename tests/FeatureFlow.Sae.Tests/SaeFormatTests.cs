@@ -161,6 +161,41 @@ public sealed class SaeFormatTests : IDisposable
         Assert.Equal(DecoderRows(), sae.Decoder);
     }
 
+    [Theory]
+    [InlineData("gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71", "blocks.20.hook_resid_post")]
+    [InlineData("gemma-scope-2b-pt-res-canonical/layer_0/width_16k/canonical/params.npz", "blocks.0.hook_resid_post")]
+    [InlineData("gemma-scope-9b-it-mlp/layer_9/width_131k/average_l0_12", "blocks.9.hook_mlp_out")]
+    public void Gemma_scope_release_paths_name_the_site_they_read(string path, string site)
+    {
+        Assert.Equal(Site.Parse(site), SaeImport.GemmaScopeSite(Path.Combine(_dir, path), null));
+        Assert.Equal(Site.Parse(site), SaeImport.GemmaScopeSite(Path.Combine(_dir, path), Site.Parse(site)));
+    }
+
+    [Fact]
+    public void Gemma_scope_paths_refuse_attention_saes_a_disagreeing_site_and_a_missing_site()
+    {
+        var att = Assert.Throws<InvalidDataException>(() =>
+            SaeImport.GemmaScopeSite(Path.Combine(_dir, "gemma-scope-2b-pt-att/layer_3/width_16k/x"), null));
+        Assert.Contains("hook_z", att.Message);
+        var clash = Assert.Throws<ArgumentException>(() =>
+            SaeImport.GemmaScopeSite(Path.Combine(_dir, "gemma-scope-2b-pt-res/layer_3/width_16k/x"), Site2));
+        Assert.Contains("blocks.3.hook_resid_post", clash.Message);
+        Assert.Contains("blocks.2.hook_resid_post", clash.Message);
+        var none = Assert.Throws<ArgumentException>(() => SaeImport.GemmaScopeSite(_dir, null));
+        Assert.Contains("give the site", none.Message);
+        Assert.Equal(Site2, SaeImport.GemmaScopeSite(_dir, Site2));
+    }
+
+    [Fact]
+    public void An_sae_at_a_site_the_hooked_graph_does_not_carry_is_refused()
+    {
+        var sae = new SparseAutoencoder(DIn, DSae, SaeActivation.Relu, Site2);
+        var arch = new ModelArchitecture { Family = "t", DModel = DIn, HiddenDim = 8, Layers = 5, Heads = 1, KvHeads = 1, VocabSize = 10, ContextLength = 8 };
+        SaeSet.Check(sae, arch, "f", [Site2]);
+        var e = Assert.Throws<InvalidDataException>(() => SaeSet.Check(sae, arch, "f", [new Site(2, SiteKind.MlpOut)]));
+        Assert.Contains("not one of the model's hooked sites", e.Message);
+    }
+
     [Fact]
     public void Sparsify_reads_encoder_rows_as_stored_subtracts_b_dec_and_keeps_top_k()
     {

@@ -12,15 +12,46 @@ public enum SaeSourceFormat { SaeLens, GemmaScope, Sparsify }
 /// folders (<c>cfg.json</c> + <c>sae.safetensors</c>; encode subtracts b_dec, then TopK).
 /// Formats without a hook name take <paramref name="site"/>.
 /// </summary>
-public static class SaeImport
+public static partial class SaeImport
 {
     public static SparseAutoencoder Read(SaeSourceFormat format, string path, Site? site, string modelName) => format switch
     {
         SaeSourceFormat.SaeLens => SaeLensFormat.Read(path),
-        SaeSourceFormat.GemmaScope => ReadGemmaScope(path, site ?? throw new ArgumentException("Gemma Scope files carry no hook name: give the site"), modelName),
+        SaeSourceFormat.GemmaScope => ReadGemmaScope(path, GemmaScopeSite(path, site), modelName),
         SaeSourceFormat.Sparsify => ReadSparsify(path, site ?? throw new ArgumentException("sparsify folders name hookpoints of their own: give the site"), modelName),
         _ => throw new ArgumentOutOfRangeException(nameof(format)),
     };
+
+    /// <summary>
+    /// The site a Gemma Scope SAE reads, from its release path (<c>gemma-scope-2b-pt-res/layer_20/width_16k/…</c>):
+    /// <c>-res</c> SAEs read the output of block N (<c>blocks.N.hook_resid_post</c>), <c>-mlp</c> SAEs the MLP's
+    /// contribution (<c>blocks.N.hook_mlp_out</c>). <c>-att</c> SAEs read the concatenated head outputs before the
+    /// output projection (TransformerLens's hook_z), which is not a steering site, so they are refused. A given
+    /// <paramref name="site"/> wins when the path says nothing, and must agree with the path when it does.
+    /// </summary>
+    public static Site GemmaScopeSite(string path, Site? site)
+    {
+        var parts = Path.GetFullPath(path).Split(Path.DirectorySeparatorChar, StringSplitOptions.RemoveEmptyEntries);
+        var layer = parts.Select(p => LayerFolder().Match(p)).LastOrDefault(m => m.Success);
+        var release = parts.Select(p => ReleaseFolder().Match(p)).LastOrDefault(m => m.Success);
+        if (release?.Groups[1].Value == "att")
+            throw new InvalidDataException($"{path}: Gemma Scope attention SAEs (-att) read hook_z, the head outputs before "
+                + "the output projection, which is not a steering site; use a -res or -mlp SAE");
+        if (layer is null || release is null)
+            return site ?? throw new ArgumentException($"{path}: the path names no Gemma Scope release and layer "
+                + "(…/gemma-scope-…-res|mlp/layer_N/…): give the site");
+        var kind = release.Groups[1].Value == "res" ? SiteKind.ResidPost : SiteKind.MlpOut;
+        var inferred = new Site(int.Parse(layer.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture), kind);
+        if (site is { } given && given != inferred)
+            throw new ArgumentException($"{path}: the Gemma Scope path says {inferred}, but the site given is {given}");
+        return inferred;
+    }
+
+    [System.Text.RegularExpressions.GeneratedRegex(@"^layer_(\d{1,6})$")]
+    private static partial System.Text.RegularExpressions.Regex LayerFolder();
+
+    [System.Text.RegularExpressions.GeneratedRegex(@"^gemma-scope-.*-(res|mlp|att)(-canonical)?$")]
+    private static partial System.Text.RegularExpressions.Regex ReleaseFolder();
 
     public static SparseAutoencoder ReadGemmaScope(string path, Site site, string modelName)
     {
