@@ -22,9 +22,10 @@ public sealed class GenerationEngine : IDisposable
         Folder = folder;
         Options = options;
         Tokenizer = folder.LoadTokenizer();
-        var graph = folder.BatchedGraphPath
-            ?? throw new InvalidDataException($"{folder.Directory}: the manifest names no batched graph (re-export the folder with `featureflow export`)");
-        Runner = new ModelRunner(graph, folder.BatchedPlainGraphPath, folder.Manifest.Architecture, options);
+        // Folders without the batched graph (hooked third-party graphs) are served row by row.
+        Runner = folder.BatchedGraphPath is { } graph
+            ? new ModelRunner(graph, folder.BatchedPlainGraphPath, folder.Manifest.Architecture, options)
+            : new ConcatModelRunner(folder.HookedGraphPath, folder.PlainGraphPath, folder.Manifest.Architecture, options);
         Compiler = new SteeringCompiler(Runner.SteeringShape);
         _scheduler = new Scheduler(Runner, options);
         _scorer = new Lazy<SequenceScorer>(() => new SequenceScorer(folder.PlainGraphPath, folder.Manifest.Architecture, options));
@@ -37,7 +38,7 @@ public sealed class GenerationEngine : IDisposable
     public EngineOptions Options { get; }
     public ITokenizer Tokenizer { get; }
     /// <summary>The batched graph's runner: execution provider, steering shape, KV cache. Owned by the scheduler's loop.</summary>
-    public ModelRunner Runner { get; }
+    public IModelRunner Runner { get; }
     public ModelArchitecture Architecture => Folder.Manifest.Architecture;
     public SteeringShape SteeringShape => Runner.SteeringShape;
     /// <summary>Checks and compiles steering for this model's graph.</summary>
@@ -133,8 +134,8 @@ public sealed class GenerationEngine : IDisposable
             throw new FieldValidationException("top_logprobs", $"must be in 0..{GenerationLimits.MaxTopLogProbs}, got {request.TopLogProbs}");
         for (var i = 0; i < request.Readout.Count; i++) Compiler.CheckSite(request.Readout[i], $"readout.hooks[{i}]");
         if (request.Readout.Distinct().Count() != request.Readout.Count) throw new FieldValidationException("readout.hooks", "a site is listed twice");
-        if (request.PromptIds.Length + request.MaxTokens > Runner.Cache.TokenBudget)
-            throw new FieldValidationException("max_tokens", $"prompt + max_tokens = {request.PromptIds.Length + request.MaxTokens} tokens exceed the server's KV budget ({Runner.Cache.TokenBudget})");
+        if (request.PromptIds.Length + request.MaxTokens > Runner.Kv.TokenBudget)
+            throw new FieldValidationException("max_tokens", $"prompt + max_tokens = {request.PromptIds.Length + request.MaxTokens} tokens exceed the server's KV budget ({Runner.Kv.TokenBudget})");
     }
 
     public void Dispose()

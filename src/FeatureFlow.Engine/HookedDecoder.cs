@@ -190,11 +190,22 @@ public sealed class BoundSteering : IDisposable
         ];
     }
 
+    /// <summary>Views someone else owns (a <see cref="SteeringSlots"/> row): disposing this leaves them alone.</summary>
+    internal BoundSteering(OrtValue[] views, int batch)
+    {
+        Values = views;
+        Batch = batch;
+        _ownsValues = false;
+    }
+
+    private readonly bool _ownsValues = true;
+
     public int Batch { get; }
     internal OrtValue[] Values { get; }
 
     public void Dispose()
     {
+        if (!_ownsValues) return;
         foreach (var v in Values) v.Dispose();
     }
 }

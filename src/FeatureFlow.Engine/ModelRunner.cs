@@ -18,7 +18,7 @@ namespace FeatureFlow.Engine;
 /// identity, so a row's logits are the same bits whichever graph runs a step, and batch invariance holds as rows
 /// come and go.
 /// </remarks>
-public sealed class ModelRunner : IDisposable
+public sealed class ModelRunner : IModelRunner
 {
     private readonly Graph _hooked;
     private readonly Graph? _plain;
@@ -83,6 +83,7 @@ public sealed class ModelRunner : IDisposable
     /// <summary>Most rows one decode step runs (the KV cache's slots).</summary>
     public int Rows { get; }
     public KvCache Cache { get; }
+    public KvLedger Kv => Cache.Ledger;
     public SteeringSlots Steering { get; }
     /// <summary>Whether the last prefill or decode step ran the graph without hooks.</summary>
     public bool LastStepPlain { get; private set; }
@@ -107,8 +108,8 @@ public sealed class ModelRunner : IDisposable
     public ReadOnlySpan<float> Prefill(int slot, ReadOnlySpan<int> prompt, IReadOnlyList<Site> readout, Span<float> readoutValues)
     {
         var count = prompt.Length;
-        Cache.Reset(slot);
-        if (count > Cache.Capacity) throw new ArgumentException($"a {count}-token prompt does not fit the context ({Cache.Capacity})");
+        Cache.Ledger.Reset(slot);
+        if (count > Cache.Ledger.Capacity) throw new ArgumentException($"a {count}-token prompt does not fit the context ({Cache.Ledger.Capacity})");
         for (var i = 0; i < count; i++)
         {
             _prefillTokens[i] = prompt[i];
@@ -138,7 +139,7 @@ public sealed class ModelRunner : IDisposable
         }
         binding.ClearBoundInputs();
         binding.ClearBoundOutputs();
-        Cache.Advance(slot, count);
+        Cache.Ledger.Advance(slot, count);
         return _lastLogits;
     }
 
@@ -154,8 +155,8 @@ public sealed class ModelRunner : IDisposable
         var longest = 0;
         for (var i = 0; i < rows; i++)
         {
-            var past = Cache.Length(i);
-            if (past >= Cache.Capacity) throw new InvalidOperationException($"row {i} is full ({past} tokens)");
+            var past = Cache.Ledger.Length(i);
+            if (past >= Cache.Ledger.Capacity) throw new InvalidOperationException($"row {i} is full ({past} tokens)");
             _positions.Row(i)[0] = past;
             _seqLens.Row(i)[0] = past; // GroupQueryAttention's seqlens_k: total length − 1
             longest = Math.Max(longest, past + 1);
@@ -189,7 +190,7 @@ public sealed class ModelRunner : IDisposable
         }
         graph.Session.RunWithBinding(_runOptions, graph.Decode);
         LastStepPlain = graph == _plain;
-        for (var i = 0; i < rows; i++) Cache.Advance(i, 1);
+        for (var i = 0; i < rows; i++) Cache.Ledger.Advance(i, 1);
         return _logits.Leading(rows);
     }
 

@@ -15,7 +15,7 @@ namespace FeatureFlow.Engine;
 /// </remarks>
 internal sealed class Scheduler : IDisposable
 {
-    private readonly ModelRunner _runner;
+    private readonly IModelRunner _runner;
     private readonly EngineOptions _options;
     private readonly int _vocab;
     private readonly object _lock = new();
@@ -36,7 +36,7 @@ internal sealed class Scheduler : IDisposable
     private long _kvReserved, _kvInUse;
     private double _tokensPerSecond = 100; // refined from measured steps; only used for retry-after estimates
 
-    public Scheduler(ModelRunner runner, EngineOptions options)
+    public Scheduler(IModelRunner runner, EngineOptions options)
     {
         _runner = runner;
         _options = options;
@@ -117,7 +117,7 @@ internal sealed class Scheduler : IDisposable
             RunningRows = Volatile.Read(ref _runningRows),
             KvTokensReserved = Volatile.Read(ref _kvReserved),
             KvTokensInUse = Volatile.Read(ref _kvInUse),
-            KvTokenBudget = _runner.Cache.TokenBudget,
+            KvTokenBudget = _runner.Kv.TokenBudget,
             PrefillSteps = Volatile.Read(ref _prefillSteps),
             DecodeSteps = Volatile.Read(ref _decodeSteps),
             PlainPrefillSteps = Volatile.Read(ref _plainPrefillSteps),
@@ -169,7 +169,7 @@ internal sealed class Scheduler : IDisposable
                 }
                 if (_waiting.First?.Value is { } head && _running.Count < _runner.Rows
                     && (prefilled == 0 || prefilled + head.Request.PromptIds.Length <= _options.MaxPrefillTokensPerStep)
-                    && _runner.Cache.TryReserve(head.Reserved))
+                    && _runner.Kv.TryReserve(head.Reserved))
                 {
                     _waiting.RemoveFirst();
                     _queuedTokens -= head.Reserved;
@@ -287,7 +287,7 @@ internal sealed class Scheduler : IDisposable
             _running[slot] = _running[last];
         }
         _running.RemoveAt(last);
-        _runner.Cache.Release(s.Reserved);
+        _runner.Kv.Release(s.Reserved);
         if (s.ReadoutJoined)
             foreach (var site in s.Request.Readout) _siteReaders[site.Index]--;
         Publish(); // whoever hears that the generation ended sees its row and KV already free
@@ -303,8 +303,8 @@ internal sealed class Scheduler : IDisposable
     private void Publish()
     {
         Volatile.Write(ref _runningRows, _running.Count);
-        Volatile.Write(ref _kvReserved, _runner.Cache.TokensReserved);
-        Volatile.Write(ref _kvInUse, _runner.Cache.TokensInUse(_running.Count));
+        Volatile.Write(ref _kvReserved, _runner.Kv.TokensReserved);
+        Volatile.Write(ref _kvInUse, _runner.Kv.TokensInUse(_running.Count));
     }
 
     public void Dispose()

@@ -15,6 +15,7 @@ public sealed class SteeringSlots : IDisposable
     private readonly RowTensor<float> _add, _encoder, _decoder, _coefficients;
     private readonly OrtValue[]?[] _prefixes;
     private readonly OrtValue[]?[] _rows;
+    private readonly BoundSteering?[] _bound;
     private readonly bool[] _identity;
 
     public SteeringSlots(SteeringShape shape, int rows)
@@ -27,6 +28,7 @@ public sealed class SteeringSlots : IDisposable
         _coefficients = new RowTensor<float>(rows, sites, GraphNames.CoefficientRows, k);
         _prefixes = new OrtValue[rows + 1][];
         _rows = new OrtValue[rows][];
+        _bound = new BoundSteering?[rows];
         _identity = new bool[rows];
         Array.Fill(_identity, true); // the buffers start zero
     }
@@ -63,6 +65,9 @@ public sealed class SteeringSlots : IDisposable
     public OrtValue[] Prefix(int rows) => _prefixes[rows] ??= Parts.Select(p => p.Prefix(rows)).ToArray();
 
     public OrtValue[] Row(int slot) => _rows[slot] ??= Parts.Select(p => p.RowValue(slot)).ToArray();
+
+    /// <summary>The row in <paramref name="slot"/> as a batch of one for <see cref="HookedDecoder"/>.</summary>
+    public BoundSteering Bound(int slot) => _bound[slot] ??= new BoundSteering(Row(slot), 1);
 
     public void Dispose()
     {

@@ -56,7 +56,7 @@ public class BatchingTests(EngineFixture f) : IClassFixture<EngineFixture>
         }).ToArray();
     }
 
-    private static async Task<(List<int> Ids, List<float> LogProbs, string Text)> Run(GenerationEngine engine, GenerationRequest request)
+    internal static async Task<(List<int> Ids, List<float> LogProbs, string Text)> Run(GenerationEngine engine, GenerationRequest request)
     {
         var ids = new List<int>();
         var logProbs = new List<float>();
