@@ -70,16 +70,18 @@ public sealed class GenAiContender : IContender
     private readonly Model _model;
     private readonly int _bos;
     private readonly int _eos;
+    private readonly int _threads;
 
-    public GenAiContender(string modelDirectory, int bos, int eos)
+    public GenAiContender(string modelDirectory, int bos, int eos, int threads = 1)
     {
         _config = new Config(modelDirectory);
-        _config.Overlay("""{"model":{"decoder":{"session_options":{"intra_op_num_threads":1}}}}""");
+        _config.Overlay("{\"model\":{\"decoder\":{\"session_options\":{\"intra_op_num_threads\":" + threads + "}}}}");
+        _threads = threads;
         _model = new Model(_config);
         (_bos, _eos) = (bos, eos);
     }
 
-    public string Name => "ONNX Runtime GenAI 0.18 (decoder.onnx, 1 thread)";
+    public string Name => $"ONNX Runtime GenAI 0.18 (decoder.onnx, {_threads} thread{(_threads == 1 ? "" : "s")})";
 
     public Task<RunResult> RunAsync(int[] promptIds, int maxTokens)
     {

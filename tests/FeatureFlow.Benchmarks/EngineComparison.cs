@@ -168,13 +168,13 @@ public static class EngineComparison
             $"{reference.Count} token ids in every round.";
     }
 
-    private static double Median(IEnumerable<double> values)
+    internal static double Median(IEnumerable<double> values)
     {
         var s = values.Order().ToArray();
         return s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2;
     }
 
-    private static string MachineDescription()
+    internal static string MachineDescription()
     {
         static string? Field(string file, string key) => File.Exists(file)
             ? File.ReadLines(file).FirstOrDefault(l => l.StartsWith(key, StringComparison.Ordinal))?.Split(':', 2)[1].Trim()
@@ -187,21 +187,21 @@ public static class EngineComparison
     }
 
     /// <summary>Replaces this benchmark's section of the markdown file (up to the next ## heading), or appends it.</summary>
-    private static void WriteSection(string path, string section)
+    internal static void WriteSection(string path, string section, string heading = SectionHeading)
     {
         var text = File.Exists(path) ? File.ReadAllText(path) : "";
-        var start = text.IndexOf(SectionHeading, StringComparison.Ordinal);
+        var start = text.IndexOf(heading, StringComparison.Ordinal);
         if (start < 0)
         {
             File.WriteAllText(path, text.TrimEnd('\n') + "\n\n" + section);
             return;
         }
-        var next = text.IndexOf("\n## ", start + SectionHeading.Length, StringComparison.Ordinal);
+        var next = text.IndexOf("\n## ", start + heading.Length, StringComparison.Ordinal);
         var rest = next < 0 ? "" : "\n" + text[(next + 1)..];
         File.WriteAllText(path, text[..start] + section + rest);
     }
 
-    private static string RepoRoot()
+    internal static string RepoRoot()
     {
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
             if (File.Exists(Path.Combine(dir.FullName, "FeatureFlow.Inference.sln"))) return dir.FullName;

@@ -1,0 +1,237 @@
+using System.Diagnostics;
+using System.Numerics;
+using System.Runtime.InteropServices;
+using System.Text;
+using FeatureFlow.Engine;
+using FeatureFlow.Models;
+using FeatureFlow.Models.Folder;
+using FeatureFlow.Steering;
+
+namespace FeatureFlow.Benchmarks;
+
+/// <summary>
+/// <c>synthetic</c>: single-stream greedy decoding on a Llama-architecture model of about 100M parameters with random
+/// weights, written by our own exporter: ours (unsteered, heavy spec) next to ONNX Runtime GenAI on the same
+/// decoder.onnx, and the memory-bandwidth floor (weight bytes read per token ÷ this machine's read bandwidth,
+/// measured in the same run). At this size a step reads ~400 MB of weights, so bandwidth, not per-operator
+/// overhead, bounds it. There is no llama.cpp row: we write no GGUF of it.
+/// </summary>
+public static class SyntheticModelComparison
+{
+    public const string SectionHeading =
+        "## Single-stream decode on a synthetic 100M-parameter Llama: ours vs ONNX Runtime GenAI vs the bandwidth floor (issue P8)";
+
+    /// <summary>d 768, 14 layers, 12 heads, hidden 2048 (GPT-2-small widths, Llama blocks): 99.5M parameters with the
+    /// shipped 512-token vocabulary, so the shipped tokenizer serves it.</summary>
+    public static readonly ModelArchitecture Architecture = new()
+    {
+        Family = "llama2c", DModel = 768, HiddenDim = 2048, Layers = 14, Heads = 12, KvHeads = 12, VocabSize = 512,
+        ContextLength = 512,
+    };
+
+    private const int PromptTokens = 64;
+    private const int MaxTokens = 64;
+
+    public sealed record Options(int Rounds, int WarmUps, int Threads, string? WritePath);
+
+    public static async Task<int> RunAsync(Options options, TextWriter output, TextWriter log)
+    {
+        var root = EngineComparison.RepoRoot();
+        var modelDir = Path.Combine(Path.GetTempPath(), "featureflow-synthetic-100m");
+        Prepare(modelDir, Path.Combine(root, "models", "stories260k", "tok512.bin"), log);
+        var engineOptions = new EngineOptions
+        {
+            ExecutionProvider = ExecutionProviderPreference.Cpu, IntraOpThreads = options.Threads, MaxBatchRows = 4,
+        };
+        using var engine = new GenerationEngine(ModelFolder.Open(modelDir), engineOptions);
+        var contenders = new List<IContender>
+        {
+            new OursContender("ours, unsteered (hook-free batched graph)", engine, SteeringSpec.None),
+            new OursContender($"ours, heavy spec ({engine.SteeringShape.Sites} sites × add + " +
+                $"{engine.SteeringShape.SlotsPerSite} rescale/clamp slots)", engine, Workloads.Heavy(engine.SteeringShape)),
+            new GenAiContender(modelDir, engine.Tokenizer.BosId, engine.Tokenizer.EosId, options.Threads),
+        };
+        int[] prompt = [engine.Tokenizer.BosId, .. engine.EncodePrompt(Workloads.Story)[1..PromptTokens]];
+        var bandwidth = MeasureReadBandwidth(options.Threads);
+        await log.WriteLineAsync($"read bandwidth on {options.Threads} thread(s): {bandwidth / 1e9:F1} GB/s");
+        try
+        {
+            var results = contenders.Select(_ => new List<RunResult>()).ToArray();
+            for (var round = -options.WarmUps; round < options.Rounds; round++)
+            {
+                for (var i = 0; i < contenders.Count; i++)
+                {
+                    var result = await contenders[i].RunAsync(prompt, MaxTokens);
+                    if (round >= 0) results[i].Add(result);
+                }
+                await log.WriteLineAsync(round < 0 ? "warm-up round done" : $"round {round + 1}/{options.Rounds} done");
+            }
+            var report = Report(options, contenders, results, bandwidth);
+            await output.WriteAsync(report);
+            if (options.WritePath is { } path)
+            {
+                EngineComparison.WriteSection(path, report, SectionHeading);
+                await log.WriteLineAsync($"wrote the section to {path}");
+            }
+            return 0;
+        }
+        finally
+        {
+            foreach (var c in contenders) c.Dispose();
+        }
+    }
+
+    /// <summary>Float32 bytes of every weight a decode step reads (one embedding row aside: the tied classifier reads the
+    /// whole table).</summary>
+    public static long WeightBytesPerToken(ModelArchitecture a)
+    {
+        long d = a.DModel, kv = a.KvDim, h = a.HiddenDim;
+        var perLayer = 2 * d + d * d + 2 * kv * d + d * d + 3 * h * d;
+        return 4 * (a.Layers * perLayer + d + a.VocabSize * d);
+    }
+
+    private static string Report(Options options, List<IContender> contenders, List<RunResult>[] results,
+        double bandwidth)
+    {
+        const int unsteered = 0, heavy = 1, genAi = 2;
+        var bytes = WeightBytesPerToken(Architecture);
+        var floorMs = 1000.0 * bytes / bandwidth;
+        var sb = new StringBuilder();
+        void Line(string s) => sb.AppendLine(s);
+        Line(SectionHeading);
+        Line("");
+        Line($"Model: random weights (seed 1) in llama2.c layout, exported by `ModelFolderExporter` like the shipped " +
+            $"model: d_model {Architecture.DModel}, {Architecture.Layers} layers, {Architecture.Heads} heads, hidden " +
+            $"{Architecture.HiddenDim}, vocabulary {Architecture.VocabSize} — {bytes / 4 / 1e6:F1}M parameters, " +
+            $"{bytes / 1e6:F0} MB of float32 weights read per decoded token. Greedy; a {PromptTokens}-token prompt " +
+            $"(BOS + story tokens); up to {MaxTokens} tokens; {options.WarmUps} warm-up round(s), then every engine once " +
+            $"per round, interleaved; {options.Threads} intra-op thread(s) for every engine.");
+        Line("");
+        Line($"    dotnet run -c Release --project tests/FeatureFlow.Benchmarks -- synthetic --rounds {options.Rounds} " +
+            $"--threads {options.Threads} --write docs/benchmarks.md");
+        Line("");
+        Line($"Machine: {EngineComparison.MachineDescription()}; ONNX Runtime 1.31.0 CPU; .NET {Environment.Version}; " +
+            $"{DateTime.UtcNow:yyyy-MM-dd}. Read bandwidth measured in this run: {bandwidth / 1e9:F1} GB/s " +
+            $"({options.Threads} thread(s) summing a 1 GiB array, best of 5), so the floor is " +
+            $"{bytes / 1e6:F0} MB ÷ {bandwidth / 1e9:F1} GB/s = {floorMs:F1} ms per token ({1000 / floorMs:F1} tokens/s).");
+        Line("");
+        Line($"| engine | decode tokens/s (median of {options.Rounds}) | min – max | ms per token | ÷ floor time " +
+            $"| first token ms | model ms per step | allocated B per step | tokens |");
+        Line("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for (var i = 0; i < contenders.Count; i++)
+        {
+            var rs = results[i];
+            var tps = rs.Select(r => r.DecodeTokensPerSecond).ToArray();
+            var ms = 1000 / EngineComparison.Median(tps);
+            var model = rs[0].ModelMsPerStep is null ? "–"
+                : EngineComparison.Median(rs.Select(r => r.ModelMsPerStep!.Value)).ToString("F2");
+            var alloc = rs[0].AllocatedBytesPerToken is null ? "–"
+                : EngineComparison.Median(rs.Select(r => r.AllocatedBytesPerToken!.Value)).ToString("F1");
+            Line($"| {contenders[i].Name} | {EngineComparison.Median(tps):F1} | {tps.Min():F1} – {tps.Max():F1} " +
+                $"| {ms:F1} | {ms / floorMs:F2} | {EngineComparison.Median(rs.Select(r => 1000 * r.FirstTokenSeconds)):F0} " +
+                $"| {model} | {alloc} | {rs[0].Tokens.Count} |");
+        }
+        Line("");
+        Line("| target | measured | min – max | goal | |");
+        Line("|---|---:|---:|---:|---|");
+        void Ratio(string label, int a, int b, double goal)
+        {
+            var ratios = results[a].Zip(results[b], (x, y) => x.DecodeTokensPerSecond / y.DecodeTokensPerSecond).ToArray();
+            var m = EngineComparison.Median(ratios);
+            Line($"| {label} | {m:F2} | {ratios.Min():F2} – {ratios.Max():F2} | ≥ {goal:F2} | {(m >= goal ? "met" : "missed")} |");
+        }
+        Ratio("ours unsteered ÷ ONNX Runtime GenAI", unsteered, genAi, 1.0);
+        Ratio("ours heavy spec ÷ ours unsteered", heavy, unsteered, 0.97);
+        var withinFloor = floorMs / (1000 / EngineComparison.Median(results[unsteered].Select(r => r.DecodeTokensPerSecond)));
+        Line($"| floor time ÷ ours unsteered time per token (1 ÷ 1.5 = 0.67 is \"within 1.5× of the floor\") " +
+            $"| {withinFloor:F2} | | ≥ 0.67 | {(withinFloor >= 1 / 1.5 ? "met" : "missed")} |");
+        Line("");
+        var reference = results[unsteered][0].Tokens;
+        var agree = new[] { unsteered, genAi }.All(i => results[i].All(r => r.Tokens.SequenceEqual(reference)));
+        Line(agree
+            ? $"Greedy ids: ours unsteered and ONNX Runtime GenAI gave the same {reference.Count} token ids in every round."
+            : "Greedy ids DISAGREE between ours unsteered and ONNX Runtime GenAI (see the tokens column).");
+        return sb.ToString();
+    }
+
+    /// <summary>Writes the random checkpoint and exports it once; later runs reuse the folder.</summary>
+    private static void Prepare(string modelDir, string tokenizer, TextWriter log)
+    {
+        if (File.Exists(Path.Combine(modelDir, ModelManifest.FileName))) return;
+        var staging = modelDir + ".partial";
+        if (Directory.Exists(staging)) Directory.Delete(staging, true);
+        Directory.CreateDirectory(staging);
+        var checkpoint = Path.Combine(staging, "synthetic-100m.bin");
+        log.WriteLine($"writing a random {Architecture.Layers}-layer checkpoint to {checkpoint}");
+        WriteRandomCheckpoint(checkpoint, Architecture, seed: 1);
+        ModelFolderExporter.ExportLlama2c(new Llama2cExportRequest
+        {
+            CheckpointPath = checkpoint, TokenizerPath = tokenizer, OutputDirectory = staging,
+            ModelName = "synthetic-100m", CopySources = false, Description = "random weights for benchmarks",
+        }, line => log.WriteLine(line));
+        File.Delete(checkpoint);
+        File.Copy(tokenizer, Path.Combine(staging, Path.GetFileName(tokenizer)));
+        Directory.Move(staging, modelDir);
+    }
+
+    /// <summary>A llama2.c v0 checkpoint: header, then uniform weights with std 0.02 and unit RMSNorm gains.</summary>
+    private static void WriteRandomCheckpoint(string path, ModelArchitecture a, int seed)
+    {
+        var random = new Random(seed);
+        using var stream = new BufferedStream(File.Create(path), 1 << 20);
+        Span<int> header = [a.DModel, a.HiddenDim, a.Layers, a.Heads, a.KvHeads, a.VocabSize, a.ContextLength];
+        stream.Write(MemoryMarshal.AsBytes(header));
+        void Random(long count)
+        {
+            var buffer = new float[1 << 16];
+            var bound = 0.02f * MathF.Sqrt(3f);
+            for (long done = 0; done < count; done += buffer.Length)
+            {
+                var n = (int)Math.Min(buffer.Length, count - done);
+                for (var i = 0; i < n; i++) buffer[i] = bound * (2 * (float)random.NextDouble() - 1);
+                stream.Write(MemoryMarshal.AsBytes(buffer.AsSpan(0, n)));
+            }
+        }
+        void Ones(long count)
+        {
+            for (long i = 0; i < count; i++) stream.Write(BitConverter.GetBytes(1f));
+        }
+        long d = a.DModel, h = a.HiddenDim, l = a.Layers, kv = a.KvDim;
+        Random(a.VocabSize * d);
+        Ones(l * d);
+        Random(l * d * d);
+        Random(l * kv * d);
+        Random(l * kv * d);
+        Random(l * d * d);
+        Ones(l * d);
+        Random(l * h * d);
+        Random(l * d * h);
+        Random(l * h * d);
+        Ones(d);
+        Random((long)a.ContextLength * a.HeadSize); // legacy freq_cis tables, skipped by readers
+    }
+
+    /// <summary>Bytes per second that <paramref name="threads"/> threads read summing a 1 GiB array (best of 5).</summary>
+    private static double MeasureReadBandwidth(int threads)
+    {
+        var data = GC.AllocateUninitializedArray<float>(1 << 28);
+        data.AsSpan().Fill(1f);
+        var best = double.MaxValue;
+        var chunk = data.Length / threads;
+        for (var attempt = 0; attempt < 5; attempt++)
+        {
+            var clock = Stopwatch.StartNew();
+            var sums = new float[threads];
+            Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t =>
+            {
+                var span = MemoryMarshal.Cast<float, Vector<float>>(data.AsSpan(t * chunk, chunk));
+                var acc = Vector<float>.Zero;
+                foreach (var v in span) acc += v;
+                sums[t] = Vector.Sum(acc);
+            });
+            best = Math.Min(best, clock.Elapsed.TotalSeconds);
+            if (sums.Sum() <= 0) throw new InvalidOperationException("bandwidth probe summed nothing");
+        }
+        return 4.0 * data.Length / best;
+    }
+}
