@@ -39,8 +39,17 @@ public static class BenchCommand
                 // All streams come from one address, which the per-caller limit would otherwise cap.
                 Limits = new() { MaxStreamsPerKey = Math.Max(1, levels.Max()) },
             };
+            var startClock = Stopwatch.StartNew();
             await using var host = ServerHost.Create(options, logging => logging.SetMinimumLevel(LogLevel.Warning));
             await host.StartAsync(ct);
+            var startMs = startClock.Elapsed.TotalMilliseconds;
+            var arch = host.Engine.Architecture;
+            var rowBytes = 2L * arch.Layers * arch.KvHeads * arch.ContextLength * arch.HeadSize * sizeof(float);
+            await output.WriteLineAsync(string.Create(CultureInfo.InvariantCulture,
+                $"Server start-up (load the model, sessions, KV cache; listen): {startMs:F0} ms. Memory per active stream: " +
+                $"the KV cache is preallocated at start-up, {rowBytes / 1024.0:F0} KiB per row × {options.Engine.MaxBatchRows} " +
+                $"rows = {rowBytes * options.Engine.MaxBatchRows / 1048576.0:F1} MiB, so a stream adds its steering rows " +
+                $"and buffers only; process working set after start-up {Environment.WorkingSet / 1048576.0:F0} MiB.\n"));
             using var channel = GrpcChannel.ForAddress(host.Address);
             var client = new Inference.InferenceClient(channel);
             using var http = new HttpClient { BaseAddress = new Uri(host.HttpAddress!), Timeout = TimeSpan.FromMinutes(10) };
@@ -84,6 +93,8 @@ public static class BenchCommand
         modes.AddRange(levels.Select(n => ($"OpenAI /v1/completions (SSE), {Label(n)}", (Func<int, Task<Run>>)(r => OpenAi(http, n, maxTokens, r, ct)))));
         modes.AddRange(levels.Select(n => ($"engine in-process, {Label(n)}", (Func<int, Task<Run>>)(r => InProcess(engine, n, maxTokens, r, ct)))));
         var samples = modes.ToDictionary(m => m.Name, _ => new List<Sample>());
+        var idleWorkingSet = Environment.WorkingSet;
+        var peakWorkingSet = idleWorkingSet;
         // Warm-up: one of each, not recorded.
         foreach (var (_, run) in modes) await run(-1);
         for (var round = 0; round < rounds; round++)
@@ -103,6 +114,7 @@ public static class BenchCommand
                     (after.DecodeStepSeconds - before.DecodeStepSeconds) / seconds, firstTokenMs.Order().ElementAt(firstTokenMs.Length / 2)));
             }
             await error.WriteLineAsync($"round {round + 1}/{rounds} done");
+            peakWorkingSet = Math.Max(peakWorkingSet, Environment.WorkingSet);
         }
 
         double Median(IEnumerable<double> xs) { var s = xs.Order().ToArray(); return s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2; }
@@ -121,6 +133,9 @@ public static class BenchCommand
                 $"| {Median(samples[name].Select(s => s.FirstTokenMs)):F1} |"));
         }
         await output.WriteLineAsync(string.Create(CultureInfo.InvariantCulture, $"\ngRPC ÷ in-process engine at {Label(levels[0])}: {single / inProcess:F2}"));
+        await output.WriteLineAsync(string.Create(CultureInfo.InvariantCulture,
+            $"Working set before the rounds {idleWorkingSet / 1048576.0:F0} MiB, highest after a round " +
+            $"{peakWorkingSet / 1048576.0:F0} MiB (up to {levels.Max()} concurrent streams)."));
     }
 
     private static string Prompt(int i) => (i % 4) switch { 0 => "", 1 => "Once upon a time", 2 => "Tom had a big", _ => "The little cat" };
