@@ -1,3 +1,5 @@
+using System.Text.Json.Serialization;
+
 namespace FeatureFlow.Models;
 
 /// <summary>How a block normalises the residual stream before attention and the MLP.</summary>
@@ -60,7 +62,14 @@ public sealed record ModelArchitecture
     public float RotaryTheta { get; init; } = 10000f;
     public bool TiedEmbeddings { get; init; } = true;
 
-    public int HeadSize => DModel / Heads;
+    /// <summary>
+    /// Width of one attention head where it is not d_model / heads (Gemma 2: d 2304, 8 heads of 256); null otherwise.
+    /// Left out of the manifest when null, so folders of models without it keep their bytes.
+    /// </summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public int? HeadDim { get; init; }
+
+    public int HeadSize => HeadDim ?? DModel / Heads;
     public int KvDim => KvHeads * HeadSize;
     public int QueriesPerKvHead => Heads / KvHeads;
 
@@ -68,7 +77,9 @@ public sealed record ModelArchitecture
     {
         if (DModel <= 0 || HiddenDim <= 0 || Layers <= 0 || Heads <= 0 || KvHeads <= 0 || VocabSize <= 0 || ContextLength <= 0)
             throw new InvalidDataException($"architecture has a non-positive dimension: {this}");
-        if (DModel % Heads != 0) throw new InvalidDataException($"d_model {DModel} is not a multiple of heads {Heads}");
+        if (HeadDim is null && DModel % Heads != 0)
+            throw new InvalidDataException($"d_model {DModel} is not a multiple of heads {Heads} and no head_dim is given");
+        if (HeadDim <= 0) throw new InvalidDataException($"head_dim {HeadDim} is not positive");
         if (Heads % KvHeads != 0) throw new InvalidDataException($"heads {Heads} is not a multiple of kv_heads {KvHeads}");
         if (HeadSize % 2 != 0) throw new InvalidDataException($"head size {HeadSize} must be even for rotary embedding");
     }

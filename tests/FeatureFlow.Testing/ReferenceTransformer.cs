@@ -101,7 +101,7 @@ public sealed class ReferenceTransformer
     }
 
     /// <summary>h ← h + add + Σ_k (α_k·a_k(h) + β_k)·v_k, a_k(h) = JumpReLU_θk(e_k·h + b_k); every slot reads the unsteered h.</summary>
-    private static void Hook(Span<float> h, Site site, SteeringTensors? s)
+    internal static void Hook(Span<float> h, Site site, SteeringTensors? s)
     {
         if (s is null) return;
         var delta = new float[h.Length];
@@ -139,7 +139,7 @@ public sealed class ReferenceTransformer
     }
 
     /// <summary>W (d,n) @ x (n,) → xout (d,), as run.c's matmul with W stored [out][in].</summary>
-    private static void MatMul(Span<float> xout, ReadOnlySpan<float> x, float[] w, int n, int d)
+    internal static void MatMul(Span<float> xout, ReadOnlySpan<float> x, float[] w, int n, int d)
     {
         for (var i = 0; i < d; i++)
         {
@@ -149,7 +149,7 @@ public sealed class ReferenceTransformer
         }
     }
 
-    private static void Softmax(Span<float> x)
+    internal static void Softmax(Span<float> x)
     {
         var max = x[0];
         for (var i = 1; i < x.Length; i++) if (x[i] > max) max = x[i];

@@ -14,9 +14,9 @@ namespace FeatureFlow.Models.Export;
 /// </summary>
 public static class LlamaGraphExporter
 {
-    private const string B = "batch", T = "sequence_length", P = "past_sequence_length", S = "total_sequence_length";
-    private const string M = "max_sequence_length";
-    private const string MicrosoftDomain = "com.microsoft";
+    internal const string B = "batch", T = "sequence_length", P = "past_sequence_length", S = "total_sequence_length";
+    internal const string M = "max_sequence_length";
+    internal const string MicrosoftDomain = "com.microsoft";
 
     public static ModelProto Export(ModelArchitecture arch, LlamaWeights w, HookedGraphOptions options, string modelName)
     {
@@ -101,7 +101,7 @@ public static class LlamaGraphExporter
     /// The steering inputs cut into per-site pieces once, at the top of the graph, so each hook costs no
     /// gathers: add [B, 1, d], encoder [B, 1, d, K], decoder [B, 1, K, d], coefficient rows [B, 1, 1, K].
     /// </summary>
-    private sealed record SiteSlices(string[] Add, string[] Encoder, string[] Decoder, string[][] Rows)
+    internal sealed record SiteSlices(string[] Add, string[] Encoder, string[] Decoder, string[][] Rows)
     {
         public static SiteSlices Split(GraphBuilder g, int sites, string add, string encoder, string decoder, string coefficients)
         {
@@ -116,7 +116,7 @@ public static class LlamaGraphExporter
         }
     }
 
-    private static string RmsNorm(GraphBuilder g, string x, string weight, float eps)
+    internal static string RmsNorm(GraphBuilder g, string x, string weight, float eps)
     {
         var meanSquare = g.Op("ReduceMean", [g.Op("Mul", [x, x])], Attr.Ints("axes", -1), Attr.Int("keepdims", 1));
         var inv = g.Op("Reciprocal", [g.Op("Sqrt", [g.Op("Add", [meanSquare, g.ScalarFloat(eps)])])]);
@@ -242,10 +242,10 @@ public static class LlamaGraphExporter
     }
 
     /// <summary>y = x·Wᵀ for W stored [out][in]; the initializer holds Wᵀ so MatMul needs no transpose at run time.</summary>
-    private static string Linear(GraphBuilder g, string x, string name, float[] weight, int outDim, int inDim) =>
+    internal static string Linear(GraphBuilder g, string x, string name, float[] weight, int outDim, int inDim) =>
         g.Op("MatMul", [x, g.Initializer(name, Matrix.Transpose(weight, outDim, inDim), inDim, outDim)]);
 
-    private static string Hook(GraphBuilder g, SiteSlices? steering, Site site, string h, HookedGraphOptions options, int d)
+    internal static string Hook(GraphBuilder g, SiteSlices? steering, Site site, string h, HookedGraphOptions options, int d)
     {
         if (steering is null) return h;
         using var _ = g.Scope(Site.HookSuffix(site.Kind));
