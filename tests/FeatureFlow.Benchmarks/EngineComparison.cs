@@ -174,7 +174,7 @@ public static class EngineComparison
         return s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2;
     }
 
-    private static string MachineDescription()
+    internal static string MachineDescription()
     {
         static string? Field(string file, string key) => File.Exists(file)
             ? File.ReadLines(file).FirstOrDefault(l => l.StartsWith(key, StringComparison.Ordinal))?.Split(':', 2)[1].Trim()
@@ -201,7 +201,7 @@ public static class EngineComparison
         File.WriteAllText(path, text[..start] + section + rest);
     }
 
-    private static string RepoRoot()
+    internal static string RepoRoot()
     {
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
             if (File.Exists(Path.Combine(dir.FullName, "FeatureFlow.Inference.sln"))) return dir.FullName;
