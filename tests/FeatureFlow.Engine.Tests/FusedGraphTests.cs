@@ -44,6 +44,96 @@ public class FusedGraphTests(FusedGraphFixture f, ITestOutputHelper output) : IC
     }
 
     /// <summary>
+    /// The Concat layout's batches: a short prompt left-padded beside a longer one (attention_mask 0 on the padding,
+    /// positions counting real tokens only), prefill and 6 decode steps; every real position, fused vs plain. This is
+    /// where MultiHeadAttention's attention_bias must carry the padding mask per row.
+    /// </summary>
+    [Fact]
+    public void Fused_concat_graph_matches_the_plain_graph_for_a_left_padded_batch()
+    {
+        int[][] prompts = [Prompt, [1, 300, 301]];
+        var fusedCache = new Dictionary<string, OrtValue>();
+        var plainCache = new Dictionary<string, OrtValue>();
+        int t = prompts.Max(p => p.Length), rows = prompts.Length;
+        var mask = prompts
+            .Select(p => Enumerable.Repeat(0L, t - p.Length).Concat(Enumerable.Repeat(1L, p.Length)).ToList())
+            .ToArray();
+        var ids = prompts.SelectMany(p => Enumerable.Repeat(0L, t - p.Length).Concat(p.Select(x => (long)x))).ToArray();
+        var positions = mask.SelectMany(m => m.Select((_, i) => Math.Max(0L, m.Take(i + 1).Sum() - 1))).ToArray();
+        var worst = 0.0;
+        try
+        {
+            for (var step = 0; step <= 6; step++)
+            {
+                var fused = ForwardBatch(f.FusedConcatSession, fusedCache, ids, positions, mask);
+                var plain = ForwardBatch(f.PlainConcatSession, plainCache, ids, positions, mask);
+                var width = ids.Length / rows;
+                for (var r = 0; r < rows; r++)
+                    for (var i = 0; i < width; i++)
+                    {
+                        if (mask[r][mask[r].Count - width + i] == 0) continue;
+                        var at = (r * width + i) * Vocab;
+                        var rel = Numerics.RelativeL2(fused.AsSpan(at, Vocab), plain.AsSpan(at, Vocab));
+                        Assert.True(rel <= Tolerance, $"step {step}, row {r}, token {i}: relative L2 {rel:E2}");
+                        worst = Math.Max(worst, rel);
+                    }
+                var next = Enumerable.Range(0, rows).Select(r => (long)ArgMaxAt(plain, r * width + width - 1)).ToArray();
+                positions = Enumerable.Range(0, rows).Select(r => mask[r].Sum()).ToArray();
+                foreach (var m in mask) m.Add(1);
+                ids = next;
+            }
+        }
+        finally
+        {
+            foreach (var v in fusedCache.Values.Concat(plainCache.Values)) v.Dispose();
+        }
+        output.WriteLine($"fused vs plain Concat graph, left-padded batch of 2: max relative L2 {worst:E2}");
+    }
+
+    /// <summary>
+    /// One run of a Concat graph for a batch: ids and positions [rows, T], each row's attention mask over all its
+    /// tokens so far; <paramref name="cache"/> holds the presents by past name (empty at the start) and is advanced.
+    /// </summary>
+    private float[] ForwardBatch(InferenceSession session, Dictionary<string, OrtValue> cache, long[] ids,
+        long[] positions, List<long>[] mask)
+    {
+        int rows = mask.Length, t = ids.Length / rows, total = mask[0].Count;
+        using var idsValue = OrtValue.CreateTensorValueFromMemory(ids, [rows, t]);
+        using var positionsValue = OrtValue.CreateTensorValueFromMemory(positions, [rows, t]);
+        using var maskValue = OrtValue.CreateTensorValueFromMemory(mask.SelectMany(m => m).ToArray(), [rows, total]);
+        var inputs = new Dictionary<string, OrtValue>
+        {
+            [GraphNames.InputIds] = idsValue,
+            [GraphNames.PositionIds] = positionsValue,
+            [GraphNames.AttentionMask] = maskValue,
+        };
+        var empty = new List<OrtValue>();
+        for (var l = 0; l < f.Arch.Layers; l++)
+            foreach (var name in new[] { GraphNames.PastKey(l), GraphNames.PastValue(l) })
+            {
+                if (!cache.TryGetValue(name, out var past))
+                {
+                    long[] none = [rows, f.Arch.KvHeads, 0, f.Arch.HeadSize];
+                    past = OrtValue.CreateTensorValueFromMemory(Array.Empty<float>(), none);
+                    empty.Add(past);
+                }
+                inputs[name] = past;
+            }
+        string[] outputs = [GraphNames.Logits, .. Enumerable.Range(0, f.Arch.Layers)
+            .SelectMany(l => new[] { GraphNames.PresentKey(l), GraphNames.PresentValue(l) })];
+        using var runOptions = new RunOptions();
+        var results = session.Run(runOptions, inputs.Keys.ToArray(), inputs.Values.ToArray(), outputs);
+        foreach (var v in cache.Values.Concat(empty)) v.Dispose();
+        for (var l = 0; l < f.Arch.Layers; l++)
+        {
+            cache[GraphNames.PastKey(l)] = results[1 + 2 * l];
+            cache[GraphNames.PastValue(l)] = results[2 + 2 * l];
+        }
+        using var logits = results[0];
+        return logits.GetTensorDataAsSpan<float>().ToArray();
+    }
+
+    /// <summary>
     /// Three fresh prompts of different lengths prefilled together (right-padded), a fourth alone into its slot,
     /// then 12 decode steps of all four rows with their own lengths: each row's logits, fused vs plain.
     /// </summary>
@@ -273,14 +363,19 @@ public sealed class FusedGraphFixture : IDisposable
             foreach (var operators in Enum.GetValues<OperatorSet>())
                 _models[(layout, operators)] =
                     LlamaGraphExporter.Export(Arch, Checkpoint.Weights, Options(layout, operators), "stories260k");
-        PlainConcat = new ConcatDriver(Open(Model(KvCacheLayout.Concat, OperatorSet.Plain)), Arch);
-        FusedConcat = new ConcatDriver(Open(Model(KvCacheLayout.Concat, OperatorSet.Fused)), Arch);
+        PlainConcatSession = Open(Model(KvCacheLayout.Concat, OperatorSet.Plain));
+        FusedConcatSession = Open(Model(KvCacheLayout.Concat, OperatorSet.Fused));
+        PlainConcat = new ConcatDriver(PlainConcatSession, Arch);
+        FusedConcat = new ConcatDriver(FusedConcatSession, Arch);
         PlainShared = new SharedKvDriver(Open(Model(KvCacheLayout.SharedBuffer, OperatorSet.Plain)), Arch);
         FusedShared = new SharedKvDriver(Open(Model(KvCacheLayout.SharedBuffer, OperatorSet.Fused)), Arch);
     }
 
     public ModelArchitecture Arch { get; }
     public LoadedCheckpoint Checkpoint { get; }
+    /// <summary>The Concat graphs' sessions, owned by <see cref="PlainConcat"/> and <see cref="FusedConcat"/>.</summary>
+    public InferenceSession PlainConcatSession { get; }
+    public InferenceSession FusedConcatSession { get; }
     internal ConcatDriver PlainConcat { get; }
     internal ConcatDriver FusedConcat { get; }
     internal SharedKvDriver PlainShared { get; }
