@@ -93,7 +93,7 @@ public sealed class GraphBuilder
     public string[] DomainNode(string domain, string opType, string[] inputs, string[] outputs,
         params AttributeProto[] attributes)
     {
-        foreach (var o in outputs) Claim(o);
+        foreach (var o in outputs.Where(o => o.Length > 0)) Claim(o); // "" leaves an optional output unwritten
         var node = new NodeProto { OpType = opType, Name = NodeName(opType), Domain = domain };
         node.Input.AddRange(inputs);
         node.Output.AddRange(outputs);

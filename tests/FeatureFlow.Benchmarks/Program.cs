@@ -4,8 +4,9 @@ using FeatureFlow.Benchmarks;
 // The table and the markdown must read the same on every machine (decimal points, not commas).
 CultureInfo.DefaultThreadCurrentCulture = CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
 const string usage = "usage: engines [--rounds N] [--warm-ups N] [--pack NAME] [--write FILE]\n"
-    + "       synthetic [--rounds N] [--warm-ups N] [--threads N] [--write FILE]";
-if (args.Length == 0 || args[0] is not ("engines" or "synthetic"))
+    + "       synthetic [--rounds N] [--warm-ups N] [--threads N] [--write FILE]\n"
+    + "       fused [--rounds N] [--warm-ups N] [--prompt TOKENS] [--steps N]";
+if (args.Length == 0 || args[0] is not ("engines" or "synthetic" or "fused"))
 {
     Console.Error.WriteLine(usage);
     return 2;
@@ -17,15 +18,24 @@ for (var i = 1; i < args.Length; i += 2)
     flags[args[i]] = value;
 }
 string Flag(string name, string fallback) => flags.Remove(name, out var v) ? v : fallback;
-int Int(string name, int fallback) => int.Parse(Flag(name, fallback.ToString(CultureInfo.InvariantCulture)), CultureInfo.InvariantCulture);
+int Int(string name, int fallback) =>
+    int.Parse(Flag(name, fallback.ToString(CultureInfo.InvariantCulture)), CultureInfo.InvariantCulture);
 var write = Flag("--write", "") is { Length: > 0 } w ? Path.GetFullPath(w) : null;
-var engines = args[0] == "engines"
-    ? new EngineComparison.Options(Int("--rounds", 7), Int("--warm-ups", 1), Flag("--pack", "sun-flow"), write)
-    : null;
-var synthetic = args[0] == "synthetic"
-    ? new SyntheticModelComparison.Options(Int("--rounds", 5), Int("--warm-ups", 1), Int("--threads", 1), write)
-    : null;
+Func<Task<int>> run = args[0] switch
+{
+    "engines" => RunEngines(new EngineComparison.Options(Int("--rounds", 7), Int("--warm-ups", 1),
+        Flag("--pack", "sun-flow"), write)),
+    "synthetic" => RunSynthetic(new SyntheticModelComparison.Options(Int("--rounds", 5), Int("--warm-ups", 1),
+        Int("--threads", 1), write)),
+    _ when write is not null => throw new ArgumentException($"fused prints its table and writes no file; {usage}"),
+    _ => RunFused(new FusedComparison.Options(Int("--rounds", 20), Int("--warm-ups", 2), Int("--prompt", 128),
+        Int("--steps", 256))),
+};
+// Every flag was read above: one left over is a typo or belongs to another benchmark.
 if (flags.Count > 0) throw new ArgumentException($"unknown option(s) {string.Join(", ", flags.Keys)} for {args[0]}; {usage}");
-return engines is not null
-    ? await EngineComparison.RunAsync(engines, Console.Out, Console.Error)
-    : await SyntheticModelComparison.RunAsync(synthetic!, Console.Out, Console.Error);
+return await run();
+
+static Func<Task<int>> RunEngines(EngineComparison.Options o) => () => EngineComparison.RunAsync(o, Console.Out, Console.Error);
+static Func<Task<int>> RunSynthetic(SyntheticModelComparison.Options o) =>
+    () => SyntheticModelComparison.RunAsync(o, Console.Out, Console.Error);
+static Func<Task<int>> RunFused(FusedComparison.Options o) => () => Task.FromResult(FusedComparison.Run(o, Console.Out, Console.Error));

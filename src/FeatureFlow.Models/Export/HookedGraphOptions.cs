@@ -14,6 +14,28 @@ public sealed record HookedGraphOptions
 
     /// <summary>How the KV cache crosses the graph boundary; see <see cref="KvCacheLayout"/>.</summary>
     public KvCacheLayout KvLayout { get; init; } = KvCacheLayout.Concat;
+
+    /// <summary>Which operators carry the model math (<see cref="OperatorSet"/>); fused graphs take no hooks.</summary>
+    public OperatorSet Operators { get; init; } = OperatorSet.Plain;
+}
+
+/// <summary>The operators an exported graph is written in.</summary>
+public enum OperatorSet
+{
+    /// <summary>
+    /// Standard ONNX operators only (plus GroupQueryAttention for <see cref="KvCacheLayout.SharedBuffer"/>): the
+    /// reference graph, which every other variant is tested against and into which the steering hooks go.
+    /// </summary>
+    Plain,
+
+    /// <summary>
+    /// ONNX Runtime's fused operators, as onnxruntime-genai's model builder writes a Llama: SimplifiedLayerNormalization
+    /// and com.microsoft SkipSimplifiedLayerNormalization (the residual stream carried through its sum output),
+    /// com.microsoft.RotaryEmbedding, one packed Q/K/V MatMul, and com.microsoft MultiHeadAttention (Concat) or
+    /// GroupQueryAttention (SharedBuffer). Same inputs and outputs as the plain graph; ONNX Runtime only. The residual
+    /// stream never exists as a separate value at a hook site, so hooks are refused here (the hook tool inserts them).
+    /// </summary>
+    Fused,
 }
 
 /// <summary>The two ways an exported graph keeps its KV cache.</summary>

@@ -12,7 +12,7 @@ namespace FeatureFlow.Models.Export;
 /// zero makes it the exact identity. The KV cache is either concatenated (past → present, one longer) or one
 /// shared buffer written in place by com.microsoft.GroupQueryAttention (<see cref="KvCacheLayout"/>).
 /// </summary>
-public static class LlamaGraphExporter
+public static partial class LlamaGraphExporter
 {
     internal const string B = "batch", T = "sequence_length", P = "past_sequence_length", S = "total_sequence_length";
     internal const string M = "max_sequence_length";
@@ -22,6 +22,10 @@ public static class LlamaGraphExporter
     {
         arch.Validate();
         if (options.Hooks && options.SlotsPerSite < 1) throw new ArgumentException("slots per site must be at least 1");
+        if (options.Hooks && options.Operators == OperatorSet.Fused)
+            throw new ArgumentException($"{nameof(HookedGraphOptions.Operators)} = {nameof(OperatorSet.Fused)} writes no "
+                + $"hooks, but {nameof(HookedGraphOptions.Hooks)} = true: export the fused graph with Hooks = false and "
+                + "insert hooks into it with `featureflow hook`, or use the plain operators");
         var g = new GraphBuilder(modelName);
         int d = arch.DModel, hs = arch.HeadSize, kvHeads = arch.KvHeads, sites = arch.Layers * Site.KindsPerLayer;
         int k = options.SlotsPerSite;
@@ -49,6 +53,9 @@ public static class LlamaGraphExporter
 
         var embedding = g.Initializer("model.embed_tokens.weight", w.TokenEmbedding, arch.VocabSize, d);
         var x = g.Op("Gather", [embedding, inputIds], Attr.Int("axis", 0));
+        if (options.Operators == OperatorSet.Fused)
+            return FusedDecoder(g, arch, w, options.KvLayout, embedding, x,
+                new DecoderInputs(inputIds, positionIds, attentionMask, seqlensK, totalLength, pastKeys, pastValues));
         var (cos, sin) = RotaryTables(g, arch, positionIds);
         var cache = shared
             ? new KvCache(KvCacheLayout.SharedBuffer, null, seqlensK, totalLength)
