@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 using FeatureFlow.Models.Tokenization;
 using static FeatureFlow.Models.Tests.Tokenization.HfTokenizerTestSupport;
 
@@ -11,6 +12,24 @@ public class HfByteLevelBpeTests
     // CodeGen's variant of the GPT-2 vocabulary: the same merges plus added tokens for runs of spaces and tabs.
     private static readonly Lazy<HfTokenizer> GenAi =
         new(() => HfTokenizer.Load(TokenizerJson(RepoPaths.GenAiTinyGpt2), Gpt2EndOfText, Gpt2EndOfText));
+
+    // The GPT-2 vocabulary under Llama 3's pre-tokenizer (a Split regex, then ByteLevel without its own regex) and
+    // ignore_merges, as Fixtures/make_hf_reference.js builds it for Hugging Face's library.
+    private const string Llama3Pattern =
+        @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+    private static readonly Lazy<HfTokenizer> Llama3Style = new(() =>
+    {
+        var json = JsonNode.Parse(File.ReadAllText(TokenizerJson(RepoPaths.TorchTinyGpt2)))!;
+        json["pre_tokenizer"] = JsonNode.Parse($$"""
+            {"type": "Sequence", "pretokenizers": [
+              {"type": "Split", "pattern": {"Regex": {{JsonValue.Create(Llama3Pattern).ToJsonString()}}},
+               "behavior": "Isolated", "invert": false},
+              {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]}
+            """);
+        json["model"]!["ignore_merges"] = true;
+        return LoadFromText(json.ToJsonString(), Gpt2EndOfText, Gpt2EndOfText);
+    });
 
     public static IEnumerable<object[]> ReferencePrompts() =>
         GreedyReferencePrompts().Select(p => new object[] { p.Text, p.Ids });
@@ -45,6 +64,14 @@ public class HfByteLevelBpeTests
     [MemberData(nameof(GenAiLibraryCases))]
     public void GenAi_fixture_tokenizer_matches_hugging_face_tokenizers_including_its_whitespace_added_tokens(
         string text, int[] ids) => Assert.Equal(ids, GenAi.Value.Encode(text, addBos: false));
+
+    public static IEnumerable<object[]> Llama3StyleLibraryCases() =>
+        HfLibraryReference("torch-tiny-gpt2-llama3-style").Select(c => new object[] { c.Text, c.Ids });
+
+    [Theory]
+    [MemberData(nameof(Llama3StyleLibraryCases))]
+    public void Split_regex_pre_tokenizer_with_ignore_merges_matches_hugging_face_tokenizers(string text, int[] ids) =>
+        Assert.Equal(ids, Llama3Style.Value.Encode(text, addBos: false));
 
     [Theory]
     [MemberData(nameof(RoundTripTexts))]
