@@ -40,7 +40,8 @@ public sealed class ModelFolder
     public ITokenizer LoadTokenizer() => Manifest.Tokenizer.Format switch
     {
         "llama2c" => Llama2cTokenizer.Load(TokenizerPath, Manifest.Architecture.VocabSize),
-        var f => throw new InvalidDataException($"{Directory}: unknown tokenizer format '{f}'"),
+        "hf" => HfTokenizer.Load(TokenizerPath, Manifest.Tokenizer.BosId, Manifest.Tokenizer.EosId),
+        var f => throw new InvalidDataException($"{Directory}: unknown tokenizer format '{f}' (expected llama2c or hf)"),
     };
 
     public IReadOnlyList<Site> Sites => Manifest.Steering.Sites.Select(Site.Parse).ToArray();
