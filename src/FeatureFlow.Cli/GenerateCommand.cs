@@ -29,13 +29,18 @@ public static class GenerateCommand
         var packs = new Option<string[]>("--pack") { Description = "apply a server-side steering pack: NAME or NAME:STRENGTH (repeatable)" };
         var json = new Option<bool>("--json") { Description = "print one JSON object {text, token_ids, finish_reason, usage} instead of streaming text" };
         var local = new Option<bool>("--local") { Description = "run the model in this process instead of calling a server" };
+        var backend = new Option<LocalBackend>("--backend")
+        {
+            Description = "with --local: featureflow (our engine) or genai (ONNX Runtime GenAI's loop on the folder's hooked graph; no read-out or log-probabilities)",
+            DefaultValueFactory = _ => LocalBackend.Featureflow,
+        };
         var model = ServeCommand.ModelOption();
         var provider = ServeCommand.ProviderOption();
         var server = ServerOption();
         var key = ServerClient.KeyOption();
         var command = new Command("generate", "Stream a (steered) completion from a running server, or in-process with --local.")
         {
-            prompt, promptIds, maxTokens, temperature, topP, topK, seed, stop, steering, packs, json, local, model, provider, server, key,
+            prompt, promptIds, maxTokens, temperature, topP, topK, seed, stop, steering, packs, json, local, backend, model, provider, server, key,
         };
         command.SetAction((parse, ct) => CliApp.Guard(error, async () =>
         {
@@ -54,9 +59,11 @@ public static class GenerateCommand
                 request.Steering.Terms.Add(new Api.V1.SteeringTerm { Pack = ParsePack(pack) });
             }
 
-            var responses = parse.GetValue(local)
-                ? Local(request, parse.GetValue(model)!, parse.GetValue(provider), ct)
-                : Remote(request, parse.GetValue(server)!, parse.GetValue(key), ct);
+            if (!parse.GetValue(local) && parse.GetValue(backend) != LocalBackend.Featureflow)
+                throw new ArgumentException("--backend: choose a backend only with --local (a server runs its own)");
+            var responses = !parse.GetValue(local) ? Remote(request, parse.GetValue(server)!, parse.GetValue(key), ct)
+                : parse.GetValue(backend) == LocalBackend.Genai ? LocalGenAi(request, parse.GetValue(model)!, ct)
+                : Local(request, parse.GetValue(model)!, parse.GetValue(provider), ct);
             await Print(responses, parse.GetValue(json), output);
             return 0;
         }));
@@ -99,6 +106,25 @@ public static class GenerateCommand
         await foreach (var u in engine.GenerateAsync(domain, ct))
             yield return RequestMapper.ToApi(u, readout);
     }
+
+    /// <summary>
+    /// ONNX Runtime GenAI's own loop on the folder's hooked graph (genai_config.json names the graph without hooks),
+    /// with the request's steering passed as the graph's steering inputs.
+    /// </summary>
+    private static async IAsyncEnumerable<GenerateResponse> LocalGenAi(GenerateRequest request, string modelDir,
+        [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken ct)
+    {
+        var folder = ModelFolder.Open(modelDir);
+        using var backend = new GenAiBackend(folder.Directory, folder.LoadTokenizer(),
+            new GenAiBackendOptions { DecoderFile = folder.Manifest.Graphs.Hooked });
+        var model = new RequestMapper.ModelContext(backend.Compiler!, backend.Tokenizer, backend.ContextLength,
+            new EngineOptions().DefaultMaxTokens);
+        var (domain, readout) = RequestMapper.ToDomain(request, model, Steering.Packs.SteeringCatalog.Load(folder));
+        await foreach (var u in backend.GenerateAsync(domain, ct))
+            yield return RequestMapper.ToApi(u, readout);
+    }
+
+    private enum LocalBackend { Featureflow, Genai }
 
     private static async Task Print(IAsyncEnumerable<GenerateResponse> responses, bool json, TextWriter output)
     {

@@ -33,7 +33,7 @@ public sealed class GenAiBackend : IDisposable
         ContextLength = metadata.ContextLength
             ?? throw new InvalidDataException($"{configPath}: model.context_length is missing");
         VocabSize = metadata.VocabSize ?? throw new InvalidDataException($"{configPath}: model.vocab_size is missing");
-        DecoderPath = Path.Combine(directory, DecoderFile(configPath));
+        DecoderPath = Path.Combine(directory, options.DecoderFile ?? DecoderFile(configPath));
         if (!File.Exists(DecoderPath))
             throw new FileNotFoundException(
                 $"{configPath}: model.decoder.filename names {DecoderPath}, which is missing", DecoderPath);
@@ -46,17 +46,11 @@ public sealed class GenAiBackend : IDisposable
             _config.ClearProviders();
             foreach (var provider in options.Providers) _config.AppendProvider(provider);
         }
+        var decoder = new JsonObject();
         if (options.IntraOpThreads > 0)
-            _config.Overlay(new JsonObject
-            {
-                ["model"] = new JsonObject
-                {
-                    ["decoder"] = new JsonObject
-                    {
-                        ["session_options"] = new JsonObject { ["intra_op_num_threads"] = options.IntraOpThreads },
-                    },
-                },
-            }.ToJsonString());
+            decoder["session_options"] = new JsonObject { ["intra_op_num_threads"] = options.IntraOpThreads };
+        if (options.DecoderFile is { } file) decoder["filename"] = file;
+        if (decoder.Count > 0) _config.Overlay(new JsonObject { ["model"] = new JsonObject { ["decoder"] = decoder } }.ToJsonString());
         _model = new Model(_config);
     }
 

@@ -7,6 +7,11 @@ public sealed record GenAiBackendOptions
     public IReadOnlyList<string> Providers { get; init; } = [];
     /// <summary>Intra-op threads of the decoder session; 0 keeps genai_config.json's (ONNX Runtime's default).</summary>
     public int IntraOpThreads { get; init; } = 1;
+    /// <summary>
+    /// The decoder graph to run, relative to the folder, instead of the one genai_config.json names: a hooked
+    /// folder's genai_config.json names the graph without hooks, which GenAI can run without our inputs.
+    /// </summary>
+    public string? DecoderFile { get; init; }
 
     public void Validate()
     {

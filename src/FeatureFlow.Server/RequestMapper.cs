@@ -1,6 +1,7 @@
 using FeatureFlow.Api.V1;
 using FeatureFlow.Engine;
 using FeatureFlow.Models;
+using FeatureFlow.Models.Tokenization;
 using FeatureFlow.Steering;
 using FeatureFlow.Steering.Packs;
 using ApiOperation = FeatureFlow.Api.V1.SteeringOperation;
@@ -17,8 +18,18 @@ namespace FeatureFlow.Server;
 /// <summary>Wire messages → domain requests. Shape errors are reported with the proto field path.</summary>
 public static class RequestMapper
 {
+    /// <summary>What mapping a request needs from the model that will run it (our engine or the GenAI backend).</summary>
+    public sealed record ModelContext(SteeringCompiler Compiler, ITokenizer Tokenizer, int ContextLength, int DefaultMaxTokens)
+    {
+        public static ModelContext Of(GenerationEngine engine) =>
+            new(engine.Compiler, engine.Tokenizer, engine.Architecture.ContextLength, engine.Options.DefaultMaxTokens);
+    }
+
     /// <summary>A Generate request without its experiment (the server resolves that first and passes the arm's steering).</summary>
     public static (GenerationRequest Request, FeatureReadoutPlan Readout) ToDomain(GenerateRequest r, GenerationEngine engine,
+        SteeringCatalog catalog, Api.V1.SteeringSpec? steering = null) => ToDomain(r, ModelContext.Of(engine), catalog, steering);
+
+    public static (GenerationRequest Request, FeatureReadoutPlan Readout) ToDomain(GenerateRequest r, ModelContext engine,
         SteeringCatalog catalog, Api.V1.SteeringSpec? steering = null)
     {
         var readout = FeatureReadoutPlan.Resolve(r.Readout, [], catalog, engine.Compiler);
@@ -42,7 +53,7 @@ public static class RequestMapper
         // One seed for all arms, fixed here so that a random one is still shared.
         var seed = r.HasSeed ? r.Seed : (ulong)Random.Shared.NextInt64();
         var common = Sampled(new Sampling(r.Prompt, r.PromptTokenIds, r.HasMaxTokens ? r.MaxTokens : null, r.HasTemperature ? r.Temperature : null,
-            r.HasTopP ? r.TopP : null, r.HasTopK ? r.TopK : null, seed, r.Stop), engine) with { Readout = readout.Sites };
+            r.HasTopP ? r.TopP : null, r.HasTopK ? r.TopK : null, seed, r.Stop), ModelContext.Of(engine)) with { Readout = readout.Sites };
         var specs = new List<(string Label, SteeringSpec Spec)>();
         for (var i = 0; i < r.Arms.Count; i++)
             specs.Add((r.Arms[i].Terms.Count == 0 ? "default" : $"arms[{i}]", ToDomain(r.Arms[i], catalog, engine.Compiler, $"arms[{i}]")));
@@ -80,16 +91,16 @@ public static class RequestMapper
         IList<string> Stop);
 
     /// <summary>Prompt and sampling with the server's defaults for unset fields; no steering yet.</summary>
-    private static GenerationRequest Sampled(Sampling r, GenerationEngine engine)
+    private static GenerationRequest Sampled(Sampling r, ModelContext model)
     {
         if (r.Prompt.Length > 0 && r.PromptIds.Count > 0)
             throw new FieldValidationException("prompt_token_ids", "give either prompt or prompt_token_ids, not both");
-        var promptIds = r.PromptIds.Count > 0 ? r.PromptIds.ToArray() : engine.EncodePrompt(r.Prompt);
-        var room = engine.Architecture.ContextLength - promptIds.Length;
+        var promptIds = r.PromptIds.Count > 0 ? r.PromptIds.ToArray() : model.Tokenizer.Encode(r.Prompt, addBos: true);
+        var room = model.ContextLength - promptIds.Length;
         return new GenerationRequest
         {
             PromptIds = promptIds,
-            MaxTokens = r.MaxTokens ?? Math.Clamp(engine.Options.DefaultMaxTokens, 1, Math.Max(1, room)),
+            MaxTokens = r.MaxTokens ?? Math.Clamp(model.DefaultMaxTokens, 1, Math.Max(1, room)),
             Sampling = new SamplingOptions
             {
                 Temperature = r.Temperature ?? 1f,

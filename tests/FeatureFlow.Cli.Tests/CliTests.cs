@@ -107,6 +107,23 @@ public class CliTests
     }
 
     [Fact]
+    public async Task The_genai_backend_gives_our_engine_s_greedy_tokens_with_and_without_a_pack()
+    {
+        string[] common = ["generate", "--local", "--model", RepoPaths.Stories260kModel, "--prompt", "Once upon a time",
+            "--temperature", "0", "--max-tokens", "24", "--json"];
+        static string Ids((int Exit, string Out, string Err) r) =>
+            r.Exit == 0 ? JsonDocument.Parse(r.Out).RootElement.GetProperty("token_ids").ToString() : r.Err;
+        var ours = await CliRunner.Run([.. common, "--provider", "Cpu", "--pack", "happy"]);
+        var genAi = await CliRunner.Run([.. common, "--backend", "genai", "--pack", "happy"]);
+        var genAiPlain = await CliRunner.Run([.. common, "--backend", "genai"]);
+        Assert.Equal(Ids(ours), Ids(genAi));
+        Assert.NotEqual(Ids(genAiPlain), Ids(genAi));
+        var (exit, _, stderr) = await CliRunner.Run("generate", "--backend", "genai", "--prompt", "x");
+        Assert.Equal(1, exit);
+        Assert.Contains("--backend", stderr);
+    }
+
+    [Fact]
     public async Task A_missing_model_folder_is_one_clear_line_and_exit_code_1()
     {
         var (exit, _, stderr) = await CliRunner.Run("generate", "--local", "--model", "/nonexistent/model");
