@@ -18,41 +18,20 @@ public static class LlamaGraphExporter
     private const string M = "max_sequence_length";
     private const string MicrosoftDomain = "com.microsoft";
 
-    public static ModelProto Export(ModelArchitecture arch, LlamaWeights w, HookedGraphOptions options, string modelName)
+    /// <param name="externalData">The folder's shared weights file; null writes every initializer inline.</param>
+    public static ModelProto Export(ModelArchitecture arch, LlamaWeights w, HookedGraphOptions options, string modelName,
+        ExternalDataFile? externalData = null)
     {
-        arch.Validate();
-        if (options.Hooks && options.SlotsPerSite < 1) throw new ArgumentException("slots per site must be at least 1");
-        var g = new GraphBuilder(modelName);
-        int d = arch.DModel, hs = arch.HeadSize, kvHeads = arch.KvHeads, sites = arch.Layers * Site.KindsPerLayer;
-        int k = options.SlotsPerSite;
-        var shared = options.KvLayout == KvCacheLayout.SharedBuffer;
-
-        var inputIds = g.Input(GraphNames.InputIds, DataType.Int64, B, T);
-        var attentionMask = shared ? null : g.Input(GraphNames.AttentionMask, DataType.Int64, B, S);
-        var positionIds = g.Input(GraphNames.PositionIds, DataType.Int64, B, T);
-        var seqlensK = shared ? g.Input(GraphNames.SeqlensK, DataType.Int32, B) : null;
-        var totalLength = shared ? g.Input(GraphNames.TotalSequenceLength, DataType.Int32) : null;
-        var pastKeys = new string[arch.Layers];
-        var pastValues = new string[arch.Layers];
-        for (var l = 0; l < arch.Layers; l++)
-        {
-            pastKeys[l] = g.Input(GraphNames.PastKey(l), DataType.Float, B, kvHeads, shared ? M : P, hs);
-            pastValues[l] = g.Input(GraphNames.PastValue(l), DataType.Float, B, kvHeads, shared ? M : P, hs);
-        }
-        var steering = options.Hooks
-            ? SiteSlices.Split(g, sites,
-                g.Input(GraphNames.SteeringAdd, DataType.Float, B, sites, d),
-                g.Input(GraphNames.SteeringEncoder, DataType.Float, B, sites, d, k),
-                g.Input(GraphNames.SteeringDecoder, DataType.Float, B, sites, k, d),
-                g.Input(GraphNames.SteeringCoefficients, DataType.Float, B, sites, GraphNames.CoefficientRows, k))
-            : null;
+        RequireWritable(arch);
+        var g = new GraphBuilder(modelName, externalData);
+        var inputs = DeclareInputs(g, arch, options);
+        var (steering, pastKeys, pastValues) = (inputs.Steering, inputs.PastKeys, inputs.PastValues);
+        int d = arch.DModel;
 
         var embedding = g.Initializer("model.embed_tokens.weight", w.TokenEmbedding, arch.VocabSize, d);
-        var x = g.Op("Gather", [embedding, inputIds], Attr.Int("axis", 0));
-        var (cos, sin) = RotaryTables(g, arch, positionIds);
-        var cache = shared
-            ? new KvCache(KvCacheLayout.SharedBuffer, null, seqlensK, totalLength)
-            : new KvCache(KvCacheLayout.Concat, AttentionAllowed(g, inputIds, attentionMask!), null, null);
+        var x = g.Op("Gather", [embedding, inputs.InputIds], Attr.Int("axis", 0));
+        var (cos, sin) = RotaryTables(g, arch, inputs.PositionIds);
+        var cache = inputs.Cache(g);
 
         for (var l = 0; l < arch.Layers; l++)
         {
@@ -71,37 +50,24 @@ public static class LlamaGraphExporter
         x = RmsNorm(g, x, g.Initializer("ln_f.weight", w.RmsFinal, d), arch.NormEpsilon);
         var classifier = arch.TiedEmbeddings ? embedding : g.Initializer("lm_head.weight", w.Classifier, arch.VocabSize, d);
         var logits = g.Op("MatMul", [x, g.Op("Transpose", [classifier], Attr.Ints("perm", 1, 0))]);
-        g.Output(logits, GraphNames.Logits, DataType.Float, B, T, arch.VocabSize);
+        return Build(g, arch, options, logits, "Llama");
+    }
 
-        var doc = options.Hooks
-            ? "Llama decoder with FeatureFlow steering hooks at every attn_out, mlp_out and resid_post site."
-            : "Llama decoder (no hooks).";
-        List<KeyValuePair<string, string>> metadata =
-        [
-            new("featureflow.hooks", options.Hooks ? "true" : "false"),
-            new("featureflow.slots_per_site",
-                options.Hooks ? k.ToString(System.Globalization.CultureInfo.InvariantCulture) : "0"),
-        ];
-        // Only the new layout adds anything, so Concat graphs keep their committed bytes.
-        if (shared)
-        {
-            doc += " KV cache: one [batch, kv_heads, max_sequence_length, head_size] buffer per layer, bound as past and"
-                + " present and written in place by com.microsoft.GroupQueryAttention at seqlens_k.";
-            metadata.Add(new("featureflow.kv_layout", "shared_buffer"));
-        }
-        return g.Build(new OnnxModelOptions
-        {
-            DocString = doc,
-            Metadata = metadata,
-            DomainOpsets = shared ? [new(MicrosoftDomain, 1)] : [],
-        });
+    /// <summary>The layout this exporter writes; other architectures are refused by name, not written wrongly.</summary>
+    private static void RequireWritable(ModelArchitecture arch)
+    {
+        arch.Validate();
+        if (arch.Norm != NormKind.RmsNorm || arch.Mlp != MlpKind.SwiGlu || arch.Positions != PositionEmbedding.Rotary
+            || arch.Rotary != RotaryConvention.Interleaved)
+            throw new InvalidDataException($"the Llama exporter writes rms_norm, swi_glu, rotary (interleaved) models; "
+                + $"{arch.Family} is {arch.Norm}, {arch.Mlp}, {arch.Positions} ({arch.Rotary})");
     }
 
     /// <summary>
     /// The steering inputs cut into per-site pieces once, at the top of the graph, so each hook costs no
     /// gathers: add [B, 1, d], encoder [B, 1, d, K], decoder [B, 1, K, d], coefficient rows [B, 1, 1, K].
     /// </summary>
-    private sealed record SiteSlices(string[] Add, string[] Encoder, string[] Decoder, string[][] Rows)
+    internal sealed record SiteSlices(string[] Add, string[] Encoder, string[] Decoder, string[][] Rows)
     {
         public static SiteSlices Split(GraphBuilder g, int sites, string add, string encoder, string decoder, string coefficients)
         {
@@ -139,7 +105,7 @@ public static class LlamaGraphExporter
     /// Which keys each query may see: causal over absolute positions (past tokens come first) and not
     /// masked out by attention_mask. Shape [B, 1, 1, T, S], matching the grouped score layout.
     /// </summary>
-    private static string AttentionAllowed(GraphBuilder g, string inputIds, string attentionMask)
+    internal static string AttentionAllowed(GraphBuilder g, string inputIds, string attentionMask)
     {
         using var _ = g.Scope("mask");
         var zero = g.ScalarInt64(0);
@@ -158,7 +124,7 @@ public static class LlamaGraphExporter
     /// What attention reads besides q, k, v and the past: the Concat layout's mask ([B, 1, 1, T, S]), or the
     /// SharedBuffer layout's per-row lengths (seqlens_k, total_sequence_length).
     /// </summary>
-    private sealed record KvCache(KvCacheLayout Layout, string? Allowed, string? SeqlensK, string? TotalLength);
+    internal sealed record KvCache(KvCacheLayout Layout, string? Allowed, string? SeqlensK, string? TotalLength);
 
     private static string Attention(GraphBuilder g, ModelArchitecture arch, int l, LlamaWeights w, string xn,
         string cos, string sin, KvCache cache, string pastKey, string pastValue)
@@ -177,7 +143,7 @@ public static class LlamaGraphExporter
     }
 
     /// <summary>Causal attention over Concat(past, new) with plain operators; q, key, value: [B, T, heads, hs].</summary>
-    private static string ConcatAttention(GraphBuilder g, ModelArchitecture arch, int l, string q, string key,
+    internal static string ConcatAttention(GraphBuilder g, ModelArchitecture arch, int l, string q, string key,
         string value, string allowed, string pastKey, string pastValue)
     {
         int d = arch.DModel, hs = arch.HeadSize, kv = arch.KvHeads;
@@ -207,7 +173,7 @@ public static class LlamaGraphExporter
     /// 0 … seqlens_k only, so a caller that binds one buffer as past and present never copies the cache and stale
     /// slots beyond a row's length are never read. Its default scale is 1/√hs, the reference's.
     /// </summary>
-    private static string SharedBufferAttention(GraphBuilder g, ModelArchitecture arch, int l, string q, string key,
+    internal static string SharedBufferAttention(GraphBuilder g, ModelArchitecture arch, int l, string q, string key,
         string value, KvCache cache, string pastKey, string pastValue)
     {
         var flat = g.ConstInt64(0, 0, -1);
@@ -245,7 +211,7 @@ public static class LlamaGraphExporter
     private static string Linear(GraphBuilder g, string x, string name, float[] weight, int outDim, int inDim) =>
         g.Op("MatMul", [x, g.Initializer(name, Matrix.Transpose(weight, outDim, inDim), inDim, outDim)]);
 
-    private static string Hook(GraphBuilder g, SiteSlices? steering, Site site, string h, HookedGraphOptions options, int d)
+    internal static string Hook(GraphBuilder g, SiteSlices? steering, Site site, string h, HookedGraphOptions options, int d)
     {
         if (steering is null) return h;
         using var _ = g.Scope(Site.HookSuffix(site.Kind));
@@ -261,5 +227,76 @@ public static class LlamaGraphExporter
         var steered = g.Op("Add", [g.Op("Add", [h, steering.Add[i]]), delta]);
         if (!options.SiteOutputs) return steered;
         return g.Output(steered, site.HookName, DataType.Float, B, T, d);
+    }
+
+    /// <summary>The graph inputs every decoder variant shares, with the steering inputs already cut per site.</summary>
+    internal sealed record DecoderInputs(string InputIds, string? AttentionMask, string PositionIds, string? SeqlensK,
+        string? TotalLength, string[] PastKeys, string[] PastValues, SiteSlices? Steering)
+    {
+        /// <summary>What attention reads besides q, k, v (the Concat layout's mask is built here, where it is called).
+        /// </summary>
+        public KvCache Cache(GraphBuilder g) => AttentionMask is null
+            ? new KvCache(KvCacheLayout.SharedBuffer, null, SeqlensK, TotalLength)
+            : new KvCache(KvCacheLayout.Concat, AttentionAllowed(g, InputIds, AttentionMask), null, null);
+    }
+
+    internal static DecoderInputs DeclareInputs(GraphBuilder g, ModelArchitecture arch, HookedGraphOptions options)
+    {
+        if (options.Hooks && options.SlotsPerSite < 1) throw new ArgumentException("slots per site must be at least 1");
+        int d = arch.DModel, hs = arch.HeadSize, kvHeads = arch.KvHeads, sites = arch.Layers * Site.KindsPerLayer;
+        int k = options.SlotsPerSite;
+        var shared = options.KvLayout == KvCacheLayout.SharedBuffer;
+
+        var inputIds = g.Input(GraphNames.InputIds, DataType.Int64, B, T);
+        var attentionMask = shared ? null : g.Input(GraphNames.AttentionMask, DataType.Int64, B, S);
+        var positionIds = g.Input(GraphNames.PositionIds, DataType.Int64, B, T);
+        var seqlensK = shared ? g.Input(GraphNames.SeqlensK, DataType.Int32, B) : null;
+        var totalLength = shared ? g.Input(GraphNames.TotalSequenceLength, DataType.Int32) : null;
+        var pastKeys = new string[arch.Layers];
+        var pastValues = new string[arch.Layers];
+        for (var l = 0; l < arch.Layers; l++)
+        {
+            pastKeys[l] = g.Input(GraphNames.PastKey(l), DataType.Float, B, kvHeads, shared ? M : P, hs);
+            pastValues[l] = g.Input(GraphNames.PastValue(l), DataType.Float, B, kvHeads, shared ? M : P, hs);
+        }
+        var steering = options.Hooks
+            ? SiteSlices.Split(g, sites,
+                g.Input(GraphNames.SteeringAdd, DataType.Float, B, sites, d),
+                g.Input(GraphNames.SteeringEncoder, DataType.Float, B, sites, d, k),
+                g.Input(GraphNames.SteeringDecoder, DataType.Float, B, sites, k, d),
+                g.Input(GraphNames.SteeringCoefficients, DataType.Float, B, sites, GraphNames.CoefficientRows, k))
+            : null;
+        return new DecoderInputs(inputIds, attentionMask, positionIds, seqlensK, totalLength, pastKeys, pastValues,
+            steering);
+    }
+
+    /// <summary>Declares the logits output and builds the model with the metadata the engine reads.</summary>
+    internal static ModelProto Build(GraphBuilder g, ModelArchitecture arch, HookedGraphOptions options, string logits,
+        string family)
+    {
+        g.Output(logits, GraphNames.Logits, DataType.Float, B, T, arch.VocabSize);
+        var shared = options.KvLayout == KvCacheLayout.SharedBuffer;
+        var doc = options.Hooks
+            ? $"{family} decoder with FeatureFlow steering hooks at every attn_out, mlp_out and resid_post site."
+            : $"{family} decoder (no hooks).";
+        List<KeyValuePair<string, string>> metadata =
+        [
+            new("featureflow.hooks", options.Hooks ? "true" : "false"),
+            new("featureflow.slots_per_site",
+                options.Hooks ? options.SlotsPerSite.ToString(System.Globalization.CultureInfo.InvariantCulture) : "0"),
+        ];
+        // Only the new layout adds anything, so Concat graphs keep their committed bytes.
+        if (shared)
+        {
+            doc += " KV cache: one [batch, kv_heads, max_sequence_length, head_size] buffer per layer, bound as past and"
+                + " present and written in place by com.microsoft.GroupQueryAttention at seqlens_k.";
+            metadata.Add(new("featureflow.kv_layout", "shared_buffer"));
+        }
+        return g.Build(new OnnxModelOptions
+        {
+            DocString = doc,
+            Metadata = metadata,
+            DomainOpsets = shared ? [new(MicrosoftDomain, 1)] : [],
+        });
     }
 }
