@@ -34,7 +34,8 @@ public sealed class ExternalDataFile : IDisposable
 
     public string FileName { get; }
     public long MinimumBytes { get; }
-    public long Length => _stream.Length;
+    /// <summary>Bytes written so far (all of them once <see cref="Complete"/> has run).</summary>
+    public long Length { get; private set; }
 
     /// <summary>Points <paramref name="tensor"/> at <paramref name="data"/> in the file, writing it if new.</summary>
     internal void Reference(TensorProto tensor, ReadOnlySpan<float> data)
@@ -54,6 +55,7 @@ public sealed class ExternalDataFile : IDisposable
             placed = new Placement(_stream.Position, bytes.Length, dims);
             _stream.Write(bytes);
             _sha256.AppendData(bytes);
+            Length = _stream.Position;
             _placed[tensor.Name] = placed;
         }
         tensor.DataLocation = TensorProto.Types.DataLocation.External;

@@ -60,6 +60,11 @@ public static class ModelFolderExporter
     public const string PlainGraphFile = "decoder.onnx";
     public const string BatchedGraphFile = "decoder_hooked_batched.onnx";
     public const string BatchedPlainGraphFile = "decoder_batched.onnx";
+    /// <summary>
+    /// ONNX Runtime's CPU GroupQueryAttention refuses other head sizes ("head_size must be a multiple of 8"), so a
+    /// model with such heads gets no batched graphs: the reference runner serves it, the batching engine cannot.
+    /// </summary>
+    public const int BatchedHeadSizeMultiple = 8;
     /// <summary>The external-data file all graphs of a Hugging Face export share (when it has one).</summary>
     public const string WeightsFile = "weights.data";
     public const string ExporterVersion = "featureflow export 0.1";
@@ -74,7 +79,7 @@ public static class ModelFolderExporter
         Directory.CreateDirectory(request.OutputDirectory);
 
         var folder = new FolderFiles(request.OutputDirectory, progress);
-        var hooked = WriteGraphs(folder, request.Hooks,
+        var hooked = WriteGraphs(folder, request.Hooks, batched: true,
             options => LlamaGraphExporter.Export(arch, checkpoint.Weights, options, request.ModelName));
 
         var tokenizerFile = Path.GetFileName(request.TokenizerPath);
@@ -127,6 +132,10 @@ public static class ModelFolderExporter
         var arch = model.Architecture;
         progress($"{arch.Family}: d_model {arch.DModel}, {arch.Layers} layers, {arch.Heads} heads ({arch.KvHeads} kv), "
             + $"vocab {arch.VocabSize}, context {arch.ContextLength}");
+        var batched = arch.HeadSize % BatchedHeadSizeMultiple == 0;
+        if (!batched)
+            progress($"no batched graphs: head size {arch.HeadSize} is not a multiple of {BatchedHeadSizeMultiple}, "
+                + "which ONNX Runtime's GroupQueryAttention needs (the batching engine cannot serve this model)");
         var external = request.ExternalWeights == ExternalWeights.Always || (request.ExternalWeights == ExternalWeights.Auto
             && checkpoint.Float32Bytes >= HuggingFaceExportRequest.AutoExternalBytes);
 
@@ -138,7 +147,7 @@ public static class ModelFolderExporter
             HookedGraphOptions hooked;
             using (var weights = external ? new ExternalDataFile(Path.Combine(staging, WeightsFile)) : null)
             {
-                hooked = WriteGraphs(folder, request.Hooks, options => model.ExportGraph(options, name, weights));
+                hooked = WriteGraphs(folder, request.Hooks, batched, options => model.ExportGraph(options, name, weights));
                 if (weights is not null)
                 {
                     folder.Hashes[WeightsFile] = weights.Complete();
@@ -154,7 +163,9 @@ public static class ModelFolderExporter
                 Name = name,
                 Architecture = arch,
                 Tokenizer = new TokenizerEntry("hf", HfTokenizerFiles.Main, model.BosId, model.EosId),
-                Graphs = new GraphEntry(HookedGraphFile, PlainGraphFile, BatchedGraphFile, BatchedPlainGraphFile),
+                Graphs = batched
+                    ? new GraphEntry(HookedGraphFile, PlainGraphFile, BatchedGraphFile, BatchedPlainGraphFile)
+                    : new GraphEntry(HookedGraphFile, PlainGraphFile),
                 Steering = new SteeringLayout(hooked.SlotsPerSite, Site.All(arch.Layers).Select(s => s.HookName).ToArray(),
                     hooked.SiteOutputs),
                 Provenance = new Provenance($"Hugging Face {config.Architecture} checkpoint '{name}' (not copied)",
@@ -176,22 +187,22 @@ public static class ModelFolderExporter
     }
 
     /// <summary>
-    /// The hooked Concat graph, the plain one, and both again with the shared KV buffer, in that order. Returns the
-    /// hooked graph's options (decoder_hooked.onnx is the Concat graph whatever the request says: GenAI and the
-    /// engine read it).
+    /// The hooked Concat graph, the plain one, and (if <paramref name="batched"/>) both again with the shared KV
+    /// buffer, in that order. Returns the hooked graph's options (decoder_hooked.onnx is the Concat graph whatever
+    /// the request says: GenAI and the engine read it).
     /// </summary>
-    private static HookedGraphOptions WriteGraphs(FolderFiles folder, HookedGraphOptions requested,
+    private static HookedGraphOptions WriteGraphs(FolderFiles folder, HookedGraphOptions requested, bool batched,
         Func<HookedGraphOptions, Onnx.Ir.ModelProto> export)
     {
         var hooked = requested with { Hooks = true, KvLayout = KvCacheLayout.Concat };
         var plain = hooked with { Hooks = false, SiteOutputs = false };
-        var batched = hooked with { KvLayout = KvCacheLayout.SharedBuffer };
-        var batchedPlain = batched with { Hooks = false, SiteOutputs = false };
+        var shared = hooked with { KvLayout = KvCacheLayout.SharedBuffer };
+        var sharedPlain = shared with { Hooks = false, SiteOutputs = false };
         foreach (var (file, options) in new[]
                  {
-                     (HookedGraphFile, hooked), (PlainGraphFile, plain), (BatchedGraphFile, batched),
-                     (BatchedPlainGraphFile, batchedPlain),
-                 })
+                     (HookedGraphFile, hooked), (PlainGraphFile, plain), (BatchedGraphFile, shared),
+                     (BatchedPlainGraphFile, sharedPlain),
+                 }.Take(batched ? 4 : 2))
             folder.Write(file, OnnxModelFile.Serialize(export(options)));
         return hooked;
     }
