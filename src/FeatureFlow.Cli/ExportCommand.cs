@@ -10,7 +10,7 @@ public static class ExportCommand
     public static Command Build(TextWriter output, TextWriter error)
     {
         var checkpoint = new Option<string>("--checkpoint") { Description = "llama2.c checkpoint (.bin)" };
-        var tokenizer = new Option<string>("--tokenizer") { Description = "llama2.c tokenizer (tok*.bin), with --checkpoint" };
+        var tokenizer = new Option<string>("--tokenizer") { Description = "llama2.c tokenizer (tok*.bin)" };
         var hf = new Option<string>("--hf")
         {
             Description = "Hugging Face checkpoint folder (config.json, model.safetensors or a sharded index, "
@@ -21,7 +21,11 @@ public static class ExportCommand
             Description = "model folder to write (with --hf: a new or empty folder, written beside it and moved there)",
             DefaultValueFactory = _ => "models/stories260k",
         };
-        var name = new Option<string>("--name") { Description = "model name in the manifest (--hf: default the checkpoint folder's name)", DefaultValueFactory = _ => "stories260k" };
+        var name = new Option<string>("--name")
+        {
+            Description = "model name in the manifest (--hf: default the checkpoint folder's name)",
+            DefaultValueFactory = _ => "stories260k",
+        };
         var slots = new Option<int>("--slots") { Description = "rescale/clamp feature slots per hook site", DefaultValueFactory = _ => new HookedGraphOptions().SlotsPerSite };
         var noSiteOutputs = new Option<bool>("--no-site-outputs") { Description = "do not expose site values as graph outputs" };
         var externalData = new Option<ExternalWeights>("--external-data")
@@ -30,8 +34,10 @@ public static class ExportCommand
                 + $"{HuggingFaceExportRequest.AutoExternalBytes >> 20} MiB of float32 weights on)",
             DefaultValueFactory = _ => ExternalWeights.Auto,
         };
-        var license = new Option<string>("--license") { Description = "with --hf: the checkpoint's license, for the manifest" };
-        var command = new Command("export", "Export a llama2.c checkpoint (--checkpoint, --tokenizer) or a Hugging Face one (--hf) into a model folder: hooked and plain ONNX graphs with KV cache, tokenizer, genai_config.json and manifest.")
+        var license = new Option<string>("--license") { Description = "with --hf: the checkpoint's license" };
+        var command = new Command("export", "Export a llama2.c checkpoint (--checkpoint, --tokenizer) or a Hugging Face "
+            + "one (--hf) into a model folder: hooked and plain ONNX graphs with KV cache, tokenizer, genai_config.json "
+            + "and manifest.")
         {
             checkpoint, tokenizer, hf, outDir, name, slots, noSiteOutputs, externalData, license,
         };
@@ -49,7 +55,10 @@ public static class ExportCommand
         });
         command.SetAction((parse, _) => CliApp.Guard(error, async () =>
         {
-            var hooks = new HookedGraphOptions { SlotsPerSite = parse.GetValue(slots), SiteOutputs = !parse.GetValue(noSiteOutputs) };
+            var hooks = new HookedGraphOptions
+            {
+                SlotsPerSite = parse.GetValue(slots), SiteOutputs = !parse.GetValue(noSiteOutputs),
+            };
             void Progress(string line) => output.WriteLine(line);
             var manifest = parse.GetValue(hf) is { } hfDirectory
                 ? ModelFolderExporter.ExportHuggingFace(new HuggingFaceExportRequest

@@ -23,7 +23,7 @@ public sealed class ExternalDataFile : IDisposable
     private readonly Dictionary<string, Placement> _placed = new(StringComparer.Ordinal);
     private string? _hash;
 
-    /// <param name="path">The file to create, in the folder beside the graphs (they name it relative to themselves).</param>
+    /// <param name="path">The file to create, in the graphs' folder (they name it relative to themselves).</param>
     /// <param name="minimumBytes">Initializers of at least this many bytes go to the file.</param>
     public ExternalDataFile(string path, long minimumBytes = DefaultMinimumBytes)
     {

@@ -79,7 +79,8 @@ public static class Gpt2GraphExporter
         var heads = g.ConstInt64(0, 0, arch.Heads, hs);
         var parts = g.Op("Split", [qkv], 3, Attr.Int("axis", -1)).Select(p => g.Op("Reshape", [p, heads])).ToArray();
         var context = cache.Layout == KvCacheLayout.SharedBuffer
-            ? LlamaGraphExporter.SharedBufferAttention(g, arch, l, parts[0], parts[1], parts[2], cache, pastKey, pastValue)
+            ? LlamaGraphExporter.SharedBufferAttention(g, arch, l, parts[0], parts[1], parts[2], cache, pastKey,
+                pastValue)
             : LlamaGraphExporter.ConcatAttention(g, arch, l, parts[0], parts[1], parts[2], cache.Allowed!, pastKey,
                 pastValue);
         return Linear(g, context, $"blocks.{l}.attn.W_O", w.AttnOutWeight[l], w.AttnOutBias[l], d, d);
@@ -93,7 +94,8 @@ public static class Gpt2GraphExporter
         return Linear(g, GeluNew(g, hidden), $"blocks.{l}.mlp.W_out", w.MlpOutWeight[l], w.MlpOutBias[l], h, d);
     }
 
-    /// <summary>GPT-2's gelu_new: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), with plain operators (opset 17).</summary>
+    /// <summary>GPT-2's gelu_new, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), in plain operators (opset 17).
+    /// </summary>
     private static string GeluNew(GraphBuilder g, string x)
     {
         var cube = g.Op("Mul", [g.Op("Mul", [x, x]), x]);

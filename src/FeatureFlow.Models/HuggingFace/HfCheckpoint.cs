@@ -43,7 +43,8 @@ public sealed class HfCheckpoint : IDisposable
         if (!File.Exists(single))
         {
             var present = System.IO.Directory.Exists(full)
-                ? string.Join(", ", System.IO.Directory.GetFiles(full).Select(Path.GetFileName).Order(StringComparer.Ordinal))
+                ? string.Join(", ", System.IO.Directory.GetFiles(full).Select(Path.GetFileName)
+                    .Order(StringComparer.Ordinal))
                 : "no such directory";
             throw new FileNotFoundException($"{full}: expected {SingleFile} or {IndexFile} (safetensors weights), "
                 + $"found: {present}", single);
@@ -59,12 +60,12 @@ public sealed class HfCheckpoint : IDisposable
     public float[] Read(string name, params long[] shape)
     {
         if (!_shardOf.TryGetValue(name, out var shard))
-            throw new InvalidDataException($"{Path.Combine(Directory, Source)}: no tensor '{name}' "
-                + $"({_shardOf.Count} tensors, e.g. {string.Join(", ", _shardOf.Keys.Order(StringComparer.Ordinal).Take(3))})");
+            throw new InvalidDataException($"{Path.Combine(Directory, Source)}: no tensor '{name}' ({_shardOf.Count} "
+                + $"tensors, e.g. {string.Join(", ", _shardOf.Keys.Order(StringComparer.Ordinal).Take(3))})");
         var tensor = shard.Tensors[name];
         if (!tensor.Shape.SequenceEqual(shape))
-            throw new InvalidDataException($"{shard.Path}: tensor '{name}' has shape [{string.Join(", ", tensor.Shape)}]; "
-                + $"expected [{string.Join(", ", shape)}] from {HfConfig.FileName}");
+            throw new InvalidDataException($"{shard.Path}: tensor '{name}' has shape "
+                + $"[{string.Join(", ", tensor.Shape)}]; expected [{string.Join(", ", shape)}] from {HfConfig.FileName}");
         return shard.ReadFloat32(tensor);
     }
 
@@ -78,7 +79,8 @@ public sealed class HfCheckpoint : IDisposable
         var buffer = new byte[1 << 20];
         foreach (var shard in _shards.OrderBy(s => Path.GetFileName(s.Path), StringComparer.Ordinal))
         {
-            using var stream = new FileStream(shard.Path, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.SequentialScan);
+            using var stream = new FileStream(shard.Path, FileMode.Open, FileAccess.Read, FileShare.Read, 1,
+                FileOptions.SequentialScan);
             int read;
             while ((read = stream.Read(buffer)) > 0) hash.AppendData(buffer, 0, read);
         }
@@ -91,7 +93,8 @@ public sealed class HfCheckpoint : IDisposable
         try
         {
             weightMap = JsonNode.Parse(File.ReadAllText(index))?["weight_map"] as JsonObject
-                ?? throw new InvalidDataException($"{index}: expected an object 'weight_map' (tensor name → shard file)");
+                ?? throw new InvalidDataException($"{index}: expected an object 'weight_map' (tensor name → shard "
+                    + "file)");
         }
         catch (JsonException e)
         {
@@ -116,7 +119,8 @@ public sealed class HfCheckpoint : IDisposable
                     shards[file] = shard = SafeTensorsShard.Open(path);
                 }
                 if (!shard.Tensors.ContainsKey(name))
-                    throw new InvalidDataException($"{index}: '{name}' is mapped to shard '{file}', which has no such tensor");
+                    throw new InvalidDataException($"{index}: '{name}' is mapped to shard '{file}', which has no "
+                        + "such tensor");
                 shardOf[name] = shard;
             }
         }

@@ -29,7 +29,8 @@ public sealed class HfConfig
     {
         var path = System.IO.Path.Combine(System.IO.Path.GetFullPath(checkpointDirectory), FileName);
         if (!File.Exists(path))
-            throw new FileNotFoundException($"no Hugging Face checkpoint at {checkpointDirectory}: {FileName} is missing", path);
+            throw new FileNotFoundException(
+                $"no Hugging Face checkpoint at {checkpointDirectory}: {FileName} is missing", path);
         var json = Load(path);
         var architectures = json["architectures"] as JsonArray;
         if (architectures is not { Count: 1 } || architectures[0] is not JsonValue only

@@ -30,7 +30,8 @@ public sealed class HfGpt2 : IHfArchitecture
         if (!GeluTanh.Contains(activation))
             throw new InvalidDataException($"{config.Path}: activation_function is '{activation}'; the exporter "
                 + $"supports only {string.Join(" or ", GeluTanh)} (GELU's tanh approximation)");
-        config.Require("scale_attn_weights", config.Bool("scale_attn_weights", true), true, "scores divided by √head_size");
+        config.Require("scale_attn_weights", config.Bool("scale_attn_weights", true), true,
+            "scores divided by √head_size");
         config.Require("scale_attn_by_inverse_layer_idx", config.Bool("scale_attn_by_inverse_layer_idx", false), false,
             "the same attention scale in every layer");
         config.Require("add_cross_attention", config.Bool("add_cross_attention", false), false, "a decoder-only model");

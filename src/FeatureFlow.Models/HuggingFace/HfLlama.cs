@@ -65,8 +65,10 @@ public sealed class HfLlama : IHfArchitecture
         string Layer(int l, string tensor) => $"model.layers.{l}.{tensor}.weight";
 
         var embedding = checkpoint.Read("model.embed_tokens.weight", arch.VocabSize, d);
-        var wq = PerLayer(l => FromRotateHalf(checkpoint.Read(Layer(l, "self_attn.q_proj"), d, d), arch.Heads, arch, qkScale));
-        var wk = PerLayer(l => FromRotateHalf(checkpoint.Read(Layer(l, "self_attn.k_proj"), kv, d), arch.KvHeads, arch, qkScale));
+        var wq = PerLayer(l =>
+            FromRotateHalf(checkpoint.Read(Layer(l, "self_attn.q_proj"), d, d), arch.Heads, arch, qkScale));
+        var wk = PerLayer(l =>
+            FromRotateHalf(checkpoint.Read(Layer(l, "self_attn.k_proj"), kv, d), arch.KvHeads, arch, qkScale));
         progress($"read q_proj and k_proj of {layers} layers (rotate_half rows back to interleaved pairs)");
         var weights = new LlamaWeights
         {

@@ -13,7 +13,8 @@ public static class HfTokenizerFiles
         "tokenizer.model", "vocab.json", "merges.txt",
     ];
 
-    /// <summary>The files to copy, <see cref="Main"/> first; refuses a checkpoint without it, naming what it has.</summary>
+    /// <summary>The files to copy, <see cref="Main"/> first; refuses a checkpoint without it, naming what it has.
+    /// </summary>
     public static IReadOnlyList<string> Find(string checkpointDirectory)
     {
         if (!File.Exists(Path.Combine(checkpointDirectory, Main)))

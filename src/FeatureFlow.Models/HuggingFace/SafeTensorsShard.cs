@@ -50,7 +50,8 @@ public sealed class SafeTensorsShard : IDisposable
                 throw new InvalidDataException($"{path}: too short for a safetensors header ({length} bytes)");
             var headerLength = BinaryPrimitives.ReadUInt64LittleEndian(prefix);
             if (headerLength > (ulong)(length - 8) || headerLength > int.MaxValue)
-                throw new InvalidDataException($"{path}: header length {headerLength} does not fit the file ({length} bytes)");
+                throw new InvalidDataException(
+                    $"{path}: header length {headerLength} does not fit the file ({length} bytes)");
             var header = new byte[(int)headerLength];
             if (RandomAccess.Read(file, header, 8) != header.Length)
                 throw new InvalidDataException($"{path}: the header is cut short");
@@ -103,7 +104,9 @@ public sealed class SafeTensorsShard : IDisposable
             var halves = MemoryMarshal.Cast<byte, ushort>(bytes);
             var target = values.AsSpan(done, count);
             for (var i = 0; i < count; i++)
-                target[i] = bf16 ? BitConverter.Int32BitsToSingle(halves[i] << 16) : (float)BitConverter.UInt16BitsToHalf(halves[i]);
+                target[i] = bf16
+                    ? BitConverter.Int32BitsToSingle(halves[i] << 16)
+                    : (float)BitConverter.UInt16BitsToHalf(halves[i]);
             done += count;
         }
         return values;
@@ -125,7 +128,8 @@ public sealed class SafeTensorsShard : IDisposable
         JsonObject json;
         try
         {
-            json = JsonNode.Parse(header) as JsonObject ?? throw new InvalidDataException($"{path}: empty safetensors header");
+            json = JsonNode.Parse(header) as JsonObject
+                ?? throw new InvalidDataException($"{path}: empty safetensors header");
         }
         catch (JsonException e)
         {

@@ -2,6 +2,7 @@ using FeatureFlow.Models.Folder;
 using FeatureFlow.Models.HuggingFace;
 using FeatureFlow.Models.Llama2c;
 using FeatureFlow.Onnx;
+using FeatureFlow.Onnx.Ir;
 
 namespace FeatureFlow.Models.Tests.HuggingFace;
 
@@ -52,11 +53,8 @@ public class HfLlamaExportTests : IDisposable
     {
         var folder = Export(HfTestCheckpoints.Llama(Stories, _temp.Sub("sharded"), tied: false), shards: 3,
             ExternalWeights.Always);
-        Assert.Contains(ModelFolderExporter.WeightsFile, folder.Manifest.Files.Keys);
-        var hooked = OnnxModelFile.Read(folder.HookedGraphPath);
-        Assert.Contains(hooked.Graph.Initializer, t => t.Name == "lm_head.weight"
-            && t.ExternalData.Any(e => e.Key == "location" && e.Value == ModelFolderExporter.WeightsFile));
         Assert.False(folder.Manifest.Architecture.TiedEmbeddings);
+        AssertOneSharedCopyOfTheWeights(folder);
 
         var shipped = ModelFolder.Open(RepoPaths.Stories260kModel);
         foreach (var (mine, theirs) in new[] { (folder.PlainGraphPath, shipped.PlainGraphPath),
@@ -75,6 +73,34 @@ public class HfLlamaExportTests : IDisposable
             Assert.Equal(c.SampledIds, GraphRuns.GreedyConcat(folder.HookedGraphPath, Arch, c.PromptIds, c.SampledIds.Length));
         Assert.Equal(OnceUponATime.SampledIds,
             GraphRuns.GreedyBatched(folder, OnceUponATime.PromptIds, OnceUponATime.SampledIds.Length));
+    }
+
+    /// <summary>
+    /// Every graph points into weights.data and holds no large tensor itself; a name has one place in the file
+    /// whichever graph refers to it, and the file holds each tensor once (plus alignment padding).
+    /// </summary>
+    private static void AssertOneSharedCopyOfTheWeights(ModelFolder folder)
+    {
+        var placed = new Dictionary<string, (long Offset, long Length)>();
+        foreach (var path in new[] { folder.HookedGraphPath, folder.PlainGraphPath, folder.BatchedGraphPath!,
+                     folder.BatchedPlainGraphPath! })
+            foreach (var t in OnnxModelFile.Read(path).Graph.Initializer)
+            {
+                if (t.DataLocation != TensorProto.Types.DataLocation.External)
+                {
+                    Assert.True(t.RawData.Length < ExternalDataFile.DefaultMinimumBytes, $"{t.Name} is inline");
+                    continue;
+                }
+                var entry = t.ExternalData.ToDictionary(e => e.Key, e => e.Value);
+                Assert.Equal(ModelFolderExporter.WeightsFile, entry["location"]);
+                var here = (long.Parse(entry["offset"]), long.Parse(entry["length"]));
+                Assert.Equal(placed.GetValueOrDefault(t.Name, here), here);
+                placed[t.Name] = here;
+            }
+        Assert.Contains("lm_head.weight", placed.Keys);
+        var distinct = placed.Values.Sum(p => p.Length);
+        var file = new FileInfo(Path.Combine(folder.Directory, ModelFolderExporter.WeightsFile)).Length;
+        Assert.InRange(file, distinct, distinct + placed.Count * (long)ExternalDataFile.Alignment);
     }
 
     public static TheoryData<string, int> HalfPrecisions() => new() { { "BF16", 2 }, { "F16", 1 } };
