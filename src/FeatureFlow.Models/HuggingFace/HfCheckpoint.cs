@@ -16,6 +16,7 @@ public sealed class HfCheckpoint : IDisposable
 
     private readonly Dictionary<string, SafeTensorsShard> _shardOf;
     private readonly SafeTensorsShard[] _shards;
+    private readonly HashSet<string> _read = new(StringComparer.Ordinal);
 
     private HfCheckpoint(string directory, string source, SafeTensorsShard[] shards,
         Dictionary<string, SafeTensorsShard> shardOf)
@@ -66,7 +67,22 @@ public sealed class HfCheckpoint : IDisposable
         if (!tensor.Shape.SequenceEqual(shape))
             throw new InvalidDataException($"{shard.Path}: tensor '{name}' has shape "
                 + $"[{string.Join(", ", tensor.Shape)}]; expected [{string.Join(", ", shape)}] from {HfConfig.FileName}");
+        _read.Add(name);
         return shard.ReadFloat32(tensor);
+    }
+
+    /// <summary>
+    /// Refuses a checkpoint with tensors the architecture's reader never asked for (biases the config does not
+    /// announce, say), which would otherwise be dropped silently; <paramref name="unused"/> names the ones that are
+    /// known to carry nothing (cached rotary tables, causal-mask buffers, a tied lm_head's copy).
+    /// </summary>
+    public void RequireAllRead(string architecture, Func<string, bool> unused)
+    {
+        var left = _shardOf.Keys.Where(n => !_read.Contains(n) && !unused(n)).Order(StringComparer.Ordinal).ToArray();
+        if (left.Length > 0)
+            throw new InvalidDataException($"{Path.Combine(Directory, Source)}: {left.Length} tensor(s) that a "
+                + $"{architecture} as config.json describes it does not have: {string.Join(", ", left.Take(5))}"
+                + (left.Length > 5 ? ", ..." : "") + " (expected none: they would be dropped)");
     }
 
     /// <summary>

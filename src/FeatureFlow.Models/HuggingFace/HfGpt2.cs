@@ -66,7 +66,7 @@ public sealed class HfGpt2 : IHfArchitecture
             Enumerable.Range(0, arch.Layers).Select(l => Read($"h.{l}.{tensor}", shape)).ToArray();
 
         var embedding = Read("wte.weight", arch.VocabSize, d);
-        return new Gpt2Weights
+        var weights = new Gpt2Weights
         {
             TokenEmbedding = embedding,
             PositionEmbedding = Read("wpe.weight", arch.ContextLength, d),
@@ -86,5 +86,10 @@ public sealed class HfGpt2 : IHfArchitecture
             LnFinalBias = Read("ln_f.bias", d),
             Classifier = arch.TiedEmbeddings ? embedding : checkpoint.Read("lm_head.weight", arch.VocabSize, d),
         };
+        // Older checkpoints store each layer's causal mask as attn.bias / attn.masked_bias buffers.
+        checkpoint.RequireAllRead("GPT2LMHeadModel", name => name.EndsWith(".attn.bias", StringComparison.Ordinal)
+            || name.EndsWith(".attn.masked_bias", StringComparison.Ordinal)
+            || (arch.TiedEmbeddings && name == "lm_head.weight"));
+        return weights;
     }
 }

@@ -85,6 +85,9 @@ public sealed class HfLlama : IHfArchitecture
             RmsFinal = checkpoint.Read("model.norm.weight", d),
             Classifier = arch.TiedEmbeddings ? embedding : checkpoint.Read("lm_head.weight", arch.VocabSize, d),
         };
+        checkpoint.RequireAllRead("LlamaForCausalLM", name =>
+            name.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal)
+            || (arch.TiedEmbeddings && name == "lm_head.weight"));
         progress($"read {checkpoint.TensorNames.Count} tensors from {checkpoint.Source}");
         return weights;
     }

@@ -30,6 +30,8 @@ public class HfExportErrorTests : IDisposable
             new byte[64 * 64])),
         ["missing tensor"] = new(w => w.Remove("model.layers.3.mlp.up_proj.weight")),
         ["shape mismatch"] = new(w => w.Tensor("model.layers.0.self_attn.k_proj.weight", new float[64 * 64], 64, 64)),
+        ["unannounced biases"] = new(w => w.Tensor("model.layers.2.self_attn.q_proj.bias", new float[64], 64)
+            .Tensor("model.layers.2.self_attn.k_proj.bias", new float[32], 32)),
         ["no tokenizer.json"] = new(_ => { }, AfterWrite: dir => File.Delete(Path.Combine(dir, "tokenizer.json"))),
         ["no weights"] = new(_ => { }, AfterWrite: dir => File.Delete(Path.Combine(dir, "model.safetensors"))),
     };
@@ -45,6 +47,8 @@ public class HfExportErrorTests : IDisposable
         { "F8_E4M3 tensor", ["'model.layers.0.self_attn.q_proj.weight' is F8_E4M3", "F32, F16, BF16"] },
         { "missing tensor", ["no tensor 'model.layers.3.mlp.up_proj.weight'", "model.safetensors"] },
         { "shape mismatch", ["'model.layers.0.self_attn.k_proj.weight' has shape [64, 64]", "expected [32, 64]"] },
+        { "unannounced biases", ["2 tensor(s) that a LlamaForCausalLM as config.json describes it does not have",
+            "model.layers.2.self_attn.k_proj.bias, model.layers.2.self_attn.q_proj.bias"] },
         { "no tokenizer.json", ["expected tokenizer.json", "found no tokenizer files"] },
         { "no weights", ["expected model.safetensors or model.safetensors.index.json", "found: config.json"] },
     };
