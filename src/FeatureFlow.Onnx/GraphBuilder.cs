@@ -14,8 +14,15 @@ public sealed class GraphBuilder
     private readonly Stack<string> _scopes = new();
     private readonly Dictionary<string, int> _counters = new();
     private readonly HashSet<string> _names = new();
+    private readonly ExternalDataFile? _externalData;
 
-    public GraphBuilder(string graphName) => _graph = new GraphProto { Name = graphName };
+    /// <param name="graphName">The graph's name.</param>
+    /// <param name="externalData">Where initializers of its minimum size or more go; null keeps every one inline.</param>
+    public GraphBuilder(string graphName, ExternalDataFile? externalData = null)
+    {
+        _graph = new GraphProto { Name = graphName };
+        _externalData = externalData;
+    }
 
     /// <summary>Prefixes generated node and value names until disposed (readable graphs in Netron).</summary>
     public IDisposable Scope(string name)
@@ -45,8 +52,12 @@ public sealed class GraphBuilder
         var expected = dims.Aggregate(1L, (a, d) => a * d);
         if (expected != data.Length)
             throw new ArgumentException($"initializer '{name}': {data.Length} values for shape [{string.Join(",", dims)}]");
-        var tensor = new TensorProto { Name = name, DataType = (int)DataType.Float, RawData = ByteString.CopyFrom(System.Runtime.InteropServices.MemoryMarshal.AsBytes(data)) };
+        var tensor = new TensorProto { Name = name, DataType = (int)DataType.Float };
         tensor.Dims.AddRange(dims);
+        if (_externalData is not null && data.Length * (long)sizeof(float) >= _externalData.MinimumBytes)
+            _externalData.Reference(tensor, data);
+        else
+            tensor.RawData = ByteString.CopyFrom(System.Runtime.InteropServices.MemoryMarshal.AsBytes(data));
         _graph.Initializer.Add(tensor);
         return name;
     }

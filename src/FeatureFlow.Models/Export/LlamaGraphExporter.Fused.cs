@@ -10,10 +10,6 @@ namespace FeatureFlow.Models.Export;
 /// </summary>
 public static partial class LlamaGraphExporter
 {
-    /// <summary>The graph inputs the decoder layers read (null where the KV layout has no such input).</summary>
-    private sealed record DecoderInputs(string InputIds, string PositionIds, string? AttentionMask, string? SeqlensK,
-        string? TotalLength, string[] PastKeys, string[] PastValues);
-
     /// <summary>
     /// The first norm is SimplifiedLayerNormalization; every later one is SkipSimplifiedLayerNormalization over
     /// (sublayer output, residual), whose 4th output (input_skip_bias_sum) is the next residual, so the residual

@@ -18,48 +18,25 @@ public static partial class LlamaGraphExporter
     internal const string M = "max_sequence_length";
     internal const string MicrosoftDomain = "com.microsoft";
 
-    public static ModelProto Export(ModelArchitecture arch, LlamaWeights w, HookedGraphOptions options, string modelName)
+    /// <param name="externalData">The folder's shared weights file; null writes every initializer inline.</param>
+    public static ModelProto Export(ModelArchitecture arch, LlamaWeights w, HookedGraphOptions options, string modelName,
+        ExternalDataFile? externalData = null)
     {
-        arch.Validate();
-        if (options.Hooks && options.SlotsPerSite < 1) throw new ArgumentException("slots per site must be at least 1");
+        RequireWritable(arch);
         if (options.Hooks && options.Operators == OperatorSet.Fused)
             throw new ArgumentException($"{nameof(HookedGraphOptions.Operators)} = {nameof(OperatorSet.Fused)} writes no "
                 + $"hooks, but {nameof(HookedGraphOptions.Hooks)} = true: export the fused graph with Hooks = false and "
                 + "insert hooks into it with `featureflow hook`, or use the plain operators");
-        var g = new GraphBuilder(modelName);
-        int d = arch.DModel, hs = arch.HeadSize, kvHeads = arch.KvHeads, sites = arch.Layers * Site.KindsPerLayer;
-        int k = options.SlotsPerSite;
-        var shared = options.KvLayout == KvCacheLayout.SharedBuffer;
-
-        var inputIds = g.Input(GraphNames.InputIds, DataType.Int64, B, T);
-        var attentionMask = shared ? null : g.Input(GraphNames.AttentionMask, DataType.Int64, B, S);
-        var positionIds = g.Input(GraphNames.PositionIds, DataType.Int64, B, T);
-        var seqlensK = shared ? g.Input(GraphNames.SeqlensK, DataType.Int32, B) : null;
-        var totalLength = shared ? g.Input(GraphNames.TotalSequenceLength, DataType.Int32) : null;
-        var pastKeys = new string[arch.Layers];
-        var pastValues = new string[arch.Layers];
-        for (var l = 0; l < arch.Layers; l++)
-        {
-            pastKeys[l] = g.Input(GraphNames.PastKey(l), DataType.Float, B, kvHeads, shared ? M : P, hs);
-            pastValues[l] = g.Input(GraphNames.PastValue(l), DataType.Float, B, kvHeads, shared ? M : P, hs);
-        }
-        var steering = options.Hooks
-            ? SiteSlices.Split(g, sites,
-                g.Input(GraphNames.SteeringAdd, DataType.Float, B, sites, d),
-                g.Input(GraphNames.SteeringEncoder, DataType.Float, B, sites, d, k),
-                g.Input(GraphNames.SteeringDecoder, DataType.Float, B, sites, k, d),
-                g.Input(GraphNames.SteeringCoefficients, DataType.Float, B, sites, GraphNames.CoefficientRows, k))
-            : null;
+        var g = new GraphBuilder(modelName, externalData);
+        var inputs = DeclareInputs(g, arch, options);
+        var (steering, pastKeys, pastValues) = (inputs.Steering, inputs.PastKeys, inputs.PastValues);
+        int d = arch.DModel;
 
         var embedding = g.Initializer("model.embed_tokens.weight", w.TokenEmbedding, arch.VocabSize, d);
-        var x = g.Op("Gather", [embedding, inputIds], Attr.Int("axis", 0));
-        if (options.Operators == OperatorSet.Fused)
-            return FusedDecoder(g, arch, w, options.KvLayout, embedding, x,
-                new DecoderInputs(inputIds, positionIds, attentionMask, seqlensK, totalLength, pastKeys, pastValues));
-        var (cos, sin) = RotaryTables(g, arch, positionIds);
-        var cache = shared
-            ? new KvCache(KvCacheLayout.SharedBuffer, null, seqlensK, totalLength)
-            : new KvCache(KvCacheLayout.Concat, AttentionAllowed(g, inputIds, attentionMask!), null, null);
+        var x = g.Op("Gather", [embedding, inputs.InputIds], Attr.Int("axis", 0));
+        if (options.Operators == OperatorSet.Fused) return FusedDecoder(g, arch, w, options.KvLayout, embedding, x, inputs);
+        var (cos, sin) = RotaryTables(g, arch, inputs.PositionIds);
+        var cache = inputs.Cache(g);
 
         for (var l = 0; l < arch.Layers; l++)
         {
@@ -78,30 +55,17 @@ public static partial class LlamaGraphExporter
         x = RmsNorm(g, x, g.Initializer("ln_f.weight", w.RmsFinal, d), arch.NormEpsilon);
         var classifier = arch.TiedEmbeddings ? embedding : g.Initializer("lm_head.weight", w.Classifier, arch.VocabSize, d);
         var logits = g.Op("MatMul", [x, g.Op("Transpose", [classifier], Attr.Ints("perm", 1, 0))]);
-        g.Output(logits, GraphNames.Logits, DataType.Float, B, T, arch.VocabSize);
+        return Build(g, arch, options, logits, "Llama");
+    }
 
-        var doc = options.Hooks
-            ? "Llama decoder with FeatureFlow steering hooks at every attn_out, mlp_out and resid_post site."
-            : "Llama decoder (no hooks).";
-        List<KeyValuePair<string, string>> metadata =
-        [
-            new("featureflow.hooks", options.Hooks ? "true" : "false"),
-            new("featureflow.slots_per_site",
-                options.Hooks ? k.ToString(System.Globalization.CultureInfo.InvariantCulture) : "0"),
-        ];
-        // Only the new layout adds anything, so Concat graphs keep their committed bytes.
-        if (shared)
-        {
-            doc += " KV cache: one [batch, kv_heads, max_sequence_length, head_size] buffer per layer, bound as past and"
-                + " present and written in place by com.microsoft.GroupQueryAttention at seqlens_k.";
-            metadata.Add(new("featureflow.kv_layout", "shared_buffer"));
-        }
-        return g.Build(new OnnxModelOptions
-        {
-            DocString = doc,
-            Metadata = metadata,
-            DomainOpsets = shared ? [new(MicrosoftDomain, 1)] : [],
-        });
+    /// <summary>The layout this exporter writes; other architectures are refused by name, not written wrongly.</summary>
+    private static void RequireWritable(ModelArchitecture arch)
+    {
+        arch.Validate();
+        if (arch.Norm != NormKind.RmsNorm || arch.Mlp != MlpKind.SwiGlu || arch.Positions != PositionEmbedding.Rotary
+            || arch.Rotary != RotaryConvention.Interleaved)
+            throw new InvalidDataException($"the Llama exporter writes rms_norm, swi_glu, rotary (interleaved) models; "
+                + $"{arch.Family} is {arch.Norm}, {arch.Mlp}, {arch.Positions} ({arch.Rotary})");
     }
 
     /// <summary>
@@ -146,7 +110,7 @@ public static partial class LlamaGraphExporter
     /// Which keys each query may see: causal over absolute positions (past tokens come first) and not
     /// masked out by attention_mask. Shape [B, 1, 1, T, S], matching the grouped score layout.
     /// </summary>
-    private static string AttentionAllowed(GraphBuilder g, string inputIds, string attentionMask)
+    internal static string AttentionAllowed(GraphBuilder g, string inputIds, string attentionMask)
     {
         using var _ = g.Scope("mask");
         var zero = g.ScalarInt64(0);
@@ -165,7 +129,7 @@ public static partial class LlamaGraphExporter
     /// What attention reads besides q, k, v and the past: the Concat layout's mask ([B, 1, 1, T, S]), or the
     /// SharedBuffer layout's per-row lengths (seqlens_k, total_sequence_length).
     /// </summary>
-    private sealed record KvCache(KvCacheLayout Layout, string? Allowed, string? SeqlensK, string? TotalLength);
+    internal sealed record KvCache(KvCacheLayout Layout, string? Allowed, string? SeqlensK, string? TotalLength);
 
     private static string Attention(GraphBuilder g, ModelArchitecture arch, int l, LlamaWeights w, string xn,
         string cos, string sin, KvCache cache, string pastKey, string pastValue)
@@ -184,7 +148,7 @@ public static partial class LlamaGraphExporter
     }
 
     /// <summary>Causal attention over Concat(past, new) with plain operators; q, key, value: [B, T, heads, hs].</summary>
-    private static string ConcatAttention(GraphBuilder g, ModelArchitecture arch, int l, string q, string key,
+    internal static string ConcatAttention(GraphBuilder g, ModelArchitecture arch, int l, string q, string key,
         string value, string allowed, string pastKey, string pastValue)
     {
         int d = arch.DModel, hs = arch.HeadSize, kv = arch.KvHeads;
@@ -214,7 +178,7 @@ public static partial class LlamaGraphExporter
     /// 0 … seqlens_k only, so a caller that binds one buffer as past and present never copies the cache and stale
     /// slots beyond a row's length are never read. Its default scale is 1/√hs, the reference's.
     /// </summary>
-    private static string SharedBufferAttention(GraphBuilder g, ModelArchitecture arch, int l, string q, string key,
+    internal static string SharedBufferAttention(GraphBuilder g, ModelArchitecture arch, int l, string q, string key,
         string value, KvCache cache, string pastKey, string pastValue)
     {
         var flat = g.ConstInt64(0, 0, -1);
@@ -268,5 +232,76 @@ public static partial class LlamaGraphExporter
         var steered = g.Op("Add", [g.Op("Add", [h, steering.Add[i]]), delta]);
         if (!options.SiteOutputs) return steered;
         return g.Output(steered, site.HookName, DataType.Float, B, T, d);
+    }
+
+    /// <summary>The graph inputs every decoder variant shares, with the steering inputs already cut per site.</summary>
+    internal sealed record DecoderInputs(string InputIds, string? AttentionMask, string PositionIds, string? SeqlensK,
+        string? TotalLength, string[] PastKeys, string[] PastValues, SiteSlices? Steering)
+    {
+        /// <summary>What attention reads besides q, k, v (the Concat layout's mask is built here, where it is called).
+        /// </summary>
+        public KvCache Cache(GraphBuilder g) => AttentionMask is null
+            ? new KvCache(KvCacheLayout.SharedBuffer, null, SeqlensK, TotalLength)
+            : new KvCache(KvCacheLayout.Concat, AttentionAllowed(g, InputIds, AttentionMask), null, null);
+    }
+
+    internal static DecoderInputs DeclareInputs(GraphBuilder g, ModelArchitecture arch, HookedGraphOptions options)
+    {
+        if (options.Hooks && options.SlotsPerSite < 1) throw new ArgumentException("slots per site must be at least 1");
+        int d = arch.DModel, hs = arch.HeadSize, kvHeads = arch.KvHeads, sites = arch.Layers * Site.KindsPerLayer;
+        int k = options.SlotsPerSite;
+        var shared = options.KvLayout == KvCacheLayout.SharedBuffer;
+
+        var inputIds = g.Input(GraphNames.InputIds, DataType.Int64, B, T);
+        var attentionMask = shared ? null : g.Input(GraphNames.AttentionMask, DataType.Int64, B, S);
+        var positionIds = g.Input(GraphNames.PositionIds, DataType.Int64, B, T);
+        var seqlensK = shared ? g.Input(GraphNames.SeqlensK, DataType.Int32, B) : null;
+        var totalLength = shared ? g.Input(GraphNames.TotalSequenceLength, DataType.Int32) : null;
+        var pastKeys = new string[arch.Layers];
+        var pastValues = new string[arch.Layers];
+        for (var l = 0; l < arch.Layers; l++)
+        {
+            pastKeys[l] = g.Input(GraphNames.PastKey(l), DataType.Float, B, kvHeads, shared ? M : P, hs);
+            pastValues[l] = g.Input(GraphNames.PastValue(l), DataType.Float, B, kvHeads, shared ? M : P, hs);
+        }
+        var steering = options.Hooks
+            ? SiteSlices.Split(g, sites,
+                g.Input(GraphNames.SteeringAdd, DataType.Float, B, sites, d),
+                g.Input(GraphNames.SteeringEncoder, DataType.Float, B, sites, d, k),
+                g.Input(GraphNames.SteeringDecoder, DataType.Float, B, sites, k, d),
+                g.Input(GraphNames.SteeringCoefficients, DataType.Float, B, sites, GraphNames.CoefficientRows, k))
+            : null;
+        return new DecoderInputs(inputIds, attentionMask, positionIds, seqlensK, totalLength, pastKeys, pastValues,
+            steering);
+    }
+
+    /// <summary>Declares the logits output and builds the model with the metadata the engine reads.</summary>
+    internal static ModelProto Build(GraphBuilder g, ModelArchitecture arch, HookedGraphOptions options, string logits,
+        string family)
+    {
+        g.Output(logits, GraphNames.Logits, DataType.Float, B, T, arch.VocabSize);
+        var shared = options.KvLayout == KvCacheLayout.SharedBuffer;
+        var doc = options.Hooks
+            ? $"{family} decoder with FeatureFlow steering hooks at every attn_out, mlp_out and resid_post site."
+            : $"{family} decoder (no hooks).";
+        List<KeyValuePair<string, string>> metadata =
+        [
+            new("featureflow.hooks", options.Hooks ? "true" : "false"),
+            new("featureflow.slots_per_site",
+                options.Hooks ? options.SlotsPerSite.ToString(System.Globalization.CultureInfo.InvariantCulture) : "0"),
+        ];
+        // Only the new layout adds anything, so Concat graphs keep their committed bytes.
+        if (shared)
+        {
+            doc += " KV cache: one [batch, kv_heads, max_sequence_length, head_size] buffer per layer, bound as past and"
+                + " present and written in place by com.microsoft.GroupQueryAttention at seqlens_k.";
+            metadata.Add(new("featureflow.kv_layout", "shared_buffer"));
+        }
+        return g.Build(new OnnxModelOptions
+        {
+            DocString = doc,
+            Metadata = metadata,
+            DomainOpsets = shared ? [new(MicrosoftDomain, 1)] : [],
+        });
     }
 }

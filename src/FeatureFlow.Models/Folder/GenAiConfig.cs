@@ -11,7 +11,9 @@ public static class GenAiConfig
 {
     public const string FileName = "genai_config.json";
 
-    public static string Write(ModelArchitecture arch, string plainGraphFile, int bosId, int eosId)
+    /// <param name="modelType">GenAI's model type ("llama", "gpt2", ...), which selects its input conventions.</param>
+    public static string Write(ModelArchitecture arch, string plainGraphFile, int bosId, int eosId,
+        string modelType = "llama")
     {
         var config = new JsonObject
         {
@@ -22,7 +24,7 @@ public static class GenAiConfig
                 ["pad_token_id"] = 0,
                 ["context_length"] = arch.ContextLength,
                 ["vocab_size"] = arch.VocabSize,
-                ["type"] = "llama",
+                ["type"] = modelType,
                 ["decoder"] = new JsonObject
                 {
                     ["session_options"] = new JsonObject { ["log_id"] = "onnxruntime-genai", ["provider_options"] = new JsonArray() },

@@ -1,5 +1,6 @@
 using System.Security.Cryptography;
 using FeatureFlow.Models.Export;
+using FeatureFlow.Models.HuggingFace;
 using FeatureFlow.Models.Llama2c;
 using FeatureFlow.Models.Tokenization;
 using FeatureFlow.Onnx;
@@ -19,8 +20,36 @@ public sealed record Llama2cExportRequest
     public string License { get; init; } = "";
 }
 
+/// <summary>Whether a Hugging Face export keeps its weights in one external-data file beside the graphs.</summary>
+public enum ExternalWeights
+{
+    /// <summary>External once the float32 weights reach <see cref="HuggingFaceExportRequest.AutoExternalBytes"/>.
+    /// </summary>
+    Auto,
+    Always,
+    Never,
+}
+
+public sealed record HuggingFaceExportRequest
+{
+    /// <summary>
+    /// Below this many float32 weight bytes the graphs keep their weights inline (four copies on disk, one file
+    /// each); from it on they share one external-data file, which also lifts protobuf's 2 GiB limit per graph.
+    /// </summary>
+    public const long AutoExternalBytes = 64L << 20;
+
+    public required string CheckpointDirectory { get; init; }
+    /// <summary>A new or empty folder; the export is built beside it and moved there when complete.</summary>
+    public required string OutputDirectory { get; init; }
+    /// <summary>The manifest's model name; null: the checkpoint folder's name.</summary>
+    public string? ModelName { get; init; }
+    public HookedGraphOptions Hooks { get; init; } = new();
+    public ExternalWeights ExternalWeights { get; init; } = ExternalWeights.Auto;
+    public string License { get; init; } = "";
+}
+
 /// <summary>
-/// <c>featureflow export</c> for llama2.c checkpoints: writes the hooked graph, the plain graph, the
+/// <c>featureflow export</c> for llama2.c checkpoints and (<see cref="ExportHuggingFace"/>) Hugging Face ones: writes the hooked graph, the plain graph, the
 /// hooked graph with a shared KV buffer (continuous batching) and the same without hooks (batched steps that
 /// steer and read out nothing), the tokenizer, <c>genai_config.json</c> and the manifest. Output is a pure
 /// function of the inputs, so re-running it on the same sources reproduces committed folders byte for byte.
@@ -31,6 +60,13 @@ public static class ModelFolderExporter
     public const string PlainGraphFile = "decoder.onnx";
     public const string BatchedGraphFile = "decoder_hooked_batched.onnx";
     public const string BatchedPlainGraphFile = "decoder_batched.onnx";
+    /// <summary>
+    /// ONNX Runtime's CPU GroupQueryAttention refuses other head sizes ("head_size must be a multiple of 8"), so a
+    /// model with such heads gets no batched graphs: the reference runner serves it, the batching engine cannot.
+    /// </summary>
+    public const int BatchedHeadSizeMultiple = 8;
+    /// <summary>The external-data file all graphs of a Hugging Face export share (when it has one).</summary>
+    public const string WeightsFile = "weights.data";
     public const string ExporterVersion = "featureflow export 0.1";
 
     public static ModelManifest ExportLlama2c(Llama2cExportRequest request, Action<string>? progress = null)
@@ -42,34 +78,19 @@ public static class ModelFolderExporter
         var tokenizer = Llama2cTokenizer.Load(request.TokenizerPath, arch.VocabSize);
         Directory.CreateDirectory(request.OutputDirectory);
 
-        var files = new SortedDictionary<string, string>(StringComparer.Ordinal);
-        void Write(string name, byte[] bytes)
-        {
-            File.WriteAllBytes(Path.Combine(request.OutputDirectory, name), bytes);
-            files[name] = Convert.ToHexStringLower(SHA256.HashData(bytes));
-            progress($"wrote {name} ({bytes.Length:N0} bytes)");
-        }
-
-        // decoder_hooked.onnx stays the Concat graph whatever the request says: GenAI and the engine read it.
-        var hooked = request.Hooks with { Hooks = true, KvLayout = KvCacheLayout.Concat };
-        Write(HookedGraphFile, OnnxModelFile.Serialize(LlamaGraphExporter.Export(arch, checkpoint.Weights, hooked, request.ModelName)));
-        Write(PlainGraphFile, OnnxModelFile.Serialize(LlamaGraphExporter.Export(arch, checkpoint.Weights, hooked with { Hooks = false, SiteOutputs = false }, request.ModelName)));
-        var batched = hooked with { KvLayout = KvCacheLayout.SharedBuffer };
-        Write(BatchedGraphFile,
-            OnnxModelFile.Serialize(LlamaGraphExporter.Export(arch, checkpoint.Weights, batched, request.ModelName)));
-        var batchedPlain = batched with { Hooks = false, SiteOutputs = false };
-        Write(BatchedPlainGraphFile, OnnxModelFile.Serialize(
-            LlamaGraphExporter.Export(arch, checkpoint.Weights, batchedPlain, request.ModelName)));
+        var folder = new FolderFiles(request.OutputDirectory, progress);
+        var hooked = WriteGraphs(folder, request.Hooks, batched: true,
+            options => LlamaGraphExporter.Export(arch, checkpoint.Weights, options, request.ModelName));
 
         var tokenizerFile = Path.GetFileName(request.TokenizerPath);
         var checkpointFile = Path.GetFileName(request.CheckpointPath);
         var tokenizerBytes = File.ReadAllBytes(request.TokenizerPath);
         if (request.CopySources)
         {
-            Write(tokenizerFile, tokenizerBytes);
-            Write(checkpointFile, File.ReadAllBytes(request.CheckpointPath));
+            folder.Write(tokenizerFile, tokenizerBytes);
+            folder.Write(checkpointFile, File.ReadAllBytes(request.CheckpointPath));
         }
-        Write(GenAiConfig.FileName, System.Text.Encoding.UTF8.GetBytes(GenAiConfig.Write(arch, PlainGraphFile, tokenizer.BosId, tokenizer.EosId)));
+        folder.Write(GenAiConfig.FileName, System.Text.Encoding.UTF8.GetBytes(GenAiConfig.Write(arch, PlainGraphFile, tokenizer.BosId, tokenizer.EosId)));
 
         var manifest = new ModelManifest
         {
@@ -82,10 +103,131 @@ public static class ModelFolderExporter
                 new SourceFile(checkpointFile, checkpoint.Sha256),
                 new SourceFile(tokenizerFile, Convert.ToHexStringLower(SHA256.HashData(tokenizerBytes))),
                 ExporterVersion),
-            Files = files,
+            Files = folder.Hashes,
         };
         File.WriteAllText(Path.Combine(request.OutputDirectory, ModelManifest.FileName), manifest.ToJson());
         progress($"wrote {ModelManifest.FileName}");
         return manifest;
+    }
+
+    /// <summary>
+    /// <c>featureflow export --hf</c>: the same four graphs, genai_config.json and manifest from a Hugging Face
+    /// checkpoint (<see cref="HfArchitectures"/> names the model classes), with its tokenizer files copied (format
+    /// "hf"). Everything is written to a folder beside the output and moved there at the end, so a failure leaves
+    /// nothing behind; the checkpoint is not copied (its hash is in the manifest).
+    /// </summary>
+    public static ModelManifest ExportHuggingFace(HuggingFaceExportRequest request, Action<string>? progress = null)
+    {
+        progress ??= _ => { };
+        var output = Path.GetFullPath(request.OutputDirectory);
+        RequireNewFolder(output);
+        var config = HfConfig.Read(request.CheckpointDirectory);
+        var architecture = HfArchitectures.For(config);
+        using var checkpoint = HfCheckpoint.Open(request.CheckpointDirectory);
+        var tokenizerFiles = HfTokenizerFiles.Find(checkpoint.Directory);
+        var name = request.ModelName ?? Path.GetFileName(checkpoint.Directory);
+        progress($"reading {config.Architecture} from {checkpoint.Source} ({checkpoint.ShardFiles.Count} file(s), "
+            + $"{checkpoint.Float32Bytes:N0} bytes as float32)");
+        var model = architecture.Load(config, checkpoint, progress);
+        var arch = model.Architecture;
+        progress($"{arch.Family}: d_model {arch.DModel}, {arch.Layers} layers, {arch.Heads} heads ({arch.KvHeads} kv), "
+            + $"vocab {arch.VocabSize}, context {arch.ContextLength}");
+        var batched = arch.HeadSize % BatchedHeadSizeMultiple == 0;
+        if (!batched)
+            progress($"no batched graphs: head size {arch.HeadSize} is not a multiple of {BatchedHeadSizeMultiple}, "
+                + "which ONNX Runtime's GroupQueryAttention needs (the batching engine cannot serve this model)");
+        var external = request.ExternalWeights == ExternalWeights.Always || (request.ExternalWeights == ExternalWeights.Auto
+            && checkpoint.Float32Bytes >= HuggingFaceExportRequest.AutoExternalBytes);
+
+        var staging = Path.Combine(Path.GetDirectoryName(output)!, $".{Path.GetFileName(output)}.partial-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(staging);
+        try
+        {
+            var folder = new FolderFiles(staging, progress);
+            HookedGraphOptions hooked;
+            using (var weights = external ? new ExternalDataFile(Path.Combine(staging, WeightsFile)) : null)
+            {
+                hooked = WriteGraphs(folder, request.Hooks, batched, options => model.ExportGraph(options, name, weights));
+                if (weights is not null)
+                {
+                    folder.Hashes[WeightsFile] = weights.Complete();
+                    progress($"wrote {WeightsFile} ({weights.Length:N0} bytes, shared by every graph)");
+                }
+            }
+            foreach (var file in tokenizerFiles) folder.Write(file, File.ReadAllBytes(Path.Combine(checkpoint.Directory, file)));
+            folder.Write(GenAiConfig.FileName, System.Text.Encoding.UTF8.GetBytes(
+                GenAiConfig.Write(arch, PlainGraphFile, model.BosId, model.EosId, model.GenAiType)));
+            progress($"hashing {checkpoint.Source} for the manifest");
+            var manifest = new ModelManifest
+            {
+                Name = name,
+                Architecture = arch,
+                Tokenizer = new TokenizerEntry("hf", HfTokenizerFiles.Main, model.BosId, model.EosId),
+                Graphs = batched
+                    ? new GraphEntry(HookedGraphFile, PlainGraphFile, BatchedGraphFile, BatchedPlainGraphFile)
+                    : new GraphEntry(HookedGraphFile, PlainGraphFile),
+                Steering = new SteeringLayout(hooked.SlotsPerSite, Site.All(arch.Layers).Select(s => s.HookName).ToArray(),
+                    hooked.SiteOutputs),
+                Provenance = new Provenance($"Hugging Face {config.Architecture} checkpoint '{name}' (not copied)",
+                    request.License, new SourceFile(checkpoint.Source, checkpoint.Sha256()),
+                    new SourceFile(HfTokenizerFiles.Main, folder.Hashes[HfTokenizerFiles.Main]), ExporterVersion),
+                Files = folder.Hashes,
+            };
+            File.WriteAllText(Path.Combine(staging, ModelManifest.FileName), manifest.ToJson());
+            if (Directory.Exists(output)) Directory.Delete(output);
+            Directory.Move(staging, output);
+            progress($"wrote {ModelManifest.FileName} and moved the folder to {output}");
+            return manifest;
+        }
+        catch
+        {
+            Directory.Delete(staging, recursive: true);
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// The hooked Concat graph, the plain one, and (if <paramref name="batched"/>) both again with the shared KV
+    /// buffer, in that order. Returns the hooked graph's options (decoder_hooked.onnx is the Concat graph whatever
+    /// the request says: GenAI and the engine read it).
+    /// </summary>
+    private static HookedGraphOptions WriteGraphs(FolderFiles folder, HookedGraphOptions requested, bool batched,
+        Func<HookedGraphOptions, Onnx.Ir.ModelProto> export)
+    {
+        var hooked = requested with { Hooks = true, KvLayout = KvCacheLayout.Concat };
+        var plain = hooked with { Hooks = false, SiteOutputs = false };
+        var shared = hooked with { KvLayout = KvCacheLayout.SharedBuffer };
+        var sharedPlain = shared with { Hooks = false, SiteOutputs = false };
+        foreach (var (file, options) in new[]
+                 {
+                     (HookedGraphFile, hooked), (PlainGraphFile, plain), (BatchedGraphFile, shared),
+                     (BatchedPlainGraphFile, sharedPlain),
+                 }.Take(batched ? 4 : 2))
+            folder.Write(file, OnnxModelFile.Serialize(export(options)));
+        return hooked;
+    }
+
+    private static void RequireNewFolder(string output)
+    {
+        if (File.Exists(output))
+            throw new IOException($"--out {output} is a file; expected a new or empty folder");
+        if (Directory.Exists(output) && Directory.EnumerateFileSystemEntries(output).Any())
+            throw new IOException($"--out {output} already holds files; expected a new or empty folder (nothing was "
+                + "written)");
+        if (Path.GetDirectoryName(output) is not { } parent || !Directory.Exists(parent))
+            throw new DirectoryNotFoundException($"--out {output}: its parent folder does not exist");
+    }
+
+    /// <summary>Writes files into a folder and keeps each one's SHA-256 for the manifest.</summary>
+    private sealed class FolderFiles(string directory, Action<string> progress)
+    {
+        public SortedDictionary<string, string> Hashes { get; } = new(StringComparer.Ordinal);
+
+        public void Write(string name, byte[] bytes)
+        {
+            File.WriteAllBytes(Path.Combine(directory, name), bytes);
+            Hashes[name] = Convert.ToHexStringLower(SHA256.HashData(bytes));
+            progress($"wrote {name} ({bytes.Length:N0} bytes)");
+        }
     }
 }
