@@ -70,6 +70,6 @@ public sealed record ModelArchitecture
             throw new InvalidDataException($"architecture has a non-positive dimension: {this}");
         if (DModel % Heads != 0) throw new InvalidDataException($"d_model {DModel} is not a multiple of heads {Heads}");
         if (Heads % KvHeads != 0) throw new InvalidDataException($"heads {Heads} is not a multiple of kv_heads {KvHeads}");
-        if (HeadSize % 2 != 0) throw new InvalidDataException($"head size {HeadSize} must be even for rotary embedding");
+        if (Positions == PositionEmbedding.Rotary && HeadSize % 2 != 0) throw new InvalidDataException($"head size {HeadSize} must be even for rotary embedding");
     }
 }

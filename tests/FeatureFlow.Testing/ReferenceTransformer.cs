@@ -101,7 +101,7 @@ public sealed class ReferenceTransformer
     }
 
     /// <summary>h ← h + add + Σ_k (α_k·a_k(h) + β_k)·v_k, a_k(h) = JumpReLU_θk(e_k·h + b_k); every slot reads the unsteered h.</summary>
-    private static void Hook(Span<float> h, Site site, SteeringTensors? s)
+    internal static void Hook(Span<float> h, Site site, SteeringTensors? s)
     {
         if (s is null) return;
         var delta = new float[h.Length];

@@ -15,9 +15,12 @@ public static class SteeringHook
 {
     private const string B = "batch", T = "sequence_length";
 
-    /// <summary>Declares the four steering inputs (float32) and splits them into per-site pieces.</summary>
-    public static SiteSlices DeclareInputs(GraphBuilder g, int sites, int d, int slots) =>
-        SiteSlices.Split(g, sites,
+    /// <summary>
+    /// Declares the four steering inputs (float32) and splits them into per-site pieces; <paramref name="opset"/> is
+    /// the graph's ai.onnx opset (from 18 on, Split must be told its number of outputs).
+    /// </summary>
+    public static SiteSlices DeclareInputs(GraphBuilder g, int sites, int d, int slots, long opset = 17) =>
+        SiteSlices.Split(g, sites, opset,
             g.Input(GraphNames.SteeringAdd, DataType.Float, B, sites, d),
             g.Input(GraphNames.SteeringEncoder, DataType.Float, B, sites, d, slots),
             g.Input(GraphNames.SteeringDecoder, DataType.Float, B, sites, slots, d),
@@ -53,15 +56,18 @@ public static class SteeringHook
 /// </summary>
 public sealed record SiteSlices(string[] Add, string[] Encoder, string[] Decoder, string[][] Rows)
 {
-    public static SiteSlices Split(GraphBuilder g, int sites, string add, string encoder, string decoder, string coefficients)
+    public static SiteSlices Split(GraphBuilder g, int sites, long opset, string add, string encoder, string decoder,
+        string coefficients)
     {
         using var _ = g.Scope("steering");
-        var siteAxis = Attr.Int("axis", 1);
-        var rows = g.Op("Split", [coefficients], GraphNames.CoefficientRows, Attr.Int("axis", 2));
+        string[] Pieces(string value, int count, int axis) => opset >= 18
+            ? g.Op("Split", [value], count, Attr.Int("axis", axis), Attr.Int("num_outputs", count))
+            : g.Op("Split", [value], count, Attr.Int("axis", axis));
+        var rows = Pieces(coefficients, GraphNames.CoefficientRows, 2);
         return new SiteSlices(
-            g.Op("Split", [add], sites, siteAxis),
-            g.Op("Split", [encoder], sites, siteAxis),
-            g.Op("Split", [decoder], sites, siteAxis),
-            rows.Select(r => g.Op("Split", [r], sites, siteAxis)).ToArray());
+            Pieces(add, sites, 1),
+            Pieces(encoder, sites, 1),
+            Pieces(decoder, sites, 1),
+            rows.Select(r => Pieces(r, sites, 1)).ToArray());
     }
 }
