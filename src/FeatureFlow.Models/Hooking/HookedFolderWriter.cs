@@ -60,7 +60,8 @@ public static class HookedFolderWriter
         config.CheckLayers(arch.Layers, graphFile);
         if (config.LayerCounts.Count > 0) progress($"block count agrees with {string.Join(" and ", config.LayerCounts.Select(c => c.Source))}");
         if (hooked.OpsetRaisedFrom is { } raised) progress($"raised ai.onnx opset {raised} → {OpsetRequirement.Minimum}");
-        foreach (var rewrite in decoder.Rewrites) progress($"split {rewrite}");
+        if (decoder.Rewrites.Count > 0)
+            progress($"split {decoder.Rewrites.Count} fused nodes into plain operators, e.g. {decoder.Rewrites[0]} (all listed in the manifest)");
         progress($"inserted {decoder.Sites.Count} hooks ({request.Options.SlotsPerSite} slots per site"
             + $"{(request.Options.SiteOutputs ? ", site outputs" : "")})");
         if (!File.Exists(Path.Combine(sourceDir, TokenizerFile)))
@@ -74,13 +75,14 @@ public static class HookedFolderWriter
         {
             OnnxModelFile.Write(hooked.Model, Path.Combine(staging, HookedGraphFile));
             progress($"wrote {HookedGraphFile}");
-            foreach (var file in Directory.GetFiles(sourceDir).Select(Path.GetFileName).Order(StringComparer.Ordinal))
+            var copies = Directory.GetFiles(sourceDir).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToArray();
+            foreach (var file in copies)
             {
                 if (file is HookedGraphFile or ModelManifest.FileName)
                     throw new InvalidDataException($"{sourceDir} already holds a {file}; hook a folder that is not a featureflow model folder");
                 File.Copy(Path.Combine(sourceDir, file!), Path.Combine(staging, file!));
-                progress($"copied {file}");
             }
+            progress($"copied {copies.Length} files of the source folder: {string.Join(", ", copies)}");
             var files = new SortedDictionary<string, string>(StringComparer.Ordinal);
             foreach (var path in Directory.GetFiles(staging)) files[Path.GetFileName(path)] = Sha256(path);
             var manifest = new ModelManifest

@@ -10,9 +10,10 @@ public sealed record ResidualStart(string Residual, string FirstNormOutput, Tens
 
 /// <summary>
 /// One residual update as the graph spells it: <see cref="Sum"/> = residual + <see cref="Branch"/>, and the norm that
-/// reads the sum (the next block's input norm, or the final norm).
+/// reads the sum (the next block's input norm, or the final norm); <see cref="Found"/> and <see cref="SumFound"/> say
+/// where the branch and the sum are, for the manifest and messages.
 /// </summary>
-public sealed record ResidualStep(string Branch, string Sum, string? NormOutput, string Found);
+public sealed record ResidualStep(string Branch, string Sum, string? NormOutput, string Found, string SumFound);
 
 /// <summary>
 /// The pre-norm decoder walk every family shares: from the embedding, each block adds an attention branch and then
@@ -54,7 +55,7 @@ public abstract class ResidualStreamFamily : IDecoderFamily
         {
             sites.Add(new SiteTap(new Site(l, SiteKind.AttnOut), block.Attention.Branch, block.Attention.Found));
             sites.Add(new SiteTap(new Site(l, SiteKind.MlpOut), block.Mlp.Branch, block.Mlp.Found));
-            sites.Add(new SiteTap(new Site(l, SiteKind.ResidPost), block.Mlp.Sum, $"sum of {block.Mlp.Found}"));
+            sites.Add(new SiteTap(new Site(l, SiteKind.ResidPost), block.Mlp.Sum, block.Mlp.SumFound));
         }
         return new RecognizedDecoder(Name, Architecture(graph, io, walk), floatType, sites, walk.Rewrites);
     }
@@ -71,7 +72,7 @@ public abstract class ResidualStreamFamily : IDecoderFamily
             var where = $"blocks.{blocks.Count}";
             var attentionNodes = Branch(graph, attention.Branch, norm, residuals, where, "attention");
             if (!attentionNodes.Any(IsAttention))
-                throw new InvalidDataException($"{where}: expected attention ({AttentionMark}) on the branch from '{norm}' to "
+                throw new InvalidDataException($"{where}: expected attention ({AttentionMark}) on the branch from '{norm}' to the "
                     + $"{attention.Found}; found {Describe(attentionNodes)}");
             residuals.Add(attention.Sum);
             var mlpNorm = attention.NormOutput ?? throw new InvalidDataException(
@@ -80,9 +81,9 @@ public abstract class ResidualStreamFamily : IDecoderFamily
                 $"{where}: expected the MLP's residual update of '{attention.Sum}'; found {Describe(graph.Consumers(attention.Sum))}");
             var mlpNodes = Branch(graph, mlp.Branch, mlpNorm, residuals, where, "MLP");
             if (mlpNodes.FirstOrDefault(IsAttention) is { } stray)
-                throw new InvalidDataException($"{where}: expected an MLP on the branch from '{mlpNorm}' to {mlp.Found}; found attention {Describe([stray])}");
+                throw new InvalidDataException($"{where}: expected an MLP on the branch from '{mlpNorm}' to the {mlp.Found}; found attention {Describe([stray])}");
             if (!mlpNodes.Any(n => n.OpType is "MatMul" or "Gemm"))
-                throw new InvalidDataException($"{where}: expected an MLP (MatMul/Gemm) on the branch from '{mlpNorm}' to {mlp.Found}; found {Describe(mlpNodes)}");
+                throw new InvalidDataException($"{where}: expected an MLP (MatMul/Gemm) on the branch from '{mlpNorm}' to the {mlp.Found}; found {Describe(mlpNodes)}");
             residuals.Add(mlp.Sum);
             blocks.Add(new BlockWalk(attention, mlp, attentionNodes, mlpNodes));
             (residual, norm) = (mlp.Sum, mlp.NormOutput ?? throw new InvalidDataException(

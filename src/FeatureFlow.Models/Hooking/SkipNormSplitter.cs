@@ -53,6 +53,7 @@ internal sealed record SkipNormSplitter(string FusedOp, string NormOp, int BiasI
             graph.AddNode("", NormOp, $"{stem}/{NormOp}", normInputs, [normOutput], Attr.Int("axis", -1), Attr.Float("epsilon", epsilon));
         }
         rewrites.Add($"{fused} → Add{(bias is null ? "" : " (bias) + Add")} (residual) + {NormOp}");
-        return new ResidualStep(branch, sum, normOutput, $"the branch '{branch}' of residual Add '{stem}/Add_residual' (split from {fused})");
+        var add = $"residual Add '{stem}/Add_residual' (split from {fused})";
+        return new ResidualStep(branch, sum, normOutput, $"input of {add}", $"output of {add}");
     }
 }

@@ -76,7 +76,8 @@ public sealed class TorchGpt2Family : ResidualStreamFamily
         var norms = graph.Consumers(sum).Where(IsNorm).ToArray();
         if (norms.Length > 1) throw new InvalidDataException($"expected one LayerNormalization reading '{sum}'; found {Describe(norms)}");
         var from = graph.Producer(branch) is { } p ? $" (from {Describe(p)})" : "";
-        return new ResidualStep(branch, sum, norms.Length == 1 ? norms[0].Output[0] : null, $"the branch '{branch}'{from} of residual {Describe(add)}");
+        return new ResidualStep(branch, sum, norms.Length == 1 ? norms[0].Output[0] : null, $"input of residual {Describe(add)}{from}",
+            $"output of residual {Describe(add)}");
     }
 
     private static string SingleNorm(GraphEditor graph, string value, string what)
