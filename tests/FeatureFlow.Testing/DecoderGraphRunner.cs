@@ -1,6 +1,7 @@
 using FeatureFlow.Models.Export;
 using FeatureFlow.Models.Hooking;
 using FeatureFlow.Steering;
+using System.Runtime.InteropServices;
 using Microsoft.ML.OnnxRuntime;
 
 namespace FeatureFlow.Testing;
@@ -8,8 +9,9 @@ namespace FeatureFlow.Testing;
 /// <summary>
 /// Drives a third-party decoder graph, hooked or not, through its own I/O as <see cref="DecoderIo"/> describes it (the
 /// manifest's hooking section): token/position/mask inputs in the graph's integer type, the KV cache packed or
-/// separate, presents fed back as the next step's past. Rows of a batch share one length (no padding). CPU only, with
-/// ONNX Runtime's full graph optimisation, as the fixtures' expected outputs were produced.
+/// separate, float32 or float16, presents fed back as the next step's past; logits come back as float32 either way.
+/// Rows of a batch share one length (no padding). CPU only, with ONNX Runtime's full graph optimisation, as the
+/// fixtures' expected outputs were produced.
 /// </summary>
 public sealed class DecoderGraphRunner : IDisposable
 {
@@ -17,7 +19,7 @@ public sealed class DecoderGraphRunner : IDisposable
     private readonly DecoderIo _io;
     private readonly int _layers;
     private readonly SteeringShape? _steering;
-    private readonly Dictionary<string, (float[] Data, long[] Shape)> _past = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, OrtValue> _past = new(StringComparer.Ordinal);
 
     public DecoderGraphRunner(string graphPath, DecoderIo io, int layers, int batch, int dModel)
     {
@@ -27,7 +29,10 @@ public sealed class DecoderGraphRunner : IDisposable
         var encoder = _session.InputMetadata.GetValueOrDefault(GraphNames.SteeringEncoder);
         _steering = encoder is null ? null : new SteeringShape(layers, dModel, encoder.Dimensions[^1]);
         for (var l = 0; l < layers; l++)
-            foreach (var value in PastNames(l)) _past[value] = ([], EmptyPast());
+            foreach (var value in PastNames(l))
+                _past[value] = io.Kv.Type == "float16"
+                    ? OrtValue.CreateTensorValueFromMemory(Array.Empty<Float16>(), EmptyPast())
+                    : OrtValue.CreateTensorValueFromMemory(Array.Empty<float>(), EmptyPast());
     }
 
     public int Batch { get; }
@@ -51,7 +56,6 @@ public sealed class DecoderGraphRunner : IDisposable
                 inputs[positions.Name] = Integers(positions, Enumerable.Range(0, tokens.Length).Select(i => (long)(Position + i % count)), [Batch, count]);
             if (_io.AttentionMask is { } mask)
                 inputs[mask.Name] = Integers(mask, Enumerable.Repeat(1L, Batch * total), [Batch, total]);
-            foreach (var (name, (data, dims)) in _past) inputs[name] = OrtValue.CreateTensorValueFromMemory(data, dims);
             if (_steering is { } shape)
             {
                 var rows = steering ?? Enumerable.Range(0, Batch).Select(_ => new SteeringTensors(shape)).ToArray();
@@ -63,12 +67,19 @@ public sealed class DecoderGraphRunner : IDisposable
             }
             var presentNames = Enumerable.Range(0, _layers).SelectMany(PresentNames).ToArray();
             using var runOptions = new RunOptions();
-            using var outputs = _session.Run(runOptions, inputs.Keys.ToArray(), inputs.Values.ToArray(), [_io.Logits.Name, .. presentNames]);
+            var outputs = _session.Run(runOptions, [.. inputs.Keys, .. _past.Keys], [.. inputs.Values, .. _past.Values],
+                [_io.Logits.Name, .. presentNames]);
+            using var logits = outputs[0];
             var pastNames = Enumerable.Range(0, _layers).SelectMany(PastNames).ToArray();
             for (var i = 0; i < pastNames.Length; i++)
-                _past[pastNames[i]] = (outputs[1 + i].GetTensorDataAsSpan<float>().ToArray(), outputs[1 + i].GetTensorTypeAndShape().Shape);
+            {
+                _past[pastNames[i]].Dispose();
+                _past[pastNames[i]] = outputs[1 + i];
+            }
             Position = total;
-            return outputs[0].GetTensorDataAsSpan<float>().ToArray();
+            return _io.Logits.Type == "float16"
+                ? Array.ConvertAll(MemoryMarshal.Cast<Float16, Half>(logits.GetTensorDataAsSpan<Float16>()).ToArray(), h => (float)h)
+                : logits.GetTensorDataAsSpan<float>().ToArray();
         }
         finally
         {
@@ -116,5 +127,9 @@ public sealed class DecoderGraphRunner : IDisposable
     private static OrtValue Stack(IEnumerable<float[]> rows, long[] shape) =>
         OrtValue.CreateTensorValueFromMemory(rows.SelectMany(r => r).ToArray(), shape);
 
-    public void Dispose() => _session.Dispose();
+    public void Dispose()
+    {
+        foreach (var value in _past.Values) value.Dispose();
+        _session.Dispose();
+    }
 }

@@ -105,6 +105,43 @@ public sealed class ModelBuilderLlamaTests : IDisposable
         }
     }
 
+    [Fact]
+    public void A_float16_graph_keeps_float32_steering_and_matches_llama2c_to_half_precision()
+    {
+        var half = Float16Conversion.Convert(ModelBuilderStyleLlama.Build(Checkpoint));
+        var hooked = GraphHooker.Hook(half, new HookOptions { SlotsPerSite = 2 });
+        Assert.Equal(Onnx.Ir.TensorProto.Types.DataType.Float16, hooked.Decoder.FloatType);
+        Assert.All(hooked.Model.Graph.Input.Where(i => i.Name.StartsWith("steering.", StringComparison.Ordinal)),
+            i => Assert.Equal((int)Onnx.Ir.TensorProto.Types.DataType.Float, i.Type.TensorType.ElemType));
+        var halfPath = Path.Combine(_dir, "half.onnx");
+        var hookedPath = Path.Combine(_dir, "half_hooked.onnx");
+        OnnxModelFile.Write(half, halfPath);
+        OnnxModelFile.Write(hooked.Model, hookedPath);
+        var site = new Site(3, SiteKind.MlpOut);
+        var steering = new SteeringTensors(new SteeringShape(Checkpoint.Architecture.Layers, Checkpoint.Architecture.DModel, 2));
+        Numerics.RandomVector(new Random(5), Checkpoint.Architecture.DModel, 1f).CopyTo(steering.AddAt(site));
+        using var plain = new DecoderGraphRunner(halfPath, hooked.Io, Checkpoint.Architecture.Layers, 1, Checkpoint.Architecture.DModel);
+        using var zero = new DecoderGraphRunner(hookedPath, hooked.Io, Checkpoint.Architecture.Layers, 1, Checkpoint.Architecture.DModel);
+        using var steered = new DecoderGraphRunner(hookedPath, hooked.Io, Checkpoint.Architecture.Layers, 1, Checkpoint.Architecture.DModel);
+        var reference = new ReferenceTransformer(Checkpoint);
+        var steeredReference = new ReferenceTransformer(Checkpoint);
+        var vocab = Checkpoint.Architecture.VocabSize;
+        foreach (var (tokens, start) in new[] { (Prompt, 0), ([Next], Prompt.Length) })
+        {
+            var (plainLogits, zeroLogits, steeredLogits) = (plain.Step(tokens), zero.Step(tokens), steered.Step(tokens, [steering]));
+            for (var t = 0; t < tokens.Length; t++)
+            {
+                var at = new Range(t * vocab, (t + 1) * vocab);
+                var expected = reference.Forward(tokens[t], start + t);
+                Assert.True(Numerics.RelativeL2(plainLogits[at], expected) < 2e-2, "the float16 conversion itself is off");
+                Assert.True(Numerics.RelativeL2(zeroLogits[at], plainLogits[at]) < 5e-3, $"position {start + t}: zero steering moved the logits");
+                var error = Numerics.RelativeL2(steeredLogits[at], steeredReference.Forward(tokens[t], start + t, steering));
+                Assert.True(error < 2e-2, $"position {start + t}: steered float16 logits off llama2c by relative L2 {error}");
+                Assert.True(Numerics.RelativeL2(steeredLogits[at], zeroLogits[at]) > 0.1, "steering changed nothing");
+            }
+        }
+    }
+
     private DecoderGraphRunner Runner(string path) =>
         new(path, _hooked.Io, Checkpoint.Architecture.Layers, 1, Checkpoint.Architecture.DModel);
 
