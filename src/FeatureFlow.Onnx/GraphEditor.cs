@@ -103,8 +103,15 @@ public sealed class GraphEditor
 
     public void RemoveNode(NodeProto node)
     {
-        if (!Graph.Node.Remove(node)) throw new ArgumentException($"node '{node.Name}' is not in graph '{Graph.Name}'");
-        _stale = true;
+        // By reference: protobuf messages compare by value, and a node is this node, not one equal to it.
+        for (var i = 0; i < Graph.Node.Count; i++)
+        {
+            if (!ReferenceEquals(Graph.Node[i], node)) continue;
+            Graph.Node.RemoveAt(i);
+            _stale = true;
+            return;
+        }
+        throw new ArgumentException($"node '{node.Name}' is not in graph '{Graph.Name}'");
     }
 
     /// <summary>Makes <paramref name="readers"/> read <paramref name="replacement"/> wherever they read <paramref name="value"/>.</summary>

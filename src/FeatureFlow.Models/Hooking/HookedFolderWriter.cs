@@ -94,7 +94,7 @@ public static class HookedFolderWriter
                 Steering = new SteeringLayout(request.Options.SlotsPerSite, decoder.Sites.Select(s => s.Site.HookName).ToArray(),
                     request.Options.SiteOutputs),
                 Provenance = new Provenance($"{graphFile} ({decoder.Family}) with featureflow steering hooks inserted",
-                    "as the source model's", new SourceFile(graphFile, files[graphFile]), new SourceFile(TokenizerFile, files[TokenizerFile]),
+                    "not recorded: the source model's license applies", new SourceFile(graphFile, files[graphFile]), new SourceFile(TokenizerFile, files[TokenizerFile]),
                     HookerVersion),
                 Files = files,
                 Hooking = new HookingSection

@@ -104,6 +104,7 @@ public abstract class ResidualStreamFamily : IDecoderFamily
         HashSet<string> residuals, string where, string what)
     {
         var nodes = new List<NodeProto>();
+        var visited = new HashSet<NodeProto>(ReferenceEqualityComparer.Instance);
         var seen = new HashSet<string>(StringComparer.Ordinal);
         var pending = new Queue<string>([branchValue]);
         var readsNorm = false;
@@ -112,7 +113,7 @@ public abstract class ResidualStreamFamily : IDecoderFamily
             if (!seen.Add(value)) continue;
             if (value == normOutput) { readsNorm = true; continue; }
             if (residuals.Contains(value)) continue;
-            if (graph.Producer(value) is not { } node || nodes.Contains(node)) continue;
+            if (graph.Producer(value) is not { } node || !visited.Add(node)) continue;
             nodes.Add(node);
             foreach (var input in node.Input.Where(i => i.Length > 0)) pending.Enqueue(input);
         }
