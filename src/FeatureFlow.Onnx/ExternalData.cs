@@ -34,7 +34,8 @@ public static class ExternalData
                 case "length": length = long.Parse(entry.Value, CultureInfo.InvariantCulture); break;
             }
         }
-        if (string.IsNullOrEmpty(location)) throw new InvalidDataException($"external tensor '{tensor.Name}' names no location");
+        if (string.IsNullOrEmpty(location)) throw new InvalidDataException($"external tensor '{tensor.Name}' names "
+            + $"no location");
         return new ExternalDataReference(location, offset, length);
     }
 
@@ -61,11 +62,13 @@ public static class ExternalData
         {
             var reference = Reference(tensor);
             var path = Path.Combine(modelDirectory, reference.Location);
-            if (!File.Exists(path)) throw new FileNotFoundException($"external data file {path} of tensor '{tensor.Name}' is missing", path);
+            if (!File.Exists(path)) throw new FileNotFoundException($"external data file {path} of tensor "
+                + $"'{tensor.Name}' is missing", path);
             using var stream = File.OpenRead(path);
             var length = reference.Length ?? stream.Length - reference.Offset;
             if (reference.Offset + length > stream.Length)
-                throw new InvalidDataException($"tensor '{tensor.Name}': {path} ends before offset {reference.Offset} + length {length}");
+                throw new InvalidDataException($"tensor '{tensor.Name}': {path} ends before offset "
+                    + $"{reference.Offset} + length {length}");
             var bytes = new byte[length];
             stream.Position = reference.Offset;
             stream.ReadExactly(bytes);

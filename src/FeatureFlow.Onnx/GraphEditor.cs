@@ -74,12 +74,14 @@ public sealed class GraphEditor
         var defined = fragment.Node.SelectMany(n => n.Output).Where(o => o.Length > 0)
             .Concat(fragment.Initializer.Select(t => t.Name)).Concat(fragment.Input.Select(i => i.Name));
         foreach (var name in defined)
-            if (_names.Contains(name)) throw new InvalidDataException($"graph '{Graph.Name}' already has a value named '{name}'");
+            if (_names.Contains(name)) throw new InvalidDataException($"graph '{Graph.Name}' already has a value "
+                + $"named '{name}'");
         foreach (var node in fragment.Node)
             if (node.Name.Length > 0 && _names.Contains(node.Name))
                 throw new InvalidDataException($"graph '{Graph.Name}' already has a node named '{node.Name}'");
         foreach (var output in fragment.Output)
-            if (IsGraphOutput(output.Name)) throw new InvalidDataException($"graph '{Graph.Name}' already has an output named '{output.Name}'");
+            if (IsGraphOutput(output.Name)) throw new InvalidDataException($"graph '{Graph.Name}' already has an "
+                + $"output named '{output.Name}'");
         Graph.Node.AddRange(fragment.Node);
         Graph.Initializer.AddRange(fragment.Initializer);
         Graph.Input.AddRange(fragment.Input);

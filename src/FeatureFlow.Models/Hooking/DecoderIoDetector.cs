@@ -20,7 +20,8 @@ public static partial class DecoderIoDetector
         var outputs = graph.Output.ToDictionary(o => o.Name, StringComparer.Ordinal);
         IoTensor Required(Dictionary<string, ValueInfoProto> all, string name, string what) =>
             all.TryGetValue(name, out var v) ? Describe(v)
-                : throw new InvalidDataException($"expected a graph {what} named '{name}'; found {string.Join(", ", all.Keys)}");
+                : throw new InvalidDataException($"expected a graph {what} named '{name}'; found "
+                    + $"{string.Join(", ", all.Keys)}");
         IoTensor? Optional(string name) => inputs.TryGetValue(name, out var v) ? Describe(v) : null;
 
         var known = new HashSet<string>([InputIds, PositionIds, AttentionMask], StringComparer.Ordinal);
@@ -46,7 +47,8 @@ public static partial class DecoderIoDetector
             var first = inputs[Name(past.Patterns[0], 0)];
             var shape = Shape(first);
             if (shape.Count != 5 || shape[0] != "2")
-                throw new InvalidDataException($"expected the one past input per layer '{first.Name}' to be packed [2, batch, heads, past, "
+                throw new InvalidDataException($"expected the one past input per layer '{first.Name}' to be packed "
+                    + $"[2, batch, heads, past, "
                     + $"head_size]; found [{string.Join(", ", shape)}]");
             return new KvCacheIo
             {
@@ -61,7 +63,8 @@ public static partial class DecoderIoDetector
             var first = inputs[Name(pastKey, 0)];
             var shape = Shape(first);
             if (shape.Count != 4)
-                throw new InvalidDataException($"expected past key '{first.Name}' to be [batch, heads, past, head_size]; found [{string.Join(", ", shape)}]");
+                throw new InvalidDataException($"expected past key '{first.Name}' to be [batch, heads, past, "
+                    + $"head_size]; found [{string.Join(", ", shape)}]");
             return new KvCacheIo
             {
                 Packing = KvCacheIo.SeparatePacking, PastKey = pastKey, PastValue = pastValue, PresentKey = presentKey,
@@ -87,7 +90,8 @@ public static partial class DecoderIoDetector
         var (partA, partB) = (a[head..^tail], b[head..^tail]);
         if (IsKey(partA) && IsValue(partB)) return (a, b);
         if (IsKey(partB) && IsValue(partA)) return (b, a);
-        throw new InvalidDataException($"expected one {what} key and one {what} value pattern; found [{string.Join(", ", patterns)}]");
+        throw new InvalidDataException($"expected one {what} key and one {what} value pattern; found "
+            + $"[{string.Join(", ", patterns)}]");
     }
 
     /// <summary>Names that differ only in one number, numbered 0 … n−1, grouped into printf patterns (past_%d).</summary>
@@ -113,7 +117,8 @@ public static partial class DecoderIoDetector
 
     private static int Size(ValueInfoProto value, IReadOnlyList<string> shape, int axis) =>
         int.TryParse(shape[axis], NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n
-            : throw new InvalidDataException($"expected '{value.Name}' to declare a fixed size on axis {axis}; found '{shape[axis]}'");
+            : throw new InvalidDataException($"expected '{value.Name}' to declare a fixed size on axis {axis}; found "
+                + $"'{shape[axis]}'");
 
     private static IoTensor Describe(ValueInfoProto value) => new(value.Name, TypeName(value), Shape(value));
 

@@ -37,7 +37,8 @@ public static class GraphHooker
 
     public static HookedGraph Hook(ModelProto source, HookOptions options)
     {
-        if (options.SlotsPerSite < 1) throw new ArgumentException($"slots per site must be at least 1; got {options.SlotsPerSite}");
+        if (options.SlotsPerSite < 1) throw new ArgumentException($"slots per site must be at least 1; got "
+            + $"{options.SlotsPerSite}");
         var model = source.Clone();
         var graph = new GraphEditor(model.Graph);
         if (model.Graph.Input.Any(i => i.Name.StartsWith("steering.", StringComparison.Ordinal)))

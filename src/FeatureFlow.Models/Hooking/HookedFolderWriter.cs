@@ -41,33 +41,42 @@ public static class HookedFolderWriter
             throw new IOException($"{output} already exists and is not empty; choose a new folder");
         var graphFile = Path.GetFileName(input);
         if (graphFile is HookedGraphFile or ModelManifest.FileName)
-            throw new InvalidDataException($"the input graph must not be named {graphFile}: the hooked folder writes that file");
+            throw new InvalidDataException($"the input graph must not be named {graphFile}: the hooked folder writes "
+                + $"that file");
 
         var source = OnnxModelFile.Read(input);
         var external = ExternalData.Files(source);
-        progress($"read {graphFile}: {source.Graph.Node.Count} nodes, {source.Graph.Initializer.Count} initializers, ai.onnx opset "
+        progress($"read {graphFile}: {source.Graph.Node.Count} nodes, {source.Graph.Initializer.Count} initializers, "
+            + $"ai.onnx opset "
             + $"{OpsetRequirement.Of(source)}{(external.Count > 0 ? $", external data in {string.Join(", ", external)}" : "")}");
         foreach (var file in external)
             if (!File.Exists(Path.Combine(sourceDir, file)))
-                throw new FileNotFoundException($"external data file {file} named by {graphFile} is missing from {sourceDir}");
+                throw new FileNotFoundException($"external data file {file} named by {graphFile} is missing from "
+                    + $"{sourceDir}");
 
         var hooked = GraphHooker.Hook(source, request.Options);
         var decoder = hooked.Decoder;
         var arch = decoder.Architecture;
-        progress($"recognised {decoder.Family}: {arch.Layers} blocks, d_model {arch.DModel}, {arch.Heads} heads, vocab {arch.VocabSize}, "
+        progress($"recognised {decoder.Family}: {arch.Layers} blocks, d_model {arch.DModel}, {arch.Heads} heads, "
+            + $"vocab {arch.VocabSize}, "
             + $"{DecoderIoDetector.TypeName(decoder.FloatType)}, KV {hooked.Io.Kv.Packing}");
         var config = SourceModelConfig.Read(sourceDir);
         config.CheckLayers(arch.Layers, graphFile);
-        if (config.LayerCounts.Count > 0) progress($"block count agrees with {string.Join(" and ", config.LayerCounts.Select(c => c.Source))}");
+        if (config.LayerCounts.Count > 0) progress($"block count agrees with "
+            + $"{string.Join(" and ", config.LayerCounts.Select(c => c.Source))}");
         if (hooked.OpsetRaisedFrom is { } raised) progress($"raised ai.onnx opset {raised} → {OpsetRequirement.Minimum}");
         if (decoder.Rewrites.Count > 0)
-            progress($"split {decoder.Rewrites.Count} fused nodes into plain operators, e.g. {decoder.Rewrites[0]} (all listed in the manifest)");
+            progress($"split {decoder.Rewrites.Count} fused nodes into plain operators, e.g. {decoder.Rewrites[0]} "
+                + $"(all listed in the manifest)");
         progress($"inserted {decoder.Sites.Count} hooks ({request.Options.SlotsPerSite} slots per site"
             + $"{(request.Options.SiteOutputs ? ", site outputs" : "")})");
         if (!File.Exists(Path.Combine(sourceDir, TokenizerFile)))
-            throw new FileNotFoundException($"expected {TokenizerFile} beside {graphFile} (a model folder needs its tokenizer); found none");
-        var bos = config.BosId ?? throw new InvalidDataException($"no bos_token_id in {SourceModelConfig.HuggingFaceFile} or {SourceModelConfig.GenAiFile}");
-        var eos = config.EosId ?? throw new InvalidDataException($"no eos_token_id in {SourceModelConfig.HuggingFaceFile} or {SourceModelConfig.GenAiFile}");
+            throw new FileNotFoundException($"expected {TokenizerFile} beside {graphFile} (a model folder needs its "
+                + $"tokenizer); found none");
+        var bos = config.BosId ?? throw new InvalidDataException($"no bos_token_id in "
+            + $"{SourceModelConfig.HuggingFaceFile} or {SourceModelConfig.GenAiFile}");
+        var eos = config.EosId ?? throw new InvalidDataException($"no eos_token_id in "
+            + $"{SourceModelConfig.HuggingFaceFile} or {SourceModelConfig.GenAiFile}");
 
         var staging = Path.Combine(Path.GetDirectoryName(output)!, $".{Path.GetFileName(output)}.hooking-{Guid.NewGuid():N}");
         Directory.CreateDirectory(staging);
@@ -79,7 +88,8 @@ public static class HookedFolderWriter
             foreach (var file in copies)
             {
                 if (file is HookedGraphFile or ModelManifest.FileName)
-                    throw new InvalidDataException($"{sourceDir} already holds a {file}; hook a folder that is not a featureflow model folder");
+                    throw new InvalidDataException($"{sourceDir} already holds a {file}; hook a folder that is not a "
+                        + $"featureflow model folder");
                 File.Copy(Path.Combine(sourceDir, file!), Path.Combine(staging, file!));
             }
             progress($"copied {copies.Length} files of the source folder: {string.Join(", ", copies)}");

@@ -34,7 +34,8 @@ public sealed class ModelBuilderLlamaFamily : ResidualStreamFamily
         var tokens = TorchGpt2Family.EmbeddingLookup(graph, io.InputIds.Name);
         var norms = graph.Consumers(tokens.Output[0]).Where(IsNorm).ToArray();
         if (norms.Length != 1)
-            throw new InvalidDataException($"expected one SimplifiedLayerNormalization (block 0's input norm) reading the token embedding "
+            throw new InvalidDataException($"expected one SimplifiedLayerNormalization (block 0's input norm) "
+                + $"reading the token embedding "
                 + $"{Describe(tokens)}; found {Describe(graph.Consumers(tokens.Output[0]))}");
         return new ResidualStart(tokens.Output[0], norms[0].Output[0], graph.Initializer(tokens.Input[0])!, null,
             $"token embedding {Describe(tokens)}");
@@ -46,11 +47,13 @@ public sealed class ModelBuilderLlamaFamily : ResidualStreamFamily
         var fused = readers.Where(n => SkipNormSplitter.SimplifiedLayerNorm.Matches(n) && (n.Input[0] == residual || n.Input[1] == residual))
             .ToArray();
         if (fused.Length > 1)
-            throw new InvalidDataException($"expected one SkipSimplifiedLayerNormalization reading '{residual}'; found {Describe(fused)}");
+            throw new InvalidDataException($"expected one SkipSimplifiedLayerNormalization reading '{residual}'; "
+                + $"found {Describe(fused)}");
         if (fused.Length == 1)
             return SkipNormSplitter.SimplifiedLayerNorm.Split(graph, fused[0], fused[0].Input[0] == residual ? 0 : 1, prefix, rewrites);
         if (readers.Any(n => n.OpType == "Add"))
-            throw new InvalidDataException($"expected '{residual}' to be added to a branch by a com.microsoft.SkipSimplifiedLayerNormalization; "
+            throw new InvalidDataException($"expected '{residual}' to be added to a branch by a "
+                + $"com.microsoft.SkipSimplifiedLayerNormalization; "
                 + $"found {Describe(readers)}");
         return null;
     }
@@ -93,7 +96,8 @@ public sealed class ModelBuilderLlamaFamily : ResidualStreamFamily
         var rotary = block.AttentionNodes.FirstOrDefault(n => n is { OpType: "RotaryEmbedding", Domain: Microsoft });
         var (node, cosInput, flag) = rotary is not null ? (rotary, 2, "interleaved") : (attention, 7, "rotary_interleaved");
         if (node.Input.Count <= cosInput || graph.Initializer(node.Input[cosInput]) is not { Dims.Count: 2 } cos)
-            throw new InvalidDataException($"blocks.0: expected rotary embedding (com.microsoft RotaryEmbedding, or a cos cache on "
+            throw new InvalidDataException($"blocks.0: expected rotary embedding (com.microsoft RotaryEmbedding, or "
+                + $"a cos cache on "
                 + $"{Describe(attention)}); found none");
         return (cos, (node.Attribute.FirstOrDefault(a => a.Name == flag)?.I ?? 0) != 0);
     }

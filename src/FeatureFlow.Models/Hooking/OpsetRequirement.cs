@@ -29,11 +29,13 @@ public static class OpsetRequirement
         var current = import.Version;
         if (current >= Minimum) return null;
         if (current < OldestRaisable)
-            throw new InvalidDataException($"the graph imports ai.onnx opset {current}; hooking needs {Minimum} and raises only from {OldestRaisable} on");
+            throw new InvalidDataException($"the graph imports ai.onnx opset {current}; hooking needs {Minimum} and "
+                + $"raises only from {OldestRaisable} on");
         var changed = model.Graph.Node.FirstOrDefault(n => n.Domain is "" or "ai.onnx" && !StableSince10.Contains(n.OpType));
         if (changed is not null)
             throw new InvalidDataException($"the graph imports ai.onnx opset {current}; hooking needs {Minimum}, and its "
-                + $"{ResidualStreamFamily.Describe(changed)} may mean something else there (expected only operators unchanged since opset 10)");
+                + $"{ResidualStreamFamily.Describe(changed)} may mean something else there (expected only operators "
+                + $"unchanged since opset 10)");
         import.Version = Minimum;
         model.IrVersion = Math.Max(model.IrVersion, IrVersionOfOpset17);
         return current;

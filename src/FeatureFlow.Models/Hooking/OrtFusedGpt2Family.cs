@@ -35,7 +35,8 @@ public sealed class OrtFusedGpt2Family : ResidualStreamFamily
             throw new InvalidDataException($"expected one com.microsoft.EmbedLayerNormalization; found {Describe(embeds)}");
         var embed = embeds[0];
         if (embed.Output.Count < 3 || embed.Output[2].Length == 0)
-            throw new InvalidDataException($"expected {Describe(embed)} to output the embedding sum (output 2), the residual "
+            throw new InvalidDataException($"expected {Describe(embed)} to output the embedding sum (output 2), the "
+                + $"residual "
                 + "stream's start; it does not");
         var table = Table(graph, embed, 2, "word embedding");
         var positions = Table(graph, embed, 3, "position embedding");
@@ -45,17 +46,20 @@ public sealed class OrtFusedGpt2Family : ResidualStreamFamily
 
     private static TensorProto Table(GraphEditor graph, NodeProto embed, int input, string what) =>
         embed.Input.Count > input && graph.Initializer(embed.Input[input]) is { Dims.Count: 2 } t ? t
-            : throw new InvalidDataException($"expected {Describe(embed)} input {input} to be the {what} table (a 2-D initializer)");
+            : throw new InvalidDataException($"expected {Describe(embed)} input {input} to be the {what} table (a "
+                + $"2-D initializer)");
 
     protected override ResidualStep? Step(GraphEditor graph, string residual, string prefix, List<string> rewrites)
     {
         var readers = graph.Consumers(residual);
         var fused = readers.Where(n => SkipNormSplitter.LayerNorm.Matches(n) && (n.Input[0] == residual || n.Input[1] == residual)).ToArray();
-        if (fused.Length > 1) throw new InvalidDataException($"expected one SkipLayerNormalization reading '{residual}'; found {Describe(fused)}");
+        if (fused.Length > 1) throw new InvalidDataException($"expected one SkipLayerNormalization reading "
+            + $"'{residual}'; found {Describe(fused)}");
         if (fused.Length == 1)
             return SkipNormSplitter.LayerNorm.Split(graph, fused[0], fused[0].Input[0] == residual ? 0 : 1, prefix, rewrites);
         if (readers.Any(n => n.OpType == "Add"))
-            throw new InvalidDataException($"expected '{residual}' to be added to a branch by a com.microsoft.SkipLayerNormalization; "
+            throw new InvalidDataException($"expected '{residual}' to be added to a branch by a "
+                + $"com.microsoft.SkipLayerNormalization; "
                 + $"found {Describe(readers)}");
         return null;
     }
@@ -68,7 +72,8 @@ public sealed class OrtFusedGpt2Family : ResidualStreamFamily
         var heads = (int)(attention.Attribute.FirstOrDefault(a => a.Name == "num_heads")?.I
             ?? throw new InvalidDataException($"{Describe(attention)} has no num_heads"));
         if (heads != io.Kv.Heads)
-            throw new InvalidDataException($"{Describe(attention)} has num_heads {heads} but its past has {io.Kv.Heads} heads");
+            throw new InvalidDataException($"{Describe(attention)} has num_heads {heads} but its past has "
+                + $"{io.Kv.Heads} heads");
         var embed = graph.Producer(walk.Start.Residual)!;
         return new ModelArchitecture
         {

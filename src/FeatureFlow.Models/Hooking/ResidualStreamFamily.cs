@@ -49,7 +49,8 @@ public abstract class ResidualStreamFamily : IDecoderFamily
         var walk = Walk(graph, io, prefix);
         var floatType = (DataType)walk.Start.TokenTable.DataType;
         if (floatType is not (DataType.Float or DataType.Float16))
-            throw new InvalidDataException($"token embedding '{walk.Start.TokenTable.Name}' is {floatType}; expected float or float16");
+            throw new InvalidDataException(
+                $"token embedding '{walk.Start.TokenTable.Name}' is {floatType}; expected float or float16");
         var sites = new List<SiteTap>();
         foreach (var (block, l) in walk.Blocks.Select((b, l) => (b, l)))
         {
@@ -72,25 +73,31 @@ public abstract class ResidualStreamFamily : IDecoderFamily
             var where = $"blocks.{blocks.Count}";
             var attentionNodes = Branch(graph, attention.Branch, norm, residuals, where, "attention");
             if (!attentionNodes.Any(IsAttention))
-                throw new InvalidDataException($"{where}: expected attention ({AttentionMark}) on the branch from '{norm}' to the "
-                    + $"{attention.Found}; found {Describe(attentionNodes)}");
+                throw new InvalidDataException($"{where}: expected attention ({AttentionMark}) on the branch from "
+                    + $"'{norm}' to the {attention.Found}; found {Describe(attentionNodes)}");
             residuals.Add(attention.Sum);
             var mlpNorm = attention.NormOutput ?? throw new InvalidDataException(
-                $"{where}: expected a norm reading the residual after attention ('{attention.Sum}'); found {Describe(graph.Consumers(attention.Sum))}");
+                $"{where}: expected a norm reading the residual after attention ('{attention.Sum}'); found "
+                    + $"{Describe(graph.Consumers(attention.Sum))}");
             var mlp = Step(graph, attention.Sum, prefix, rewrites) ?? throw new InvalidDataException(
-                $"{where}: expected the MLP's residual update of '{attention.Sum}'; found {Describe(graph.Consumers(attention.Sum))}");
+                $"{where}: expected the MLP's residual update of '{attention.Sum}'; found "
+                    + $"{Describe(graph.Consumers(attention.Sum))}");
             var mlpNodes = Branch(graph, mlp.Branch, mlpNorm, residuals, where, "MLP");
             if (mlpNodes.FirstOrDefault(IsAttention) is { } stray)
-                throw new InvalidDataException($"{where}: expected an MLP on the branch from '{mlpNorm}' to the {mlp.Found}; found attention {Describe([stray])}");
+                throw new InvalidDataException($"{where}: expected an MLP on the branch from '{mlpNorm}' to the "
+                    + $"{mlp.Found}; found attention {Describe([stray])}");
             if (!mlpNodes.Any(n => n.OpType is "MatMul" or "Gemm"))
-                throw new InvalidDataException($"{where}: expected an MLP (MatMul/Gemm) on the branch from '{mlpNorm}' to the {mlp.Found}; found {Describe(mlpNodes)}");
+                throw new InvalidDataException($"{where}: expected an MLP (MatMul/Gemm) on the branch from "
+                    + $"'{mlpNorm}' to the {mlp.Found}; found {Describe(mlpNodes)}");
             residuals.Add(mlp.Sum);
             blocks.Add(new BlockWalk(attention, mlp, attentionNodes, mlpNodes));
             (residual, norm) = (mlp.Sum, mlp.NormOutput ?? throw new InvalidDataException(
-                $"{where}: expected a norm reading the block's output '{mlp.Sum}'; found {Describe(graph.Consumers(mlp.Sum))}"));
+                $"{where}: expected a norm reading the block's output '{mlp.Sum}'; found "
+                    + $"{Describe(graph.Consumers(mlp.Sum))}"));
         }
         if (blocks.Count == 0)
-            throw new InvalidDataException($"expected transformer blocks after the embedding ({start.Found}); found {Describe(graph.Consumers(start.Residual))}"
+            throw new InvalidDataException($"expected transformer blocks after the embedding ({start.Found}); found "
+                + $"{Describe(graph.Consumers(start.Residual))}"
                 + $" reading '{start.Residual}'");
         CheckFinalNormFeedsLogits(graph, norm, io.Logits.Name);
         return new DecoderWalk(start, blocks, norm, rewrites);
@@ -118,13 +125,15 @@ public abstract class ResidualStreamFamily : IDecoderFamily
             foreach (var input in node.Input.Where(i => i.Length > 0)) pending.Enqueue(input);
         }
         if (!readsNorm)
-            throw new InvalidDataException($"{where}: expected the {what} branch '{branchValue}' to read the norm output '{normOutput}'; "
+            throw new InvalidDataException($"{where}: expected the {what} branch '{branchValue}' to read the norm "
+                + $"output '{normOutput}'; "
                 + $"found {Describe(nodes)}");
         var end = SkipViews(graph, branchValue);
         var projected = graph.Producer(end) is { } last && (last.OpType is "MatMul" or "Gemm"
             || (last.OpType == "Add" && last.Input.Any(i => graph.Initializer(i) is not null)));
         if (!projected)
-            throw new InvalidDataException($"{where}: expected the {what} output projection (MatMul/Gemm, optionally + bias) to "
+            throw new InvalidDataException($"{where}: expected the {what} output projection (MatMul/Gemm, optionally "
+                + $"+ bias) to "
                 + $"end the branch at '{branchValue}'; found {Describe(graph.Producer(end) is { } p ? [p] : [])}");
         return nodes;
     }
@@ -142,7 +151,8 @@ public abstract class ResidualStreamFamily : IDecoderFamily
         var value = logits;
         var node = graph.Producer(SkipViews(graph, value));
         if (node is null || node.OpType is not ("MatMul" or "Gemm"))
-            throw new InvalidDataException($"expected the logits '{logits}' to come from a MatMul/Gemm; found {Describe(node is null ? [] : [node])}");
+            throw new InvalidDataException($"expected the logits '{logits}' to come from a MatMul/Gemm; found "
+                + $"{Describe(node is null ? [] : [node])}");
         if (SkipViews(graph, node.Input[0]) != finalNorm)
             throw new InvalidDataException($"expected the final norm '{finalNorm}' to feed the logits {Describe([node])}; "
                 + $"it reads '{node.Input[0]}'");

@@ -27,7 +27,8 @@ internal sealed record SkipNormSplitter(string FusedOp, string NormOp, int BiasI
         var fused = ResidualStreamFamily.Describe(node);
         for (var o = 1; o <= 2 && o < node.Output.Count; o++)
             if (node.Output[o].Length > 0 && (graph.Consumers(node.Output[o]).Count > 0 || graph.IsGraphOutput(node.Output[o])))
-                throw new InvalidDataException($"{fused}: output {o} ('{node.Output[o]}', a normalisation statistic) is read; "
+                throw new InvalidDataException($"{fused}: output {o} ('{node.Output[o]}', a normalisation statistic) "
+                    + $"is read; "
                     + "expected only the normalised value and the sum to be used");
         var residual = node.Input[residualInput];
         var input = node.Input[1 - residualInput];

@@ -25,7 +25,8 @@ public sealed record SourceModelConfig(IReadOnlyList<(string Source, int Layers)
         }
         if (Load(directory, GenAiFile)?["model"] is JsonObject genai)
         {
-            if (Int(genai["decoder"]?["num_hidden_layers"]) is { } n) layers.Add(($"{GenAiFile} model.decoder.num_hidden_layers = {n}", n));
+            if (Int(genai["decoder"]?["num_hidden_layers"]) is { } n) layers.Add(($"{GenAiFile} "
+                + $"model.decoder.num_hidden_layers = {n}", n));
             bos ??= Int(genai["bos_token_id"]);
             eos ??= Int(genai["eos_token_id"]);
         }
@@ -37,7 +38,8 @@ public sealed record SourceModelConfig(IReadOnlyList<(string Source, int Layers)
     {
         foreach (var (source, layers) in LayerCounts)
             if (layers != blocksInGraph)
-                throw new InvalidDataException($"{graphFile} has {blocksInGraph} blocks along its residual stream, but {source}");
+                throw new InvalidDataException($"{graphFile} has {blocksInGraph} blocks along its residual stream, "
+                    + $"but {source}");
     }
 
     private static JsonNode? Load(string directory, string file)

@@ -31,13 +31,16 @@ public sealed class TorchGpt2Family : ResidualStreamFamily
         var tokens = EmbeddingLookup(graph, io.InputIds.Name);
         var sums = graph.Consumers(tokens.Output[0]).Where(n => n.OpType == "Add").ToArray();
         if (sums.Length != 1)
-            throw new InvalidDataException($"expected the token embedding {Describe(tokens)} to be added to a learned position "
+            throw new InvalidDataException($"expected the token embedding {Describe(tokens)} to be added to a "
+                + $"learned position "
                 + $"embedding; found {Describe(graph.Consumers(tokens.Output[0]))} reading it");
         var sum = sums[0];
         var other = sum.Input[0] == tokens.Output[0] ? sum.Input[1] : sum.Input[0];
         var positions = graph.Producer(other) is { OpType: "Gather" } p && graph.Initializer(p.Input[0]) is { } table ? table
-            : throw new InvalidDataException($"expected {Describe(sum)} to add a position embedding (Gather from a table) to the "
-                + $"tokens; its other input '{other}' comes from {(graph.Producer(other) is { } q ? Describe(q) : "outside any node")}");
+            : throw new InvalidDataException($"expected {Describe(sum)} to add a position embedding (Gather from a "
+                + $"table) to the "
+                + $"tokens; its other input '{other}' comes from "
+                + $"{(graph.Producer(other) is { } q ? Describe(q) : "outside any node")}");
         var norm = SingleNorm(graph, sum.Output[0], "blocks.0's first LayerNormalization");
         return new ResidualStart(sum.Output[0], norm, graph.Initializer(tokens.Input[0])!, positions,
             $"{Describe(tokens)} + position Gather, summed by {Describe(sum)}");
@@ -58,7 +61,8 @@ public sealed class TorchGpt2Family : ResidualStreamFamily
                     pending.Enqueue(node.Output[0]);
             }
         }
-        throw new InvalidDataException($"expected '{inputIds}' to index a token embedding table (Gather from a 2-D initializer); "
+        throw new InvalidDataException($"expected '{inputIds}' to index a token embedding table (Gather from a 2-D "
+            + $"initializer); "
             + $"found {Describe(graph.Consumers(inputIds))} reading it");
     }
 
@@ -74,9 +78,11 @@ public sealed class TorchGpt2Family : ResidualStreamFamily
         var branch = add.Input[0] == residual ? add.Input[1] : add.Input[0];
         var sum = add.Output[0];
         var norms = graph.Consumers(sum).Where(IsNorm).ToArray();
-        if (norms.Length > 1) throw new InvalidDataException($"expected one LayerNormalization reading '{sum}'; found {Describe(norms)}");
+        if (norms.Length > 1) throw new InvalidDataException($"expected one LayerNormalization reading '{sum}'; "
+            + $"found {Describe(norms)}");
         var from = graph.Producer(branch) is { } p ? $" (from {Describe(p)})" : "";
-        return new ResidualStep(branch, sum, norms.Length == 1 ? norms[0].Output[0] : null, $"input of residual {Describe(add)}{from}",
+        return new ResidualStep(branch, sum, norms.Length == 1 ? norms[0].Output[0] : null, $"input of residual "
+            + $"{Describe(add)}{from}",
             $"output of residual {Describe(add)}");
     }
 
