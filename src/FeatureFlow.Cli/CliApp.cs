@@ -8,6 +8,7 @@ public static class CliApp
     {
         var root = new RootCommand("FeatureFlow.Inference: serve and steer ONNX language models with multi-layer feature-flow steering.");
         root.Subcommands.Add(ExportCommand.Build(output, error));
+        root.Subcommands.Add(HookCommand.Build(output, error));
         root.Subcommands.Add(ServeCommand.Build(output, error));
         root.Subcommands.Add(GenerateCommand.Build(output, error));
         root.Subcommands.Add(InfoCommand.Build(output, error));

@@ -21,39 +21,20 @@ namespace FeatureFlow.Models.Export;
 /// the last local_window_size keys, itself included, as in transformers; earlier releases counted one more (there
 /// window − 1 was right). The Gemma2 graph tests hold both layouts to the reference forward pass, so a change fails
 /// them.
-/// TODO(lead): switch SiteSlices/Hook to the shared SteeringHook once it replaces LlamaGraphExporter's copies.
 /// </remarks>
 public static class Gemma2GraphExporter
 {
     public static ModelProto Export(Gemma2Config config, Gemma2Weights w, HookedGraphOptions options, string modelName)
     {
         config.Validate();
-        if (options.Hooks && options.SlotsPerSite < 1) throw new ArgumentException("slots per site must be at least 1");
         var arch = config.Architecture;
         var g = new GraphBuilder(modelName);
-        int d = arch.DModel, hs = arch.HeadSize, kvHeads = arch.KvHeads, sites = arch.Layers * Site.KindsPerLayer;
-        int k = options.SlotsPerSite;
+        int d = arch.DModel, hs = arch.HeadSize, kvHeads = arch.KvHeads;
         var shared = options.KvLayout == KvCacheLayout.SharedBuffer;
-
-        var inputIds = g.Input(GraphNames.InputIds, DataType.Int64, B, T);
-        var attentionMask = shared ? null : g.Input(GraphNames.AttentionMask, DataType.Int64, B, S);
-        var positionIds = g.Input(GraphNames.PositionIds, DataType.Int64, B, T);
-        var seqlensK = shared ? g.Input(GraphNames.SeqlensK, DataType.Int32, B) : null;
-        var totalLength = shared ? g.Input(GraphNames.TotalSequenceLength, DataType.Int32) : null;
-        var pastKeys = new string[arch.Layers];
-        var pastValues = new string[arch.Layers];
-        for (var l = 0; l < arch.Layers; l++)
-        {
-            pastKeys[l] = g.Input(GraphNames.PastKey(l), DataType.Float, B, kvHeads, shared ? M : P, hs);
-            pastValues[l] = g.Input(GraphNames.PastValue(l), DataType.Float, B, kvHeads, shared ? M : P, hs);
-        }
-        var steering = options.Hooks
-            ? SiteSlices.Split(g, sites,
-                g.Input(GraphNames.SteeringAdd, DataType.Float, B, sites, d),
-                g.Input(GraphNames.SteeringEncoder, DataType.Float, B, sites, d, k),
-                g.Input(GraphNames.SteeringDecoder, DataType.Float, B, sites, k, d),
-                g.Input(GraphNames.SteeringCoefficients, DataType.Float, B, sites, GraphNames.CoefficientRows, k))
-            : null;
+        var inputs = LlamaGraphExporter.DeclareInputs(g, arch, options);
+        var (inputIds, attentionMask, positionIds) = (inputs.InputIds, inputs.AttentionMask, inputs.PositionIds);
+        var (seqlensK, totalLength, steering) = (inputs.SeqlensK, inputs.TotalLength, inputs.Steering);
+        var (pastKeys, pastValues) = (inputs.PastKeys, inputs.PastValues);
 
         var embedding = g.Initializer("model.embed_tokens.weight", w.TokenEmbedding, arch.VocabSize, d);
         var x = g.Op("Mul", [g.Op("Gather", [embedding, inputIds], Attr.Int("axis", 0)),
@@ -78,15 +59,15 @@ public static class Gemma2GraphExporter
                     pastValues[l]);
             var attn = Linear(g, context, $"blocks.{l}.attn.W_O", w.Wo[l], d, arch.Heads * hs);
             attn = RmsNorm(g, attn, Norm(g, $"blocks.{l}.ln_1_post.weight", w.PostAttentionNorm[l]), eps);
-            attn = Hook(g, steering, new Site(l, SiteKind.AttnOut), attn, options, d);
+            attn = SteeringHook.Apply(g, steering, new Site(l, SiteKind.AttnOut), attn, options.SiteOutputs, d);
             x = g.Op("Add", [x, attn]);
 
             xn = RmsNorm(g, x, Norm(g, $"blocks.{l}.ln_2.weight", w.PreFeedforwardNorm[l]), eps);
             var mlp = GeGlu(g, arch, l, w, xn);
             mlp = RmsNorm(g, mlp, Norm(g, $"blocks.{l}.ln_2_post.weight", w.PostFeedforwardNorm[l]), eps);
-            mlp = Hook(g, steering, new Site(l, SiteKind.MlpOut), mlp, options, d);
+            mlp = SteeringHook.Apply(g, steering, new Site(l, SiteKind.MlpOut), mlp, options.SiteOutputs, d);
             x = g.Op("Add", [x, mlp]);
-            x = Hook(g, steering, new Site(l, SiteKind.ResidPost), x, options, d);
+            x = SteeringHook.Apply(g, steering, new Site(l, SiteKind.ResidPost), x, options.SiteOutputs, d);
         }
 
         x = RmsNorm(g, x, Norm(g, "ln_f.weight", w.FinalNorm), arch.NormEpsilon);
@@ -107,7 +88,7 @@ public static class Gemma2GraphExporter
         [
             new("featureflow.hooks", options.Hooks ? "true" : "false"),
             new("featureflow.slots_per_site",
-                options.Hooks ? k.ToString(System.Globalization.CultureInfo.InvariantCulture) : "0"),
+                options.Hooks ? options.SlotsPerSite.ToString(System.Globalization.CultureInfo.InvariantCulture) : "0"),
         ];
         if (shared) metadata.Add(new("featureflow.kv_layout", "shared_buffer"));
         return g.Build(new OnnxModelOptions

@@ -34,13 +34,13 @@ public static class Gpt2GraphExporter
             using var _ = g.Scope($"blocks.{l}");
             var xn = LayerNorm(g, x, $"blocks.{l}.ln_1", w.Ln1Weight[l], w.Ln1Bias[l], arch);
             var attn = Attention(g, arch, l, w, xn, cache, inputs.PastKeys[l], inputs.PastValues[l]);
-            attn = LlamaGraphExporter.Hook(g, inputs.Steering, new Site(l, SiteKind.AttnOut), attn, options, d);
+            attn = SteeringHook.Apply(g, inputs.Steering, new Site(l, SiteKind.AttnOut), attn, options.SiteOutputs, d);
             x = g.Op("Add", [x, attn]);
             xn = LayerNorm(g, x, $"blocks.{l}.ln_2", w.Ln2Weight[l], w.Ln2Bias[l], arch);
             var mlp = Mlp(g, arch, l, w, xn);
-            mlp = LlamaGraphExporter.Hook(g, inputs.Steering, new Site(l, SiteKind.MlpOut), mlp, options, d);
+            mlp = SteeringHook.Apply(g, inputs.Steering, new Site(l, SiteKind.MlpOut), mlp, options.SiteOutputs, d);
             x = g.Op("Add", [x, mlp]);
-            x = LlamaGraphExporter.Hook(g, inputs.Steering, new Site(l, SiteKind.ResidPost), x, options, d);
+            x = SteeringHook.Apply(g, inputs.Steering, new Site(l, SiteKind.ResidPost), x, options.SiteOutputs, d);
         }
 
         x = LayerNorm(g, x, "ln_final", w.LnFinalWeight, w.LnFinalBias, arch);

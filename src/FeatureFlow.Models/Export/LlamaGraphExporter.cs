@@ -43,13 +43,13 @@ public static partial class LlamaGraphExporter
             using var _ = g.Scope($"blocks.{l}");
             var xn = RmsNorm(g, x, g.Initializer($"blocks.{l}.ln_1.weight", w.RmsAttention[l], d), arch.NormEpsilon);
             var attn = Attention(g, arch, l, w, xn, cos, sin, cache, pastKeys[l], pastValues[l]);
-            attn = Hook(g, steering, new Site(l, SiteKind.AttnOut), attn, options, d);
+            attn = SteeringHook.Apply(g, steering, new Site(l, SiteKind.AttnOut), attn, options.SiteOutputs, d);
             x = g.Op("Add", [x, attn]);
             xn = RmsNorm(g, x, g.Initializer($"blocks.{l}.ln_2.weight", w.RmsFfn[l], d), arch.NormEpsilon);
             var mlp = SwiGlu(g, arch, l, w, xn);
-            mlp = Hook(g, steering, new Site(l, SiteKind.MlpOut), mlp, options, d);
+            mlp = SteeringHook.Apply(g, steering, new Site(l, SiteKind.MlpOut), mlp, options.SiteOutputs, d);
             x = g.Op("Add", [x, mlp]);
-            x = Hook(g, steering, new Site(l, SiteKind.ResidPost), x, options, d);
+            x = SteeringHook.Apply(g, steering, new Site(l, SiteKind.ResidPost), x, options.SiteOutputs, d);
         }
 
         x = RmsNorm(g, x, g.Initializer("ln_f.weight", w.RmsFinal, d), arch.NormEpsilon);
@@ -66,25 +66,6 @@ public static partial class LlamaGraphExporter
             || arch.Rotary != RotaryConvention.Interleaved)
             throw new InvalidDataException($"the Llama exporter writes rms_norm, swi_glu, rotary (interleaved) models; "
                 + $"{arch.Family} is {arch.Norm}, {arch.Mlp}, {arch.Positions} ({arch.Rotary})");
-    }
-
-    /// <summary>
-    /// The steering inputs cut into per-site pieces once, at the top of the graph, so each hook costs no
-    /// gathers: add [B, 1, d], encoder [B, 1, d, K], decoder [B, 1, K, d], coefficient rows [B, 1, 1, K].
-    /// </summary>
-    internal sealed record SiteSlices(string[] Add, string[] Encoder, string[] Decoder, string[][] Rows)
-    {
-        public static SiteSlices Split(GraphBuilder g, int sites, string add, string encoder, string decoder, string coefficients)
-        {
-            using var _ = g.Scope("steering");
-            var siteAxis = Attr.Int("axis", 1);
-            var rows = g.Op("Split", [coefficients], GraphNames.CoefficientRows, Attr.Int("axis", 2));
-            return new SiteSlices(
-                g.Op("Split", [add], sites, siteAxis),
-                g.Op("Split", [encoder], sites, siteAxis),
-                g.Op("Split", [decoder], sites, siteAxis),
-                rows.Select(r => g.Op("Split", [r], sites, siteAxis)).ToArray());
-        }
     }
 
     internal static string RmsNorm(GraphBuilder g, string x, string weight, float eps)
@@ -216,24 +197,6 @@ public static partial class LlamaGraphExporter
     internal static string Linear(GraphBuilder g, string x, string name, float[] weight, int outDim, int inDim) =>
         g.Op("MatMul", [x, g.Initializer(name, Matrix.Transpose(weight, outDim, inDim), inDim, outDim)]);
 
-    internal static string Hook(GraphBuilder g, SiteSlices? steering, Site site, string h, HookedGraphOptions options, int d)
-    {
-        if (steering is null) return h;
-        using var _ = g.Scope(Site.HookSuffix(site.Kind));
-        var i = site.Index;
-        string Row(GraphNames.CoefficientRow row) => steering.Rows[(int)row][i];
-        // A singleton site axis, so that per-row [B, 1, …] steering tensors broadcast over the tokens.
-        var siteAxis = g.ConstInt64(1);
-        var h4 = g.Op("Unsqueeze", [h, siteAxis]);                                                        // [B, 1, T, d]
-        var pre = g.Op("Add", [g.Op("MatMul", [h4, steering.Encoder[i]]), Row(GraphNames.CoefficientRow.EncoderBias)]); // [B, 1, T, K]
-        var activation = g.Op("Where", [g.Op("Greater", [pre, Row(GraphNames.CoefficientRow.Threshold)]), pre, g.ScalarFloat(0f)]);
-        var coefficient = g.Op("Add", [g.Op("Mul", [Row(GraphNames.CoefficientRow.Alpha), activation]), Row(GraphNames.CoefficientRow.Beta)]);
-        var delta = g.Op("Squeeze", [g.Op("MatMul", [coefficient, steering.Decoder[i]]), siteAxis]);   // [B, T, d]
-        var steered = g.Op("Add", [g.Op("Add", [h, steering.Add[i]]), delta]);
-        if (!options.SiteOutputs) return steered;
-        return g.Output(steered, site.HookName, DataType.Float, B, T, d);
-    }
-
     /// <summary>The graph inputs every decoder variant shares, with the steering inputs already cut per site.</summary>
     internal sealed record DecoderInputs(string InputIds, string? AttentionMask, string PositionIds, string? SeqlensK,
         string? TotalLength, string[] PastKeys, string[] PastValues, SiteSlices? Steering)
@@ -264,13 +227,7 @@ public static partial class LlamaGraphExporter
             pastKeys[l] = g.Input(GraphNames.PastKey(l), DataType.Float, B, kvHeads, shared ? M : P, hs);
             pastValues[l] = g.Input(GraphNames.PastValue(l), DataType.Float, B, kvHeads, shared ? M : P, hs);
         }
-        var steering = options.Hooks
-            ? SiteSlices.Split(g, sites,
-                g.Input(GraphNames.SteeringAdd, DataType.Float, B, sites, d),
-                g.Input(GraphNames.SteeringEncoder, DataType.Float, B, sites, d, k),
-                g.Input(GraphNames.SteeringDecoder, DataType.Float, B, sites, k, d),
-                g.Input(GraphNames.SteeringCoefficients, DataType.Float, B, sites, GraphNames.CoefficientRows, k))
-            : null;
+        var steering = options.Hooks ? SteeringHook.DeclareInputs(g, sites, d, k) : null;
         return new DecoderInputs(inputIds, attentionMask, positionIds, seqlensK, totalLength, pastKeys, pastValues,
             steering);
     }

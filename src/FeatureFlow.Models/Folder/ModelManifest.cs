@@ -21,6 +21,12 @@ public sealed record ModelManifest
     public required Provenance Provenance { get; init; }
     /// <summary>sha256 of every file the export wrote, by file name.</summary>
     public required SortedDictionary<string, string> Files { get; init; }
+    /// <summary>
+    /// How <c>featureflow hook</c> put the steering interface into a graph this project did not build, and the I/O
+    /// a runner needs to drive that graph; absent (not even null) from the folders we export ourselves.
+    /// </summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public Hooking.HookingSection? Hooking { get; init; }
 
     public static readonly JsonSerializerOptions Json = new()
     {

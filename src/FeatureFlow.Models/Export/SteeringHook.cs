@@ -1,0 +1,73 @@
+using FeatureFlow.Onnx;
+using DataType = FeatureFlow.Onnx.Ir.TensorProto.Types.DataType;
+
+namespace FeatureFlow.Models.Export;
+
+/// <summary>
+/// The steering interface every hooked graph shares, whether we exported it or inserted it into someone else's
+/// graph: the four stacked inputs (<see cref="GraphNames.SteeringAdd"/> [B, sites, d],
+/// <see cref="GraphNames.SteeringEncoder"/> [B, sites, d, K], <see cref="GraphNames.SteeringDecoder"/> [B, sites, K, d],
+/// <see cref="GraphNames.SteeringCoefficients"/> [B, sites, 4, K]) cut once at the top of the graph, and the hook
+/// h ← h + add + Σ_k (α_k·a_k(h) + β_k)·v_k with a_k(h) = JumpReLU_θk(e_k·h + b_k) at one site; every steering
+/// input zero makes it the exact identity.
+/// </summary>
+public static class SteeringHook
+{
+    private const string B = "batch", T = "sequence_length";
+
+    /// <summary>
+    /// Declares the four steering inputs (float32) and splits them into per-site pieces; <paramref name="opset"/> is
+    /// the graph's ai.onnx opset (from 18 on, Split must be told its number of outputs).
+    /// </summary>
+    public static SiteSlices DeclareInputs(GraphBuilder g, int sites, int d, int slots, long opset = 17) =>
+        SiteSlices.Split(g, sites, opset,
+            g.Input(GraphNames.SteeringAdd, DataType.Float, B, sites, d),
+            g.Input(GraphNames.SteeringEncoder, DataType.Float, B, sites, d, slots),
+            g.Input(GraphNames.SteeringDecoder, DataType.Float, B, sites, slots, d),
+            g.Input(GraphNames.SteeringCoefficients, DataType.Float, B, sites, GraphNames.CoefficientRows, slots));
+
+    /// <summary>
+    /// The hook at <paramref name="site"/> on the float32 value <paramref name="h"/> [B, T, d]; returns the steered
+    /// value (named after the site and declared a graph output when <paramref name="siteOutput"/>), or
+    /// <paramref name="h"/> itself when the graph has no steering.
+    /// </summary>
+    public static string Apply(GraphBuilder g, SiteSlices? steering, Site site, string h, bool siteOutput, int d)
+    {
+        if (steering is null) return h;
+        using var _ = g.Scope(Site.HookSuffix(site.Kind));
+        var i = site.Index;
+        string Row(GraphNames.CoefficientRow row) => steering.Rows[(int)row][i];
+        // A singleton site axis, so that per-row [B, 1, …] steering tensors broadcast over the tokens.
+        var siteAxis = g.ConstInt64(1);
+        var h4 = g.Op("Unsqueeze", [h, siteAxis]);                                                        // [B, 1, T, d]
+        var pre = g.Op("Add", [g.Op("MatMul", [h4, steering.Encoder[i]]), Row(GraphNames.CoefficientRow.EncoderBias)]); // [B, 1, T, K]
+        var activation = g.Op("Where", [g.Op("Greater", [pre, Row(GraphNames.CoefficientRow.Threshold)]), pre, g.ScalarFloat(0f)]);
+        var coefficient = g.Op("Add", [g.Op("Mul", [Row(GraphNames.CoefficientRow.Alpha), activation]), Row(GraphNames.CoefficientRow.Beta)]);
+        var delta = g.Op("Squeeze", [g.Op("MatMul", [coefficient, steering.Decoder[i]]), siteAxis]);   // [B, T, d]
+        var steered = g.Op("Add", [g.Op("Add", [h, steering.Add[i]]), delta]);
+        if (!siteOutput) return steered;
+        return g.Output(steered, site.HookName, DataType.Float, B, T, d);
+    }
+}
+
+/// <summary>
+/// The steering inputs cut into per-site pieces once, at the top of the graph, so each hook costs no
+/// gathers: add [B, 1, d], encoder [B, 1, d, K], decoder [B, 1, K, d], coefficient rows [B, 1, 1, K].
+/// </summary>
+public sealed record SiteSlices(string[] Add, string[] Encoder, string[] Decoder, string[][] Rows)
+{
+    public static SiteSlices Split(GraphBuilder g, int sites, long opset, string add, string encoder, string decoder,
+        string coefficients)
+    {
+        using var _ = g.Scope("steering");
+        string[] Pieces(string value, int count, int axis) => opset >= 18
+            ? g.Op("Split", [value], count, Attr.Int("axis", axis), Attr.Int("num_outputs", count))
+            : g.Op("Split", [value], count, Attr.Int("axis", axis));
+        var rows = Pieces(coefficients, GraphNames.CoefficientRows, 2);
+        return new SiteSlices(
+            Pieces(add, sites, 1),
+            Pieces(encoder, sites, 1),
+            Pieces(decoder, sites, 1),
+            rows.Select(r => Pieces(r, sites, 1)).ToArray());
+    }
+}

@@ -1,0 +1,60 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace FeatureFlow.Models.Hooking;
+
+/// <summary>
+/// What the JSON files shipped beside a third-party graph say about it: Hugging Face <c>config.json</c> and
+/// onnxruntime-genai's <c>genai_config.json</c>. Used to cross-check the block count found in the graph and for the
+/// tokenizer's special ids; the graph's structure stays the authority for everything else.
+/// </summary>
+public sealed record SourceModelConfig(IReadOnlyList<(string Source, int Layers)> LayerCounts, int? BosId, int? EosId)
+{
+    public const string HuggingFaceFile = "config.json", GenAiFile = "genai_config.json";
+
+    public static SourceModelConfig Read(string directory)
+    {
+        var layers = new List<(string, int)>();
+        int? bos = null, eos = null;
+        if (Load(directory, HuggingFaceFile) is { } hf)
+        {
+            foreach (var key in new[] { "n_layer", "num_hidden_layers" })
+                if (Int(hf[key]) is { } n) layers.Add(($"{HuggingFaceFile} {key} = {n}", n));
+            bos = Int(hf["bos_token_id"]);
+            eos = Int(hf["eos_token_id"]);
+        }
+        if (Load(directory, GenAiFile)?["model"] is JsonObject genai)
+        {
+            if (Int(genai["decoder"]?["num_hidden_layers"]) is { } n) layers.Add(($"{GenAiFile} "
+                + $"model.decoder.num_hidden_layers = {n}", n));
+            bos ??= Int(genai["bos_token_id"]);
+            eos ??= Int(genai["eos_token_id"]);
+        }
+        return new SourceModelConfig(layers, bos, eos);
+    }
+
+    /// <summary>Refuses a graph whose block count disagrees with any config beside it, naming both.</summary>
+    public void CheckLayers(int blocksInGraph, string graphFile)
+    {
+        foreach (var (source, layers) in LayerCounts)
+            if (layers != blocksInGraph)
+                throw new InvalidDataException($"{graphFile} has {blocksInGraph} blocks along its residual stream, "
+                    + $"but {source}");
+    }
+
+    private static JsonNode? Load(string directory, string file)
+    {
+        var path = Path.Combine(directory, file);
+        if (!File.Exists(path)) return null;
+        try { return JsonNode.Parse(File.ReadAllText(path)); }
+        catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({e.Message})", e); }
+    }
+
+    /// <summary>An id given as a number, or as a list of numbers (GenAI's eos_token_id), whose first is taken.</summary>
+    private static int? Int(JsonNode? node) => node switch
+    {
+        JsonValue v when v.TryGetValue<int>(out var i) => i,
+        JsonArray { Count: > 0 } a => Int(a[0]),
+        _ => null,
+    };
+}
