@@ -24,11 +24,13 @@ namespace FeatureFlow.Models.Export;
 /// </remarks>
 public static class Gemma2GraphExporter
 {
-    public static ModelProto Export(Gemma2Config config, Gemma2Weights w, HookedGraphOptions options, string modelName)
+    /// <param name="externalData">The folder's shared weights file; null writes every initializer inline.</param>
+    public static ModelProto Export(Gemma2Config config, Gemma2Weights w, HookedGraphOptions options, string modelName,
+        ExternalDataFile? externalData = null)
     {
         config.Validate();
         var arch = config.Architecture;
-        var g = new GraphBuilder(modelName);
+        var g = new GraphBuilder(modelName, externalData);
         int d = arch.DModel, hs = arch.HeadSize, kvHeads = arch.KvHeads;
         var shared = options.KvLayout == KvCacheLayout.SharedBuffer;
         var inputs = LlamaGraphExporter.DeclareInputs(g, arch, options);

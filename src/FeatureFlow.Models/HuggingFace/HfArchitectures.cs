@@ -24,7 +24,7 @@ public sealed record HfModel(ModelArchitecture Architecture, int BosId, int EosI
 public static class HfArchitectures
 {
     private static readonly IReadOnlyDictionary<string, IHfArchitecture> Known =
-        new IHfArchitecture[] { new HfLlama(), new HfGpt2() }.ToDictionary(a => a.Name, StringComparer.Ordinal);
+        new IHfArchitecture[] { new HfLlama(), new HfGpt2(), new HfGemma2() }.ToDictionary(a => a.Name, StringComparer.Ordinal);
 
     public static IEnumerable<string> Names => Known.Keys.Order(StringComparer.Ordinal);
 

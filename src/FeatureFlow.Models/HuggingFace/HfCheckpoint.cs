@@ -57,12 +57,13 @@ public sealed class HfCheckpoint : IDisposable
 
     public bool Contains(string name) => _shardOf.ContainsKey(name);
 
+    /// <summary>A tensor's shape as stored (for readers that check shapes themselves).</summary>
+    public long[] Shape(string name) => Shard(name).Tensors[name].Shape;
+
     /// <summary>A tensor as float32, checked against the shape the architecture implies.</summary>
     public float[] Read(string name, params long[] shape)
     {
-        if (!_shardOf.TryGetValue(name, out var shard))
-            throw new InvalidDataException($"{Path.Combine(Directory, Source)}: no tensor '{name}' ({_shardOf.Count} "
-                + $"tensors, e.g. {string.Join(", ", _shardOf.Keys.Order(StringComparer.Ordinal).Take(3))})");
+        var shard = Shard(name);
         var tensor = shard.Tensors[name];
         if (!tensor.Shape.SequenceEqual(shape))
             throw new InvalidDataException($"{shard.Path}: tensor '{name}' has shape "
@@ -70,6 +71,10 @@ public sealed class HfCheckpoint : IDisposable
         _read.Add(name);
         return shard.ReadFloat32(tensor);
     }
+
+    private SafeTensorsShard Shard(string name) => _shardOf.TryGetValue(name, out var shard) ? shard
+        : throw new InvalidDataException($"{Path.Combine(Directory, Source)}: no tensor '{name}' ({_shardOf.Count} "
+            + $"tensors, e.g. {string.Join(", ", _shardOf.Keys.Order(StringComparer.Ordinal).Take(3))})");
 
     /// <summary>
     /// Refuses a checkpoint with tensors the architecture's reader never asked for (biases the config does not
