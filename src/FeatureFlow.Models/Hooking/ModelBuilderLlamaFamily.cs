@@ -65,11 +65,19 @@ public sealed class ModelBuilderLlamaFamily : ResidualStreamFamily
         var attention = walk.Blocks[0].AttentionNodes.First(IsAttention);
         long Attribute(NodeProto node, string name) => node.Attribute.FirstOrDefault(a => a.Name == name)?.I
             ?? throw new InvalidDataException($"{Describe(node)} has no {name}");
-        var heads = (int)Attribute(attention, "num_heads");
-        var kvHeads = attention.OpType == "GroupQueryAttention" ? (int)Attribute(attention, "kv_num_heads") : heads;
+        var (cosCache, interleaved) = Rotary(graph, walk.Blocks[0], attention);
+        var headSize = 2 * (int)cosCache.Dims[1];
+        // GroupQueryAttention names both head counts. MultiHeadAttention's num_heads need not be the model's: with
+        // fewer kv heads a graph may fold each kv head's query heads into the sequence axis (our fused export does),
+        // so there the heads follow from d_model and the rotary head size, and the kv heads from the past.
+        var gqa = attention.OpType == "GroupQueryAttention";
+        var kvHeads = gqa ? (int)Attribute(attention, "kv_num_heads") : io.Kv.Heads;
         if (kvHeads != io.Kv.Heads)
             throw new InvalidDataException($"{Describe(attention)} has {kvHeads} kv heads but its past has {io.Kv.Heads}");
-        var (cosCache, interleaved) = Rotary(graph, walk.Blocks[0], attention);
+        if (!gqa && d % headSize != 0)
+            throw new InvalidDataException($"d_model {d} is not a multiple of the rotary head size {headSize} "
+                + $"(cos cache of {Describe(attention)})");
+        var heads = gqa ? (int)Attribute(attention, "num_heads") : d / headSize;
         var norm = graph.Producer(walk.Start.FirstNormOutput)!;
         return new ModelArchitecture
         {
@@ -79,6 +87,7 @@ public sealed class ModelBuilderLlamaFamily : ResidualStreamFamily
             Layers = walk.Blocks.Count,
             Heads = heads,
             KvHeads = kvHeads,
+            HeadDim = headSize == d / heads ? null : headSize,
             VocabSize = (int)table.Dims[0],
             ContextLength = (int)cosCache.Dims[0],
             Norm = NormKind.RmsNorm,

@@ -7,14 +7,18 @@ using Row = FeatureFlow.Models.Export.GraphNames.CoefficientRow;
 namespace FeatureFlow.Models.Tests.Hooking;
 
 /// <summary>
-/// The third family, onnxruntime-genai model-builder Llama graphs, on a graph of that shape built here from llama2.c
-/// stories260K's weights, so llama2.c's own forward pass (<see cref="ReferenceTransformer"/>) is the oracle.
+/// The third family, onnxruntime-genai model-builder Llama graphs, on our exporter's fused-operator variant of llama2.c
+/// stories260K (SimplifiedLayerNormalization, SkipSimplifiedLayerNormalization, RotaryEmbedding, MultiHeadAttention),
+/// so llama2.c's own forward pass (<see cref="ReferenceTransformer"/>) and our own hooked export are the oracles: this is
+/// the reference for site detection.
 /// </summary>
 public sealed class ModelBuilderLlamaTests : IDisposable
 {
     private static readonly LoadedCheckpoint Checkpoint = Llama2cCheckpoint.Read(Path.Combine(RepoPaths.Stories260kModel, "stories260K.bin"));
     private static readonly int[] Prompt = [1, 403, 407, 261];
     private const int Next = 378;
+    /// <summary>The shipped hooked graph's slots, so one set of steering tensors drives both hooked graphs.</summary>
+    private const int Slots = 8;
 
     private readonly string _dir = Directory.CreateTempSubdirectory("featureflow-hook-llama-").FullName;
     private readonly string _plainPath;
@@ -23,15 +27,22 @@ public sealed class ModelBuilderLlamaTests : IDisposable
 
     public ModelBuilderLlamaTests()
     {
-        var plain = ModelBuilderStyleLlama.Build(Checkpoint);
+        var plain = FusedExport();
         _plainPath = Path.Combine(_dir, "model.onnx");
         OnnxModelFile.Write(plain, _plainPath);
-        _hooked = GraphHooker.Hook(plain, new HookOptions { SlotsPerSite = 2 });
+        _hooked = GraphHooker.Hook(plain, new HookOptions { SlotsPerSite = Slots });
         _hookedPath = Path.Combine(_dir, "decoder_hooked.onnx");
         OnnxModelFile.Write(_hooked.Model, _hookedPath);
     }
 
     public void Dispose() => Directory.Delete(_dir, true);
+
+    /// <summary>Our exporter's fused-operator variant without hooks: what onnxruntime-genai's model builder writes.</summary>
+    private static Onnx.Ir.ModelProto FusedExport() => Export.LlamaGraphExporter.Export(Checkpoint.Architecture,
+        Checkpoint.Weights, new Export.HookedGraphOptions
+        {
+            Hooks = false, SiteOutputs = false, Operators = Export.OperatorSet.Fused,
+        }, "stories260k-fused");
 
     [Fact]
     public void The_graph_is_recognised_as_model_builder_llama_with_the_checkpoints_shape()
@@ -79,7 +90,7 @@ public sealed class ModelBuilderLlamaTests : IDisposable
     public void Steered_logits_equal_llama2c_with_the_same_intervention(SiteKind kind, bool slotTerm)
     {
         var site = new Site(2, kind);
-        var shape = new SteeringShape(Checkpoint.Architecture.Layers, Checkpoint.Architecture.DModel, 2);
+        var shape = new SteeringShape(Checkpoint.Architecture.Layers, Checkpoint.Architecture.DModel, Slots);
         var steering = new SteeringTensors(shape);
         var rng = new Random(99 + site.Index);
         if (slotTerm)
@@ -96,19 +107,27 @@ public sealed class ModelBuilderLlamaTests : IDisposable
         }
         using var hooked = Runner(_hookedPath);
         using var unsteered = Runner(_hookedPath);
+        // Our own hooked export (plain operators, hooks written by the exporter) with the same tensors.
+        using var ours = new Engine.HookedDecoder(Path.Combine(RepoPaths.Stories260kModel, "decoder_hooked.onnx"),
+            Checkpoint.Architecture, new Engine.EngineOptions { ExecutionProvider = Engine.ExecutionProviderPreference.Cpu });
+        using var oursState = ours.NewState();
+        using var oursSteering = ours.Bind(steering);
         var reference = new ReferenceTransformer(Checkpoint);
         foreach (var (tokens, start) in new[] { (Prompt, 0), ([Next], Prompt.Length) })
         {
             var logits = hooked.Step(tokens, [steering]);
             Assert.True(Numerics.RelativeL2(logits, unsteered.Step(tokens)) > 1e-3, $"{site}: steering changed nothing");
             AssertMatchesReference(logits, tokens, start, reference, steering);
+            var exported = ours.Forward(oursState, tokens, oursSteering);
+            var error = Numerics.RelativeL2(logits, exported);
+            Assert.True(error < 1e-4, $"{site}: hooked fused export vs our hooked export: relative L2 {error}");
         }
     }
 
     [Fact]
     public void A_float16_graph_keeps_float32_steering_and_matches_llama2c_to_half_precision()
     {
-        var half = Float16Conversion.Convert(ModelBuilderStyleLlama.Build(Checkpoint));
+        var half = Float16Conversion.Convert(FusedExport());
         var hooked = GraphHooker.Hook(half, new HookOptions { SlotsPerSite = 2 });
         Assert.Equal(Onnx.Ir.TensorProto.Types.DataType.Float16, hooked.Decoder.FloatType);
         Assert.All(hooked.Model.Graph.Input.Where(i => i.Name.StartsWith("steering.", StringComparison.Ordinal)),
