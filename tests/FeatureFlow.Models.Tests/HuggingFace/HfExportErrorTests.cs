@@ -38,8 +38,8 @@ public class HfExportErrorTests : IDisposable
 
     public static TheoryData<string, string[]> Refusals() => new()
     {
-        { "unsupported architecture BertModel", ["architectures", "'BertModel'", "Gemma2ForCausalLM, GPT2LMHeadModel, LlamaForCausalLM"] },
-        { "unsupported architecture MistralForCausalLM", ["'MistralForCausalLM'", "Gemma2ForCausalLM, GPT2LMHeadModel, LlamaForCausalLM"] },
+        { "unsupported architecture BertModel", ["architectures", "'BertModel'", "GPT2LMHeadModel, Gemma2ForCausalLM, LlamaForCausalLM"] },
+        { "unsupported architecture MistralForCausalLM", ["'MistralForCausalLM'", "GPT2LMHeadModel, Gemma2ForCausalLM, LlamaForCausalLM"] },
         { "hidden_act gelu", ["config.json", "hidden_act is 'gelu'", "only 'silu'"] },
         { "attention biases", ["attention_bias is true", "only false"] },
         { "missing shard", ["shard 'model-00002-of-00002.safetensors'", "model.safetensors.index.json", "missing"] },
