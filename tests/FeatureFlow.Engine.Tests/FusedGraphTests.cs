@@ -240,17 +240,81 @@ public class FusedGraphTests(FusedGraphFixture f, ITestOutputHelper output) : IC
         Assert.DoesNotContain(plain.Keys, op => op.Contains("LayerNormalization", StringComparison.Ordinal));
     }
 
-    [Theory]
-    [InlineData(KvCacheLayout.Concat)]
-    [InlineData(KvCacheLayout.SharedBuffer)]
-    public void The_exporter_refuses_hooks_in_a_fused_graph_naming_the_options(KvCacheLayout layout)
+    /// <summary>
+    /// The fused graph with hooks: all-zero steering gives the hook-free fused graph's logits bit for bit (resid_post's
+    /// increment enters the next norm as +0), so the engine may switch between the two per step; steered, it equals the
+    /// plain-operator hooked graph (our reference) at every site kind, site outputs included.
+    /// </summary>
+    [Fact]
+    public void Hooked_fused_graph_is_bit_identical_unsteered_and_equals_the_plain_hooked_graph_steered()
     {
-        var options = new HookedGraphOptions { Hooks = true, KvLayout = layout, Operators = OperatorSet.Fused };
-        var e = Assert.Throws<ArgumentException>(() =>
-            LlamaGraphExporter.Export(f.Arch, f.Checkpoint.Weights, options, "stories260k"));
-        Assert.Contains("Operators = Fused", e.Message);
-        Assert.Contains("Hooks = true", e.Message);
-        Assert.Contains("featureflow hook", e.Message);
+        var arch = f.Arch;
+        var cpu = new EngineOptions { ExecutionProvider = ExecutionProviderPreference.Cpu };
+        var dir = Directory.CreateTempSubdirectory("featureflow-fused-hooked-").FullName;
+        try
+        {
+            string Write(string name, HookedGraphOptions options)
+            {
+                var path = Path.Combine(dir, name);
+                OnnxModelFile.Write(LlamaGraphExporter.Export(arch, f.Checkpoint.Weights, options, "stories260k"), path);
+                return path;
+            }
+            var hookedOptions = new HookedGraphOptions { KvLayout = KvCacheLayout.Concat };
+            using var fusedHooked = new HookedDecoder(Write("fused_hooked.onnx",
+                hookedOptions with { Operators = OperatorSet.Fused }), arch, cpu);
+            using var fusedPlain = new HookedDecoder(Write("fused.onnx",
+                FusedGraphFixture.Options(KvCacheLayout.Concat, OperatorSet.Fused)), arch, cpu);
+            using var plainHooked = new HookedDecoder(Write("plain_hooked.onnx", hookedOptions), arch, cpu);
+
+            var shape = fusedHooked.SteeringShape!;
+            using var zero = fusedHooked.Bind(new Steering.SteeringTensors(shape));
+            using (var hookedState = fusedHooked.NewState())
+            using (var plainState = fusedPlain.NewState())
+            {
+                int[] tokens = Prompt;
+                for (var step = 0; step < 8; step++)
+                {
+                    var hooked = fusedHooked.Forward(hookedState, tokens, zero);
+                    var plain = fusedPlain.Forward(plainState, tokens, null);
+                    Assert.Equal(plain.Select(BitConverter.SingleToInt32Bits), hooked.Select(BitConverter.SingleToInt32Bits));
+                    tokens = [ArgMaxAt(plain, tokens.Length - 1)];
+                }
+            }
+
+            foreach (var kind in Enum.GetValues<SiteKind>())
+            {
+                var site = new Site(2, kind);
+                var steering = new Steering.SteeringTensors(shape);
+                var rng = new Random(7 + (int)kind);
+                Numerics.RandomVector(rng, arch.DModel, 1f).CopyTo(steering.AddAt(site));
+                steering.SetEncoderRow(site, 0, Numerics.RandomVector(rng, arch.DModel, 0.3f));
+                Numerics.RandomVector(rng, arch.DModel, 0.5f).CopyTo(steering.DecoderAt(site, 0));
+                steering.Coefficient(site, GraphNames.CoefficientRow.Alpha, 0) = 2f;
+                steering.Coefficient(site, GraphNames.CoefficientRow.Beta, 0) = -0.3f;
+                using var bound = fusedHooked.Bind(steering);
+                using var boundPlain = plainHooked.Bind(steering);
+                using var fusedState = fusedHooked.NewState();
+                using var plainState = plainHooked.NewState();
+                using var zeroState = fusedHooked.NewState();
+                Site[] readout = [site, new Site(4, SiteKind.ResidPost)];
+                foreach (var tokens in new[] { Prompt, [300] })
+                {
+                    var fused = fusedHooked.Run(fusedState, tokens, bound, readout);
+                    var reference = plainHooked.Run(plainState, tokens, boundPlain, readout);
+                    var unsteered = fusedHooked.Forward(zeroState, tokens, zero);
+                    Assert.True(Numerics.RelativeL2(fused.Logits, unsteered) > 1e-3, $"{site}: steering changed nothing");
+                    Assert.True(Numerics.RelativeL2(fused.Logits, reference.Logits) <= Tolerance,
+                        $"{site}: fused vs plain hooked logits");
+                    for (var i = 0; i < readout.Length; i++)
+                        Assert.True(Numerics.RelativeL2(fused.Sites[i], reference.Sites[i]) <= Tolerance,
+                            $"{site}: read-out of {readout[i]}");
+                }
+            }
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
     }
 
     /// <summary>
@@ -383,7 +447,7 @@ public sealed class FusedGraphFixture : IDisposable
 
     public ModelProto Model(KvCacheLayout layout, OperatorSet operators) => _models[(layout, operators)];
 
-    /// <summary>A graph without hooks: the only kind the fused operators come in.</summary>
+    /// <summary>A graph without hooks.</summary>
     public static HookedGraphOptions Options(KvCacheLayout layout, OperatorSet operators) =>
         new() { Hooks = false, SiteOutputs = false, KvLayout = layout, Operators = operators };
 

@@ -29,6 +29,7 @@ public static class Gemma2GraphExporter
         ExternalDataFile? externalData = null)
     {
         config.Validate();
+        options.RequirePlainOperators("Gemma 2");
         var arch = config.Architecture;
         var g = new GraphBuilder(modelName, externalData);
         int d = arch.DModel, hs = arch.HeadSize, kvHeads = arch.KvHeads;

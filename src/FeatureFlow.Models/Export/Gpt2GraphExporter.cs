@@ -18,6 +18,7 @@ public static class Gpt2GraphExporter
         ExternalDataFile? externalData = null)
     {
         RequireWritable(arch);
+        options.RequirePlainOperators("GPT-2");
         var g = new GraphBuilder(modelName, externalData);
         var inputs = LlamaGraphExporter.DeclareInputs(g, arch, options);
         int d = arch.DModel;

@@ -15,8 +15,16 @@ public sealed record HookedGraphOptions
     /// <summary>How the KV cache crosses the graph boundary; see <see cref="KvCacheLayout"/>.</summary>
     public KvCacheLayout KvLayout { get; init; } = KvCacheLayout.Concat;
 
-    /// <summary>Which operators carry the model math (<see cref="OperatorSet"/>); fused graphs take no hooks.</summary>
+    /// <summary>Which operators carry the model math (<see cref="OperatorSet"/>).</summary>
     public OperatorSet Operators { get; init; } = OperatorSet.Plain;
+
+    /// <summary>For exporters without a fused variant: a request for one is refused, not silently ignored.</summary>
+    public void RequirePlainOperators(string exporter)
+    {
+        if (Operators != OperatorSet.Plain)
+            throw new ArgumentException($"the {exporter} exporter writes plain operators only; {nameof(Operators)} = "
+                + $"{Operators} is not available for it");
+    }
 }
 
 /// <summary>The operators an exported graph is written in.</summary>

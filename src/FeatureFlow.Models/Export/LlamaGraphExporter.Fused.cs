@@ -17,10 +17,19 @@ public static partial class LlamaGraphExporter
     /// rotary (when its kernel takes the head size) or com.microsoft.RotaryEmbedding on q and k, then
     /// GroupQueryAttention (SharedBuffer) or MultiHeadAttention (Concat).
     /// </summary>
-    private static ModelProto FusedDecoder(GraphBuilder g, ModelArchitecture arch, LlamaWeights w, KvCacheLayout layout,
-        string embedding, string x, DecoderInputs inputs)
+    /// <remarks>
+    /// With hooks, attn_out and mlp_out are steered before they enter their norm, as in the plain graph. resid_post is
+    /// the sum the next norm would form, so that sum is an Add, and the hook's increment (add + the feature terms,
+    /// <see cref="SteeringHook.Increment"/>) enters the next SkipSimplifiedLayerNormalization as its input with the sum
+    /// as its skip: with all-zero steering that adds +0 to the same values and normalises them in the same kernel, so
+    /// the hooked graph's logits are the bits of the graph without hooks.
+    /// </remarks>
+    private static ModelProto FusedDecoder(GraphBuilder g, ModelArchitecture arch, LlamaWeights w,
+        HookedGraphOptions options, string embedding, string x, DecoderInputs inputs)
     {
         int d = arch.DModel;
+        var layout = options.KvLayout;
+        var steering = inputs.Steering;
         var rotary = RotaryCaches(g, arch);
         var concatBias = layout == KvCacheLayout.Concat ? ConcatAttentionBias(g, arch, inputs) : null;
         var xn = g.Op("SimplifiedLayerNormalization", [x, g.Initializer("blocks.0.ln_1.weight", w.RmsAttention[0], d)],
@@ -32,12 +41,24 @@ public static partial class LlamaGraphExporter
             var attn = layout == KvCacheLayout.SharedBuffer
                 ? FusedGroupQueryAttention(g, arch, l, w, xn, rotary, inputs)
                 : FusedMultiHeadAttention(g, arch, l, w, xn, rotary, inputs, concatBias!);
+            attn = SteeringHook.Apply(g, steering, new Site(l, SiteKind.AttnOut), attn, options.SiteOutputs, d);
             (xn, residual) = SkipRmsNorm(g, attn, residual, $"blocks.{l}.ln_2", w.RmsFfn[l], arch.NormEpsilon);
             var mlp = SwiGlu(g, arch, l, w, xn);
+            mlp = SteeringHook.Apply(g, steering, new Site(l, SiteKind.MlpOut), mlp, options.SiteOutputs, d);
             var last = l + 1 == arch.Layers;
             var (norm, weight) = last ? ("ln_f", w.RmsFinal) : ($"blocks.{l + 1}.ln_1", w.RmsAttention[l + 1]);
-            // After the last block the residual sum is not needed: the final norm leaves its output 3 unwritten.
-            (xn, residual) = SkipRmsNorm(g, mlp, residual, norm, weight, arch.NormEpsilon, withSum: !last);
+            if (steering is null)
+            {
+                // After the last block the residual sum is not needed: the final norm leaves its output 3 unwritten.
+                (xn, residual) = SkipRmsNorm(g, mlp, residual, norm, weight, arch.NormEpsilon, withSum: !last);
+                continue;
+            }
+            var site = new Site(l, SiteKind.ResidPost);
+            var sum = g.Op("Add", [mlp, residual]);
+            var increment = SteeringHook.Increment(g, steering, site, sum);
+            (xn, residual) = SkipRmsNorm(g, increment, sum, norm, weight, arch.NormEpsilon,
+                withSum: !last || options.SiteOutputs);
+            if (options.SiteOutputs) g.Output(residual, site.HookName, DataType.Float, B, T, d);
         }
         var classifier = arch.TiedEmbeddings
             ? embedding
@@ -48,12 +69,14 @@ public static partial class LlamaGraphExporter
         var attention = layout == KvCacheLayout.SharedBuffer
             ? RotaryInsideAttention(arch) ? "GroupQueryAttention with rotary" : "RotaryEmbedding, GroupQueryAttention"
             : "RotaryEmbedding, MultiHeadAttention";
-        var doc = "Llama decoder (no hooks) in ONNX Runtime's fused operators: SimplifiedLayerNormalization, "
-            + $"SkipSimplifiedLayerNormalization, packed Q/K/V MatMul, {attention}.";
+        var doc = $"Llama decoder ({(steering is null ? "no hooks" : "with FeatureFlow steering hooks at every site")}) "
+            + "in ONNX Runtime's fused operators: SimplifiedLayerNormalization, SkipSimplifiedLayerNormalization, "
+            + $"packed Q/K/V MatMul, {attention}.";
         List<KeyValuePair<string, string>> metadata =
         [
-            new("featureflow.hooks", "false"),
-            new("featureflow.slots_per_site", "0"),
+            new("featureflow.hooks", steering is null ? "false" : "true"),
+            new("featureflow.slots_per_site", steering is null ? "0"
+                : options.SlotsPerSite.ToString(System.Globalization.CultureInfo.InvariantCulture)),
             new("featureflow.operators", "fused"),
         ];
         if (layout == KvCacheLayout.SharedBuffer) metadata.Add(new("featureflow.kv_layout", "shared_buffer"));

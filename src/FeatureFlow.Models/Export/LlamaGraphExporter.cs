@@ -23,10 +23,6 @@ public static partial class LlamaGraphExporter
         ExternalDataFile? externalData = null)
     {
         RequireWritable(arch);
-        if (options.Hooks && options.Operators == OperatorSet.Fused)
-            throw new ArgumentException($"{nameof(HookedGraphOptions.Operators)} = {nameof(OperatorSet.Fused)} writes no "
-                + $"hooks, but {nameof(HookedGraphOptions.Hooks)} = true: export the fused graph with Hooks = false and "
-                + "insert hooks into it with `featureflow hook`, or use the plain operators");
         var g = new GraphBuilder(modelName, externalData);
         var inputs = DeclareInputs(g, arch, options);
         var (steering, pastKeys, pastValues) = (inputs.Steering, inputs.PastKeys, inputs.PastValues);
@@ -34,7 +30,7 @@ public static partial class LlamaGraphExporter
 
         var embedding = g.Initializer("model.embed_tokens.weight", w.TokenEmbedding, arch.VocabSize, d);
         var x = g.Op("Gather", [embedding, inputs.InputIds], Attr.Int("axis", 0));
-        if (options.Operators == OperatorSet.Fused) return FusedDecoder(g, arch, w, options.KvLayout, embedding, x, inputs);
+        if (options.Operators == OperatorSet.Fused) return FusedDecoder(g, arch, w, options, embedding, x, inputs);
         var (cos, sin) = RotaryTables(g, arch, inputs.PositionIds);
         var cache = inputs.Cache(g);
 

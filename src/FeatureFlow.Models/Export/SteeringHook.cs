@@ -35,6 +35,27 @@ public static class SteeringHook
     {
         if (steering is null) return h;
         using var _ = g.Scope(Site.HookSuffix(site.Kind));
+        var delta = Delta(g, steering, site, h);
+        var steered = g.Op("Add", [g.Op("Add", [h, steering.Add[site.Index]]), delta]);
+        if (!siteOutput) return steered;
+        return g.Output(steered, site.HookName, DataType.Float, B, T, d);
+    }
+
+    /// <summary>
+    /// What the hook at <paramref name="site"/> adds to <paramref name="h"/>: add + Σ_k (α_k·a_k(h) + β_k)·v_k, for a
+    /// graph that adds it to the residual stream inside a fused operator (SkipSimplifiedLayerNormalization). All-zero
+    /// steering makes it +0, and h + 0 is h's own bits.
+    /// </summary>
+    public static string Increment(GraphBuilder g, SiteSlices steering, Site site, string h)
+    {
+        using var _ = g.Scope(Site.HookSuffix(site.Kind));
+        var delta = Delta(g, steering, site, h);
+        return g.Op("Add", [steering.Add[site.Index], delta]);
+    }
+
+    /// <summary>Σ_k (α_k·a_k(h) + β_k)·v_k with a_k(h) = JumpReLU_θk(e_k·h + b_k), [B, T, d].</summary>
+    private static string Delta(GraphBuilder g, SiteSlices steering, Site site, string h)
+    {
         var i = site.Index;
         string Row(GraphNames.CoefficientRow row) => steering.Rows[(int)row][i];
         // A singleton site axis, so that per-row [B, 1, …] steering tensors broadcast over the tokens.
@@ -43,10 +64,7 @@ public static class SteeringHook
         var pre = g.Op("Add", [g.Op("MatMul", [h4, steering.Encoder[i]]), Row(GraphNames.CoefficientRow.EncoderBias)]); // [B, 1, T, K]
         var activation = g.Op("Where", [g.Op("Greater", [pre, Row(GraphNames.CoefficientRow.Threshold)]), pre, g.ScalarFloat(0f)]);
         var coefficient = g.Op("Add", [g.Op("Mul", [Row(GraphNames.CoefficientRow.Alpha), activation]), Row(GraphNames.CoefficientRow.Beta)]);
-        var delta = g.Op("Squeeze", [g.Op("MatMul", [coefficient, steering.Decoder[i]]), siteAxis]);   // [B, T, d]
-        var steered = g.Op("Add", [g.Op("Add", [h, steering.Add[i]]), delta]);
-        if (!siteOutput) return steered;
-        return g.Output(steered, site.HookName, DataType.Float, B, T, d);
+        return g.Op("Squeeze", [g.Op("MatMul", [coefficient, steering.Decoder[i]]), siteAxis]);   // [B, T, d]
     }
 }
 

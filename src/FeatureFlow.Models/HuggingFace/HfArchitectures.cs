@@ -18,7 +18,11 @@ public interface IHfArchitecture
 /// <summary>A loaded checkpoint: its architecture, token ids, the ONNX Runtime GenAI model type, and how to write
 /// one graph of it (a hooks/KV-layout variant, into the folder's shared weights file if given).</summary>
 public sealed record HfModel(ModelArchitecture Architecture, int BosId, int EosId, string GenAiType,
-    Func<HookedGraphOptions, string, ExternalDataFile?, ModelProto> ExportGraph);
+    Func<HookedGraphOptions, string, ExternalDataFile?, ModelProto> ExportGraph)
+{
+    /// <summary>The operators of the batched graphs the engine runs (fused where the exporter writes them).</summary>
+    public OperatorSet BatchedOperators { get; init; } = OperatorSet.Plain;
+}
 
 /// <summary>The model classes `featureflow export --hf` writes, one exporter class each.</summary>
 public static class HfArchitectures

@@ -24,7 +24,10 @@ public sealed class HfLlama : IHfArchitecture
         var (bos, eos) = HfArchitectures.TokenIds(config);
         var weights = Weights(arch, checkpoint, progress);
         return new HfModel(arch, bos, eos, "llama",
-            (options, name, external) => LlamaGraphExporter.Export(arch, weights, options, name, external));
+            (options, name, external) => LlamaGraphExporter.Export(arch, weights, options, name, external))
+        {
+            BatchedOperators = OperatorSet.Fused,
+        };
     }
 
     private static ModelArchitecture Architecture(HfConfig config)
