@@ -14,7 +14,7 @@ namespace FeatureFlow.Engine;
 /// <remarks>
 /// When the folder has the batched graph without hooks, both graphs run over the same buffers, and a step in
 /// which no row steers (<see cref="SteeringSlots.IsIdentity"/>) and no row reads a site out runs that one: the
-/// hooks are 188 of the hooked graph's 471 operators on stories260K. All-zero steering makes every hook the exact
+/// hooks are 188 of the hooked graph's 263 operators on stories260K. All-zero steering makes every hook the exact
 /// identity, so a row's logits are the same bits whichever graph runs a step, and batch invariance holds as rows
 /// come and go.
 /// </remarks>
