@@ -152,22 +152,9 @@ public static class Gemma2GraphExporter
     private static AttentionMasks Masks(GraphBuilder g, string inputIds, string attentionMask,
         Gemma2Config config)
     {
-        using var _ = g.Scope("mask");
-        var zero = g.ScalarInt64(0);
-        var one = g.ScalarInt64(1);
-        var total = g.Op("Gather", [g.Op("Shape", [attentionMask]), one], Attr.Int("axis", 0));
-        var current = g.Op("Gather", [g.Op("Shape", [inputIds]), one], Attr.Int("axis", 0));
-        var past = g.Op("Sub", [total, current]);
-        var keyPositions = g.Op("Unsqueeze", [g.Op("Range", [zero, total, one]), g.ConstInt64(0)]);
-        var queryPositions = g.Op("Unsqueeze", [g.Op("Range", [past, total, one]), g.ConstInt64(1)]);
-        var causal = g.Op("LessOrEqual", [keyPositions, queryPositions]);
-        var notPadding = g.Op("Unsqueeze", [g.Op("Cast", [attentionMask], Attr.Int("to", (long)DataType.Bool)),
-            g.ConstInt64(1, 2, 3)]);
-        var global = g.Op("And", [causal, notPadding]);
-        if (!config.SlidingLayers.Contains(true)) return new AttentionMasks(global, null);
-        var distance = g.Op("Sub", [queryPositions, keyPositions]);
-        var inWindow = g.Op("Less", [distance, g.ScalarInt64(config.SlidingWindow)]);
-        return new AttentionMasks(global, g.Op("And", [global, inWindow]));
+        var (global, sliding) = LlamaGraphExporter.AttentionAllowed(g, inputIds, attentionMask,
+            config.SlidingLayers.Contains(true) ? config.SlidingWindow : null);
+        return new AttentionMasks(global, sliding);
     }
 
     /// <summary>Attention over Concat(past, new) with plain operators; q, key, value: [B, T, heads, head_dim].

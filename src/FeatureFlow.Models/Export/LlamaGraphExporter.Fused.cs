@@ -193,7 +193,7 @@ public static partial class LlamaGraphExporter
     /// </summary>
     private static string ConcatAttentionBias(GraphBuilder g, ModelArchitecture arch, DecoderInputs inputs)
     {
-        var allowed = AttentionAllowed(g, inputs.InputIds, inputs.AttentionMask!); // [B, 1, 1, T, S]
+        var allowed = AttentionAllowed(g, inputs.InputIds, inputs.AttentionMask!).Allowed; // [B, 1, 1, T, S]
         using var _ = g.Scope("mask");
         var allowedByToken = g.Op("Squeeze", [allowed, g.ConstInt64(1)]);                         // [B, 1, T, S]
         var bias = g.Op("Where", [allowedByToken, g.ScalarFloat(0f), g.ScalarFloat(float.MinValue)]);

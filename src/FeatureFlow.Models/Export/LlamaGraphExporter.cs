@@ -85,9 +85,11 @@ public static partial class LlamaGraphExporter
 
     /// <summary>
     /// Which keys each query may see: causal over absolute positions (past tokens come first) and not
-    /// masked out by attention_mask. Shape [B, 1, 1, T, S], matching the grouped score layout.
+    /// masked out by attention_mask; with <paramref name="slidingWindow"/>, also the same restricted to
+    /// query − key &lt; window (Gemma 2's sliding layers). Shape [B, 1, 1, T, S], matching the grouped score layout.
     /// </summary>
-    internal static string AttentionAllowed(GraphBuilder g, string inputIds, string attentionMask)
+    internal static (string Allowed, string? Sliding) AttentionAllowed(GraphBuilder g, string inputIds,
+        string attentionMask, int? slidingWindow = null)
     {
         using var _ = g.Scope("mask");
         var zero = g.ScalarInt64(0);
@@ -99,7 +101,10 @@ public static partial class LlamaGraphExporter
         var queryPositions = g.Op("Unsqueeze", [g.Op("Range", [past, total, one]), g.ConstInt64(1)]);
         var causal = g.Op("LessOrEqual", [keyPositions, queryPositions]);
         var notPadding = g.Op("Unsqueeze", [g.Op("Cast", [attentionMask], Attr.Int("to", (long)DataType.Bool)), g.ConstInt64(1, 2, 3)]);
-        return g.Op("And", [causal, notPadding]);
+        var allowed = g.Op("And", [causal, notPadding]);
+        if (slidingWindow is not { } window) return (allowed, null);
+        var inWindow = g.Op("Less", [g.Op("Sub", [queryPositions, keyPositions]), g.ScalarInt64(window)]);
+        return (allowed, g.Op("And", [allowed, inWindow]));
     }
 
     /// <summary>
@@ -201,7 +206,7 @@ public static partial class LlamaGraphExporter
         /// </summary>
         public KvCache Cache(GraphBuilder g) => AttentionMask is null
             ? new KvCache(KvCacheLayout.SharedBuffer, null, SeqlensK, TotalLength)
-            : new KvCache(KvCacheLayout.Concat, AttentionAllowed(g, InputIds, AttentionMask), null, null);
+            : new KvCache(KvCacheLayout.Concat, AttentionAllowed(g, InputIds, AttentionMask).Allowed, null, null);
     }
 
     internal static DecoderInputs DeclareInputs(GraphBuilder g, ModelArchitecture arch, HookedGraphOptions options)
