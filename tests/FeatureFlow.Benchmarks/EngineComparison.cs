@@ -45,26 +45,37 @@ public static class EngineComparison
             new GenAiContender(modelDir, engine.Tokenizer.BosId, engine.Tokenizer.EosId),
             new LlamaCppContender(Path.Combine(root, "tests", "fixtures", "stories260k", "stories260K.gguf")),
         };
+        var results = await RunInterleavedAsync(contenders, prompt, MaxTokens, options.Rounds, options.WarmUps, log);
+        var report = Report(options, contenders, results, engine);
+        await output.WriteAsync(report);
+        if (options.WritePath is { } path)
+        {
+            WriteSection(path, report);
+            await log.WriteLineAsync($"wrote the section to {path}");
+        }
+        return 0;
+    }
+
+    /// <summary>
+    /// Warm-up rounds, then every contender once per round in turn (so drifts in the machine's speed hit all of them
+    /// alike); the contenders are disposed at the end. Results per contender, in round order.
+    /// </summary>
+    internal static async Task<List<RunResult>[]> RunInterleavedAsync(IReadOnlyList<IContender> contenders,
+        int[] prompt, int maxTokens, int rounds, int warmUps, TextWriter log)
+    {
         try
         {
             var results = contenders.Select(_ => new List<RunResult>()).ToArray();
-            for (var round = -options.WarmUps; round < options.Rounds; round++)
+            for (var round = -warmUps; round < rounds; round++)
             {
                 for (var i = 0; i < contenders.Count; i++)
                 {
-                    var result = await contenders[i].RunAsync(prompt, MaxTokens);
+                    var result = await contenders[i].RunAsync(prompt, maxTokens);
                     if (round >= 0) results[i].Add(result);
                 }
-                await log.WriteLineAsync(round < 0 ? "warm-up round done" : $"round {round + 1}/{options.Rounds} done");
+                await log.WriteLineAsync(round < 0 ? "warm-up round done" : $"round {round + 1}/{rounds} done");
             }
-            var report = Report(options, contenders, results, engine);
-            await output.WriteAsync(report);
-            if (options.WritePath is { } path)
-            {
-                WriteSection(path, report);
-                await log.WriteLineAsync($"wrote the section to {path}");
-            }
-            return 0;
+            return results;
         }
         finally
         {

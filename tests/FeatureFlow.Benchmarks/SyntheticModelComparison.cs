@@ -54,31 +54,16 @@ public static class SyntheticModelComparison
         int[] prompt = [engine.Tokenizer.BosId, .. engine.EncodePrompt(Workloads.Story)[1..PromptTokens]];
         var bandwidth = MeasureReadBandwidth(options.Threads);
         await log.WriteLineAsync($"read bandwidth on {options.Threads} thread(s): {bandwidth / 1e9:F1} GB/s");
-        try
+        var results = await EngineComparison.RunInterleavedAsync(contenders, prompt, MaxTokens, options.Rounds,
+            options.WarmUps, log);
+        var report = Report(options, contenders, results, bandwidth);
+        await output.WriteAsync(report);
+        if (options.WritePath is { } path)
         {
-            var results = contenders.Select(_ => new List<RunResult>()).ToArray();
-            for (var round = -options.WarmUps; round < options.Rounds; round++)
-            {
-                for (var i = 0; i < contenders.Count; i++)
-                {
-                    var result = await contenders[i].RunAsync(prompt, MaxTokens);
-                    if (round >= 0) results[i].Add(result);
-                }
-                await log.WriteLineAsync(round < 0 ? "warm-up round done" : $"round {round + 1}/{options.Rounds} done");
-            }
-            var report = Report(options, contenders, results, bandwidth);
-            await output.WriteAsync(report);
-            if (options.WritePath is { } path)
-            {
-                EngineComparison.WriteSection(path, report, SectionHeading);
-                await log.WriteLineAsync($"wrote the section to {path}");
-            }
-            return 0;
+            EngineComparison.WriteSection(path, report, SectionHeading);
+            await log.WriteLineAsync($"wrote the section to {path}");
         }
-        finally
-        {
-            foreach (var c in contenders) c.Dispose();
-        }
+        return 0;
     }
 
     /// <summary>Float32 bytes of every weight a decode step reads (one embedding row aside: the tied classifier reads the
