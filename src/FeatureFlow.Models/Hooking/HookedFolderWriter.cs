@@ -18,15 +18,18 @@ public sealed record HookRequest
 }
 
 /// <summary>
-/// <c>featureflow hook</c>: hooks a third-party decoder graph and writes a model folder around it — the hooked graph,
-/// the original graph unchanged as the plain graph, every other file of the input's folder (tokenizer, configs,
-/// external weights, which both graphs keep reading from the same file) and the manifest with a <c>hooking</c>
-/// section. Everything is written into a temporary folder beside the output and moved into place at the end, so a
-/// refusal or failure leaves no output folder behind.
+/// <c>featureflow hook</c>: hooks a third-party decoder graph and writes a model folder around it that our engine
+/// serves like its own — the hooked graph and the source graph without hooks, both given our interface by
+/// <see cref="InterfaceAdapter"/> (<c>decoder_hooked.onnx</c>, <c>decoder.onnx</c>), the source graph itself unchanged
+/// (its genai_config.json names it), every other file of the input's folder (tokenizer, configs, external weights,
+/// which all three graphs read from the same file) and the manifest with a <c>hooking</c> section. Everything is
+/// written into a temporary folder beside the output and moved into place at the end, so a refusal or failure leaves
+/// no output folder behind.
 /// </summary>
 public static class HookedFolderWriter
 {
     public const string HookedGraphFile = ModelFolderExporter.HookedGraphFile;
+    public const string PlainGraphFile = ModelFolderExporter.PlainGraphFile;
     public const string TokenizerFile = "tokenizer.json";
     public const string HookerVersion = "featureflow hook 0.1";
 
@@ -40,7 +43,7 @@ public static class HookedFolderWriter
         if (Directory.Exists(output) && Directory.EnumerateFileSystemEntries(output).Any())
             throw new IOException($"{output} already exists and is not empty; choose a new folder");
         var graphFile = Path.GetFileName(input);
-        if (graphFile is HookedGraphFile or ModelManifest.FileName)
+        if (graphFile is HookedGraphFile or PlainGraphFile or ModelManifest.FileName)
             throw new InvalidDataException($"the input graph must not be named {graphFile}: the hooked folder writes "
                 + $"that file");
 
@@ -70,6 +73,10 @@ public static class HookedFolderWriter
                 + $"(all listed in the manifest)");
         progress($"inserted {decoder.Sites.Count} hooks ({request.Options.SlotsPerSite} slots per site"
             + $"{(request.Options.SiteOutputs ? ", site outputs" : "")})");
+        var hookedAdapted = InterfaceAdapter.Adapt(hooked.Model, hooked.Io, arch);
+        var plainAdapted = InterfaceAdapter.Adapt(source, hooked.Io, arch);
+        progress(plainAdapted.Changes.Count == 0 ? "inputs and outputs are already featureflow's interface"
+            : $"adapted inputs and outputs to featureflow's interface: {string.Join("; ", plainAdapted.Changes)}");
         if (!File.Exists(Path.Combine(sourceDir, TokenizerFile)))
             throw new FileNotFoundException($"expected {TokenizerFile} beside {graphFile} (a model folder needs its "
                 + $"tokenizer); found none");
@@ -82,14 +89,15 @@ public static class HookedFolderWriter
         Directory.CreateDirectory(staging);
         try
         {
-            OnnxModelFile.Write(hooked.Model, Path.Combine(staging, HookedGraphFile));
-            progress($"wrote {HookedGraphFile}");
+            OnnxModelFile.Write(hookedAdapted.Model, Path.Combine(staging, HookedGraphFile));
+            OnnxModelFile.Write(plainAdapted.Model, Path.Combine(staging, PlainGraphFile));
+            progress($"wrote {HookedGraphFile} and {PlainGraphFile}");
             var copies = Directory.GetFiles(sourceDir).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToArray();
             foreach (var file in copies)
             {
-                if (file is HookedGraphFile or ModelManifest.FileName)
-                    throw new InvalidDataException($"{sourceDir} already holds a {file}; hook a folder that is not a "
-                        + $"featureflow model folder");
+                if (file is HookedGraphFile or PlainGraphFile or ModelManifest.FileName)
+                    throw new InvalidDataException($"{sourceDir} already holds a {file}, which the hooked folder "
+                        + "writes itself; hook a folder that is not a featureflow model folder, or rename that file");
                 File.Copy(Path.Combine(sourceDir, file!), Path.Combine(staging, file!));
             }
             progress($"copied {copies.Length} files of the source folder: {string.Join(", ", copies)}");
@@ -100,7 +108,7 @@ public static class HookedFolderWriter
                 Name = request.ModelName ?? Path.GetFileName(sourceDir),
                 Architecture = arch,
                 Tokenizer = new TokenizerEntry("hf", TokenizerFile, bos, eos),
-                Graphs = new GraphEntry(HookedGraphFile, graphFile),
+                Graphs = new GraphEntry(HookedGraphFile, PlainGraphFile),
                 Steering = new SteeringLayout(request.Options.SlotsPerSite, decoder.Sites.Select(s => s.Site.HookName).ToArray(),
                     request.Options.SiteOutputs),
                 Provenance = new Provenance($"{graphFile} ({decoder.Family}) with featureflow steering hooks inserted",
@@ -117,6 +125,7 @@ public static class HookedFolderWriter
                     Rewrites = decoder.Rewrites,
                     Sites = decoder.Sites.Select(s => new HookedSite(s.Site.HookName, s.Value, s.Found)).ToArray(),
                     Io = hooked.Io,
+                    InterfaceChanges = plainAdapted.Changes,
                 },
             };
             File.WriteAllText(Path.Combine(staging, ModelManifest.FileName), manifest.ToJson());

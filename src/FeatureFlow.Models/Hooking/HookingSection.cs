@@ -4,13 +4,14 @@ namespace FeatureFlow.Models.Hooking;
 
 /// <summary>
 /// The manifest's <c>hooking</c> section: which family of third-party graph <c>featureflow hook</c> recognised, where
-/// it put each site, what it rewrote, and the graph's own I/O a runner must drive (it is not our exporter's I/O).
+/// it put each site, what it rewrote, the source graph's own I/O, and what <see cref="InterfaceAdapter"/> changed at
+/// the boundary so that the folder's hooked and plain graphs have our engine's interface.
 /// </summary>
 public sealed record HookingSection
 {
     /// <summary>The recogniser that matched (<see cref="IDecoderFamily.Name"/>).</summary>
     public required string Family { get; init; }
-    /// <summary>The input graph as given; the folder keeps it unchanged as the plain graph.</summary>
+    /// <summary>The input graph as given; the folder keeps it unchanged (genai_config.json names it).</summary>
     public required string SourceGraph { get; init; }
     /// <summary>The graph's own float type ("float32" or "float16"); the steering inputs are float32 either way.</summary>
     public required string FloatType { get; init; }
@@ -24,7 +25,13 @@ public sealed record HookingSection
     public required IReadOnlyList<string> Rewrites { get; init; }
     /// <summary>Every site, in <see cref="Site.Index"/> order.</summary>
     public required IReadOnlyList<HookedSite> Sites { get; init; }
+    /// <summary>The source graph's own I/O (what ONNX Runtime GenAI drives); the folder's graphs have ours.</summary>
     public required DecoderIo Io { get; init; }
+    /// <summary>
+    /// How the folder's graphs differ from the source at the boundary (<see cref="InterfaceAdapter"/>): casts, the
+    /// packed KV cache stacked and split, renames; empty when the source already had our interface.
+    /// </summary>
+    public required IReadOnlyList<string> InterfaceChanges { get; init; }
 }
 
 /// <summary>One site: its hook name, the graph value the hook reads, and how that value was found.</summary>

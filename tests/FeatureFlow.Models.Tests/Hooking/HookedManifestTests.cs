@@ -18,7 +18,9 @@ public class HookedManifestTests(HookedFixtures fixtures)
         Assert.Equal(("gpt2", 2, 8, 2, 2, 50257, 1024), (a.Family, a.DModel, a.HiddenDim, a.Layers, a.Heads, a.VocabSize, a.ContextLength));
         Assert.Equal((NormKind.LayerNorm, MlpKind.Gelu, PositionEmbedding.Learned), (a.Norm, a.Mlp, a.Positions));
         Assert.Equal(new TokenizerEntry("hf", "tokenizer.json", 50256, 50256), m.Tokenizer);
-        Assert.Equal(new GraphEntry("decoder_hooked.onnx", "model.onnx"), m.Graphs);
+        Assert.Equal(new GraphEntry("decoder_hooked.onnx", "decoder.onnx"), m.Graphs);
+        Assert.Equal("model.onnx", m.Hooking!.SourceGraph);
+        Assert.Empty(m.Hooking.InterfaceChanges);
         var io = m.Hooking!.Io;
         Assert.Equal("torch-gpt2", m.Hooking.Family);
         Assert.Equal(("input_ids", "int64"), (io.InputIds.Name, io.InputIds.Type));
@@ -41,7 +43,8 @@ public class HookedManifestTests(HookedFixtures fixtures)
         var a = m.Architecture;
         Assert.Equal(("gpt2", 32, 128, 5, 4, 1000, 512), (a.Family, a.DModel, a.HiddenDim, a.Layers, a.Heads, a.VocabSize, a.ContextLength));
         Assert.Equal(new TokenizerEntry("hf", "tokenizer.json", 98, 98), m.Tokenizer);
-        Assert.Equal(new GraphEntry("decoder_hooked.onnx", "past.onnx"), m.Graphs);
+        Assert.Equal(new GraphEntry("decoder_hooked.onnx", "decoder.onnx"), m.Graphs);
+        Assert.Equal("past.onnx", m.Hooking!.SourceGraph);
         var io = m.Hooking!.Io;
         Assert.Equal(("input_ids", "int32"), (io.InputIds.Name, io.InputIds.Type));
         Assert.Equal("int32", io.AttentionMask!.Type);
@@ -49,6 +52,13 @@ public class HookedManifestTests(HookedFixtures fixtures)
         Assert.Equal(("past_%d", "present_%d"), (io.Kv.Past, io.Kv.Present));
         Assert.Equal(["2", "batch_size", "4", "past_seq_len", "8"], io.Kv.PastShape);
         Assert.Equal((4, 8), (io.Kv.Heads, io.Kv.HeadSize));
+        Assert.Equal(
+        [
+            "input_ids, position_ids, attention_mask: int64 inputs Cast to the graph's int32",
+            "past_%d: packed [2, batch, heads, past, head_size] stacked from inputs past_key_values.%d.key and .value "
+                + "(Unsqueeze, Concat on axis 0)",
+            "present_%d: split into outputs present.%d.key and .value (Gather on axis 0, index 0 and 1)",
+        ], m.Hooking.InterfaceChanges);
     }
 
     public static TheoryData<string> Families => new() { "torch", "genai" };
@@ -79,11 +89,22 @@ public class HookedManifestTests(HookedFixtures fixtures)
         var model = fixtures[family];
         var m = model.Folder.Manifest;
         var source = Path.GetDirectoryName(model.SourceGraph)!;
-        var expected = Directory.GetFiles(source).Select(Path.GetFileName).Append("decoder_hooked.onnx").Order(StringComparer.Ordinal);
+        var expected = Directory.GetFiles(source).Select(Path.GetFileName).Append("decoder_hooked.onnx").Append("decoder.onnx")
+            .Order(StringComparer.Ordinal);
         Assert.Equal(expected, m.Files.Keys.Order(StringComparer.Ordinal));
         foreach (var (file, sha) in m.Files)
             Assert.Equal(sha, Convert.ToHexStringLower(SHA256.HashData(File.ReadAllBytes(Path.Combine(model.Folder.Directory, file)))));
-        Assert.True(File.ReadAllBytes(model.Folder.PlainGraphPath).AsSpan().SequenceEqual(File.ReadAllBytes(model.SourceGraph)));
+        var kept = Path.Combine(model.Folder.Directory, m.Hooking!.SourceGraph);
+        Assert.True(File.ReadAllBytes(kept).AsSpan().SequenceEqual(File.ReadAllBytes(model.SourceGraph)));
+        Assert.Equal(new SourceFile(m.Hooking.SourceGraph, m.Files[m.Hooking.SourceGraph]), m.Provenance.Checkpoint);
+    }
+
+    /// <summary>The torch export already has our interface: its plain graph is the source graph, node for node.</summary>
+    [Fact]
+    public void A_source_graph_already_on_our_interface_is_the_folders_plain_graph_unchanged()
+    {
+        var model = fixtures.Torch;
+        Assert.Equal(OnnxModelFile.Read(model.SourceGraph), OnnxModelFile.Read(model.Folder.PlainGraphPath));
     }
 
     [Fact]

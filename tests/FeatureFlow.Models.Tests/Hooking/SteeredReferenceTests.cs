@@ -54,8 +54,8 @@ public class SteeredReferenceTests(HookedFixtures fixtures)
     {
         var model = fixtures[family];
         var weights = family == "torch"
-            ? OnnxGpt2Weights.FromTorchExport(model.Folder.PlainGraphPath, model.Architecture.Heads)
-            : OnnxGpt2Weights.FromFusedExport(model.Folder.PlainGraphPath);
+            ? OnnxGpt2Weights.FromTorchExport(model.SourceGraph, model.Architecture.Heads)
+            : OnnxGpt2Weights.FromFusedExport(model.SourceGraph);
         var site = new Site(model.Architecture.Layers / 2, kind);
         var steering = Intervention(model, site, slotTerm);
         var rows = new[] { steering, new SteeringTensors(model.SteeringShape) };

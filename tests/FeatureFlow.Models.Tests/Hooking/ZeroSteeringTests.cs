@@ -7,20 +7,22 @@ namespace FeatureFlow.Models.Tests.Hooking;
 [Collection(HookedFixturesCollection.Name)]
 public class ZeroSteeringTests(HookedFixtures fixtures)
 {
-    [Fact]
-    public void Hooked_genai_graph_with_zero_steering_reproduces_onnxruntime_genai_expected_greedy_sequences()
+    public static TheoryData<string> Graphs => new() { "hooked", "plain" };
+
+    /// <summary>The folder's graphs, on our interface: the hooked one with zero steering, and the plain one.</summary>
+    [Theory]
+    [MemberData(nameof(Graphs))]
+    public void Genai_folder_graph_reproduces_onnxruntime_genai_expected_greedy_sequences(string graph)
     {
         using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(RepoPaths.GenAiTinyGpt2, "expected.json")));
         var greedy = doc.RootElement.GetProperty("greedy");
         int[][] Rows(string name) => greedy.GetProperty(name).EnumerateArray().Select(r => r.EnumerateArray().Select(e => e.GetInt32()).ToArray()).ToArray();
         var prompts = Rows("input_ids");
-        using var runner = fixtures.GenAi.Hooked(batch: prompts.Length);
-        Assert.NotNull(runner.SteeringShape);
+        using var runner = graph == "hooked" ? fixtures.GenAi.Hooked(batch: prompts.Length) : fixtures.GenAi.Plain(batch: prompts.Length);
+        Assert.Equal(graph == "hooked", runner.SteeringShape is not null);
         var sequences = runner.Greedy(prompts, greedy.GetProperty("max_length").GetInt32());
         Assert.Equal(Rows("expected_sequences"), sequences);
     }
-
-    public static TheoryData<string> Graphs => new() { "hooked", "plain" };
 
     [Theory]
     [MemberData(nameof(Graphs))]
@@ -46,7 +48,7 @@ public class ZeroSteeringTests(HookedFixtures fixtures)
     {
         var model = fixtures[family];
         using var hooked = model.Hooked(batch: 2);
-        using var plain = model.Plain(batch: 2);
+        using var plain = model.Source(batch: 2);
         int[][] steps = [[5, 17, 3, 9, 41, 2], [7, 11]];
         foreach (var tokens in steps)
         {
