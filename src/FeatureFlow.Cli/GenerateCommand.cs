@@ -115,6 +115,11 @@ public static class GenerateCommand
         [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken ct)
     {
         var folder = ModelFolder.Open(modelDir);
+        // genai_config.json describes the source graph's I/O; a hooked graph adapted to ours no longer has it.
+        if (folder.Manifest.Hooking is { InterfaceChanges.Count: > 0 } hooking)
+            throw new ArgumentException($"--backend genai: {folder.Manifest.Graphs.Hooked} has featureflow's inputs and "
+                + $"outputs, not those of {hooking.SourceGraph} that genai_config.json describes "
+                + $"({string.Join("; ", hooking.InterfaceChanges)}); ONNX Runtime GenAI cannot drive it, use --backend featureflow");
         using var backend = new GenAiBackend(folder.Directory, folder.LoadTokenizer(),
             new GenAiBackendOptions { DecoderFile = folder.Manifest.Graphs.Hooked });
         var model = new RequestMapper.ModelContext(backend.Compiler!, backend.Tokenizer, backend.ContextLength,

@@ -43,7 +43,7 @@ public static class HookedFolderWriter
         if (Directory.Exists(output) && Directory.EnumerateFileSystemEntries(output).Any())
             throw new IOException($"{output} already exists and is not empty; choose a new folder");
         var graphFile = Path.GetFileName(input);
-        if (graphFile is HookedGraphFile or PlainGraphFile or ModelManifest.FileName)
+        if (graphFile is HookedGraphFile or ModelManifest.FileName)
             throw new InvalidDataException($"the input graph must not be named {graphFile}: the hooked folder writes "
                 + $"that file");
 

@@ -85,6 +85,15 @@ public sealed class RefusalTests : IDisposable
         Assert.Equal(["keep.txt"], Directory.GetFiles(output).Select(Path.GetFileName));
     }
 
+    [Fact]
+    public void A_source_folder_that_holds_a_file_the_hooked_folder_writes_is_refused_naming_it()
+    {
+        var graph = SourceFolder(RepoPaths.TorchTinyGpt2, "model.onnx", null);
+        File.Copy(graph, Path.Combine(Path.GetDirectoryName(graph)!, "decoder.onnx"));
+        var error = Refused(graph);
+        Assert.Contains("already holds a decoder.onnx, which the hooked folder writes itself", error);
+    }
+
     /// <summary>A copy of a fixture folder with its graph replaced by <paramref name="graph"/> (null: unchanged).</summary>
     private string SourceFolder(string fixture, string graphFile, ModelProto? graph)
     {
