@@ -21,6 +21,9 @@ public sealed record AdaptedGraph(ModelProto Model, IReadOnlyList<string> Change
 /// </summary>
 public static class InterfaceAdapter
 {
+    private const string HalfKvChange =
+        "KV cache: float32 past inputs Cast to the graph's float16, float16 presents Cast to float32";
+
     /// <param name="source">The graph (hooked or not); not modified.</param>
     /// <param name="io">The graph's own I/O as <see cref="DecoderIoDetector"/> found it.</param>
     /// <param name="architecture">What the graph computes; its KV heads and head size must match the cache's.</param>
@@ -34,7 +37,8 @@ public static class InterfaceAdapter
         else AdaptSeparateKv(edit, io.Kv, architecture.Layers);
         if (io.Logits.Type == "float16")
         {
-            edit.ReplaceOutput(GraphNames.Logits, [Retyped(edit.Output(GraphNames.Logits), GraphNames.Logits, DataType.Float)],
+            edit.ReplaceOutput(GraphNames.Logits,
+                [Retyped(edit.Output(GraphNames.Logits), GraphNames.Logits, DataType.Float)],
                 (g, value, _, target) => g.Node("Cast", [value], [target], Attr.Int("to", (long)DataType.Float)));
             edit.Changes.Add("logits: float16 output Cast to float32");
         }
@@ -48,14 +52,16 @@ public static class InterfaceAdapter
     {
         if (io.OtherInputs.Count > 0)
             throw new InvalidDataException("expected only input_ids, position_ids, attention_mask and the KV cache as "
-                + $"inputs (our engine feeds nothing else); found also {string.Join(", ", io.OtherInputs.Select(i => $"'{i.Name}' ({i.Type})"))}");
+                + "inputs (our engine feeds nothing else); found also "
+                + string.Join(", ", io.OtherInputs.Select(i => $"'{i.Name}' ({i.Type})")));
         if (io.Kv.Heads != architecture.KvHeads || io.Kv.HeadSize != architecture.HeadSize)
             throw new InvalidDataException($"expected the KV cache to hold {architecture.KvHeads} heads of size "
-                + $"{architecture.HeadSize}, as the graph's attention does; found {io.Kv.Heads} heads of size {io.Kv.HeadSize}");
+                + $"{architecture.HeadSize}, as the graph's attention does; found {io.Kv.Heads} heads of size "
+                + $"{io.Kv.HeadSize}");
         foreach (var (what, type) in new[] { ("the KV cache", io.Kv.Type), ("logits", io.Logits.Type) })
             if (type is not ("float32" or "float16"))
                 throw new InvalidDataException($"expected {what} in float32 or float16; found {type}");
-        if (io.Logits.Shape.Count != 3)
+        if (io.Logits.Shape.Count is not (0 or 3))
             throw new InvalidDataException($"expected logits [batch, sequence, vocab] for every position; found "
                 + $"[{string.Join(", ", io.Logits.Shape)}]");
     }
@@ -78,13 +84,15 @@ public static class InterfaceAdapter
             if (input.Type == "int64") continue;
             if (input.Type != "int32")
                 throw new InvalidDataException($"expected {name} as int64 or int32; found {input.Type}");
-            edit.ReplaceInput(name, [Retyped(edit.Input(name), name, DataType.Int64)], (g, fed) => Cast(g, fed[0], DataType.Int32));
+            edit.ReplaceInput(name, [Retyped(edit.Input(name), name, DataType.Int64)],
+                (g, fed) => Cast(g, fed[0], DataType.Int32));
             cast.Add(name);
         }
         if (cast.Count > 0) edit.Changes.Add($"{string.Join(", ", cast)}: int64 inputs Cast to the graph's int32");
     }
 
-    /// <summary>An input for <paramref name="name"/> shaped like input_ids ([B, T]), the mask's second axis the total length.</summary>
+    /// <summary>An input for <paramref name="name"/> shaped like input_ids ([B, T]); the mask's second axis is the total
+    /// length.</summary>
     private static ValueInfoProto Unread(ValueInfoProto inputIds, string name)
     {
         var input = Retyped(inputIds, name, DataType.Int64);
@@ -103,7 +111,8 @@ public static class InterfaceAdapter
             edit.ReplaceInput(past,
                 [Retyped(pastInput, GraphNames.PastKey(l), DataType.Float, dropFirstAxis: true),
                  Retyped(pastInput, GraphNames.PastValue(l), DataType.Float, dropFirstAxis: true)],
-                (g, fed) => g.Op("Concat", fed.Select(f => Unsqueeze0(g, half ? Cast(g, f, DataType.Float16) : f, edit.Opset)).ToArray(),
+                (g, fed) => g.Op("Concat",
+                    fed.Select(f => Unsqueeze0(g, half ? Cast(g, f, DataType.Float16) : f, edit.Opset)).ToArray(),
                     Attr.Int("axis", 0)));
             var present = kv.PresentName(l, false);
             var presentOutput = edit.Output(present);
@@ -124,7 +133,7 @@ public static class InterfaceAdapter
         edit.Changes.Add($"{kv.Past}: packed [2, batch, heads, past, head_size] stacked from inputs "
             + "past_key_values.%d.key and .value (Unsqueeze, Concat on axis 0)");
         edit.Changes.Add($"{kv.Present}: split into outputs present.%d.key and .value (Gather on axis 0, index 0 and 1)");
-        if (half) edit.Changes.Add("KV cache: float32 past inputs Cast to the graph's float16, float16 presents Cast to float32");
+        if (half) edit.Changes.Add(HalfKvChange);
     }
 
     private static void AdaptSeparateKv(BoundaryEdit edit, KvCacheIo kv, int layers)
@@ -135,7 +144,8 @@ public static class InterfaceAdapter
             foreach (var value in new[] { false, true })
             {
                 var (past, ours) = (kv.PastName(l, value), value ? GraphNames.PastValue(l) : GraphNames.PastKey(l));
-                var (present, oursOut) = (kv.PresentName(l, value), value ? GraphNames.PresentValue(l) : GraphNames.PresentKey(l));
+                var (present, oursOut) =
+                    (kv.PresentName(l, value), value ? GraphNames.PresentValue(l) : GraphNames.PresentKey(l));
                 if (past == ours && present == oursOut && !half) continue;
                 renamed |= past != ours || present != oursOut;
                 edit.ReplaceInput(past, [Retyped(edit.Input(past), ours, DataType.Float)],
@@ -147,7 +157,7 @@ public static class InterfaceAdapter
         if (renamed)
             edit.Changes.Add($"{kv.PastKey}, {kv.PastValue} → past_key_values.%d.key, .value and {kv.PresentKey}, "
                 + $"{kv.PresentValue} → present.%d.key, .value (renamed)");
-        if (half) edit.Changes.Add("KV cache: float32 past inputs Cast to the graph's float16, float16 presents Cast to float32");
+        if (half) edit.Changes.Add(HalfKvChange);
     }
 
     private static ValueInfoProto Retyped(ValueInfoProto value, string name, DataType type, bool dropFirstAxis = false)
@@ -210,7 +220,8 @@ public static class InterfaceAdapter
         /// <paramref name="derive"/> (old value, replacement index, replacement name). An output keeping its name
         /// (retyped) takes it over: the old value is renamed first.
         /// </summary>
-        public void ReplaceOutput(string old, ValueInfoProto[] replacements, Action<GraphBuilder, string, int, string> derive)
+        public void ReplaceOutput(string old, ValueInfoProto[] replacements,
+            Action<GraphBuilder, string, int, string> derive)
         {
             _graph.Output.Remove(_graph.Output.Single(o => o.Name == old));
             var value = old;
