@@ -61,6 +61,49 @@ public sealed class OursContender(string name, GenerationEngine engine, Steering
 }
 
 /// <summary>
+/// <paramref name="streams"/> copies of one greedy request submitted together to our engine: the aggregate rate of a
+/// batch. The result's tokens are every stream's tokens one after another, so its decode rate counts them all (after
+/// the first token of any stream, over the time after it).
+/// </summary>
+public sealed class OursStreamsContender(string name, GenerationEngine engine, SteeringSpec steering, int streams)
+    : IContender
+{
+    public string Name { get; } = name;
+
+    public async Task<RunResult> RunAsync(int[] promptIds, int maxTokens)
+    {
+        var request = new GenerationRequest
+        {
+            PromptIds = promptIds, MaxTokens = maxTokens, Sampling = new SamplingOptions { Temperature = 0f },
+            Steering = steering,
+        };
+        var before = engine.Figures();
+        var clock = Stopwatch.StartNew();
+        var first = double.MaxValue;
+        var lockObject = new object();
+        var all = await Task.WhenAll(Enumerable.Range(0, streams).Select(async _ =>
+        {
+            var tokens = new List<int>(maxTokens);
+            await foreach (var update in engine.GenerateAsync(request))
+            {
+                if (tokens.Count == 0 && update.TokenIds.Count > 0)
+                    lock (lockObject) first = Math.Min(first, clock.Elapsed.TotalSeconds);
+                tokens.AddRange(update.TokenIds);
+            }
+            return tokens;
+        }));
+        var total = clock.Elapsed.TotalSeconds;
+        var after = engine.Figures();
+        var steps = Math.Max(1, after.DecodeSteps - before.DecodeSteps);
+        return new RunResult(all.SelectMany(t => t).ToList(), first, total,
+            1000 * (after.DecodeModelSeconds - before.DecodeModelSeconds) / steps,
+            (after.DecodeAllocatedBytes - before.DecodeAllocatedBytes) / (double)steps);
+    }
+
+    public void Dispose() { }
+}
+
+/// <summary>
 /// ONNX Runtime GenAI's own generation loop over the folder's plain decoder.onnx (genai_config.json), on one
 /// intra-op thread like our engine. A Generator is GenAI's per-request state, so making it is timed.
 /// </summary>

@@ -16,6 +16,8 @@ public static class EngineComparison
     public const string SectionHeading = "## Single-stream engines: ours vs ONNX Runtime GenAI vs llama.cpp (issue P8)";
     private const int PromptTokens = 128;
     private const int MaxTokens = 256;
+    /// <summary>The concurrent streams of the batched rows (P3's and P8's 16).</summary>
+    private const int Streams = 16;
     private static readonly CultureInfo Invariant = CultureInfo.InvariantCulture;
 
     public sealed record Options(int Rounds, int WarmUps, string Pack, string? WritePath);
@@ -44,6 +46,8 @@ public static class EngineComparison
                 $"{engine.SteeringShape.SlotsPerSite} rescale/clamp slots)", engine, heavy),
             new GenAiContender(modelDir, engine.Tokenizer.BosId, engine.Tokenizer.EosId),
             new LlamaCppContender(Path.Combine(root, "tests", "fixtures", "stories260k", "stories260K.gguf")),
+            new OursStreamsContender($"ours, {Streams} streams unsteered (aggregate)", engine, SteeringSpec.None, Streams),
+            new OursStreamsContender($"ours, {Streams} streams heavy spec (aggregate)", engine, heavy, Streams),
         };
         var results = await RunInterleavedAsync(contenders, prompt, MaxTokens, options.Rounds, options.WarmUps, log);
         var report = Report(options, contenders, results, engine);
@@ -86,7 +90,7 @@ public static class EngineComparison
     private static string Report(Options options, List<IContender> contenders, List<RunResult>[] results,
         GenerationEngine engine)
     {
-        const int unsteered = 0, heavy = 2, genAi = 3, llama = 4;
+        const int unsteered = 0, heavy = 2, genAi = 3, llama = 4, batch = 5, batchHeavy = 6;
         var sb = new StringBuilder();
         void Line(string s) => sb.AppendLine(s);
         Line($"{SectionHeading}");
@@ -130,6 +134,8 @@ public static class EngineComparison
             ("ours unsteered ÷ ONNX Runtime GenAI", unsteered, genAi, 1.0),
             ("ours unsteered ÷ llama.cpp", unsteered, llama, 1.0),
             ("ours heavy spec ÷ ours unsteered", heavy, unsteered, 0.90),
+            ($"ours heavy spec ÷ ours unsteered, {Streams} streams", batchHeavy, batch, 0.90),
+            ($"ours {Streams} streams ÷ 1 stream, unsteered (aggregate tokens/s)", batch, unsteered, 6.0),
         })
         {
             var ratios = results[a].Zip(results[b], (x, y) => x.DecodeTokensPerSecond / y.DecodeTokensPerSecond).ToArray();
