@@ -35,11 +35,17 @@ public static class ExportCommand
             DefaultValueFactory = _ => ExternalWeights.Auto,
         };
         var license = new Option<string>("--license") { Description = "with --hf: the checkpoint's license" };
+        var dtype = new Option<GraphPrecision>("--dtype")
+        {
+            Description = "with --hf: Float32, or Float16 (fused-operator graphs with float16 weights and math, float32 "
+                + "at the boundary; Llama only; served row by row)",
+            DefaultValueFactory = _ => GraphPrecision.Float32,
+        };
         var command = new Command("export", "Export a llama2.c checkpoint (--checkpoint, --tokenizer) or a Hugging Face "
             + "one (--hf) into a model folder: hooked and plain ONNX graphs with KV cache, tokenizer, genai_config.json "
             + "and manifest.")
         {
-            checkpoint, tokenizer, hf, outDir, name, slots, noSiteOutputs, externalData, license,
+            checkpoint, tokenizer, hf, outDir, name, slots, noSiteOutputs, externalData, license, dtype,
         };
         command.Validators.Add(result =>
         {
@@ -52,6 +58,8 @@ public static class ExportCommand
                 result.AddError("--checkpoint needs --tokenizer");
             else if (isHf && result.GetResult(outDir) is null or { Implicit: true })
                 result.AddError("--hf needs --out (a new or empty folder)");
+            else if (!isHf && result.GetValue(dtype) != GraphPrecision.Float32)
+                result.AddError("--dtype is for --hf checkpoints; llama2.c exports are float32");
         });
         command.SetAction((parse, _) => CliApp.Guard(error, async () =>
         {
@@ -69,6 +77,7 @@ public static class ExportCommand
                     Hooks = hooks,
                     ExternalWeights = parse.GetValue(externalData),
                     License = parse.GetValue(license) ?? "",
+                    Precision = parse.GetValue(dtype),
                 }, Progress)
                 : ModelFolderExporter.ExportLlama2c(new Llama2cExportRequest
                 {

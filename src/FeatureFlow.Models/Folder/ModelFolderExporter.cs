@@ -46,7 +46,15 @@ public sealed record HuggingFaceExportRequest
     public HookedGraphOptions Hooks { get; init; } = new();
     public ExternalWeights ExternalWeights { get; init; } = ExternalWeights.Auto;
     public string License { get; init; } = "";
+    /// <summary>
+    /// Float16 writes every graph in fused operators with float16 weights and math inside, float32 at the boundary
+    /// (<see cref="Float16Converter"/>), and no batched graphs: the folder is served row by row.
+    /// </summary>
+    public GraphPrecision Precision { get; init; } = GraphPrecision.Float32;
 }
+
+/// <summary>The float type of an exported folder's weights and math.</summary>
+public enum GraphPrecision { Float32, Float16 }
 
 /// <summary>
 /// <c>featureflow export</c> for llama2.c checkpoints and (<see cref="ExportHuggingFace"/>) Hugging Face ones: writes the hooked graph, the plain graph, the
@@ -79,7 +87,7 @@ public static class ModelFolderExporter
         Directory.CreateDirectory(request.OutputDirectory);
 
         var folder = new FolderFiles(request.OutputDirectory, progress);
-        var hooked = WriteGraphs(folder, request.Hooks, batched: true, OperatorSet.Fused,
+        var hooked = WriteGraphs(folder, request.Hooks, batched: true, OperatorSet.Plain, OperatorSet.Fused,
             options => LlamaGraphExporter.Export(arch, checkpoint.Weights, options, request.ModelName));
 
         var tokenizerFile = Path.GetFileName(request.TokenizerPath);
@@ -132,12 +140,23 @@ public static class ModelFolderExporter
         var arch = model.Architecture;
         progress($"{arch.Family}: d_model {arch.DModel}, {arch.Layers} layers, {arch.Heads} heads ({arch.KvHeads} kv), "
             + $"vocab {arch.VocabSize}, context {arch.ContextLength}");
-        var batched = arch.HeadSize % BatchedHeadSizeMultiple == 0;
-        if (!batched)
+        var half = request.Precision == GraphPrecision.Float16;
+        if (half && model.BatchedOperators != OperatorSet.Fused)
+            throw new InvalidDataException($"{config.Path}: float16 output needs fused-operator graphs (norms that sum "
+                + $"in float32, precomputed rotary tables), which the {config.Architecture} exporter does not write; "
+                + "export it as float32");
+        var batched = !half && arch.HeadSize % BatchedHeadSizeMultiple == 0;
+        if (half)
+            progress("float16: every graph in fused operators, float16 inside and float32 at the boundary; no batched "
+                + "graphs (the engine serves the folder row by row)");
+        else if (!batched)
             progress($"no batched graphs: head size {arch.HeadSize} is not a multiple of {BatchedHeadSizeMultiple}, "
                 + "which ONNX Runtime's GroupQueryAttention needs (the batching engine cannot serve this model)");
         var external = request.ExternalWeights == ExternalWeights.Always || (request.ExternalWeights == ExternalWeights.Auto
             && checkpoint.Float32Bytes >= HuggingFaceExportRequest.AutoExternalBytes);
+        if (half && external)
+            throw new InvalidDataException("float16 output writes its weights inline for now: use --external-data Never "
+                + $"(this checkpoint has {checkpoint.Float32Bytes:N0} float32 bytes; a graph must stay under 2 GiB)");
 
         var staging = Path.Combine(Path.GetDirectoryName(output)!, $".{Path.GetFileName(output)}.partial-{Guid.NewGuid():N}");
         Directory.CreateDirectory(staging);
@@ -147,8 +166,11 @@ public static class ModelFolderExporter
             HookedGraphOptions hooked;
             using (var weights = external ? new ExternalDataFile(Path.Combine(staging, WeightsFile)) : null)
             {
-                hooked = WriteGraphs(folder, request.Hooks, batched, model.BatchedOperators,
-                    options => model.ExportGraph(options, name, weights));
+                hooked = half
+                    ? WriteGraphs(folder, request.Hooks, batched: false, OperatorSet.Fused, OperatorSet.Fused,
+                        options => Float16Converter.Convert(model.ExportGraph(options, name, null)))
+                    : WriteGraphs(folder, request.Hooks, batched, OperatorSet.Plain, model.BatchedOperators,
+                        options => model.ExportGraph(options, name, weights));
                 if (weights is not null)
                 {
                     folder.Hashes[WeightsFile] = weights.Complete();
@@ -192,13 +214,15 @@ public static class ModelFolderExporter
     /// buffer, in that order. Returns the hooked graph's options (decoder_hooked.onnx is the Concat graph whatever
     /// the request says: GenAI and the engine read it).
     /// </summary>
+    /// <param name="concatOperators">The Concat graphs' operators: plain (the reference, and what GenAI runs), fused
+    /// for float16 folders.</param>
     /// <param name="batchedOperators">The batched graphs' operators: <see cref="OperatorSet.Fused"/> where the exporter
     /// has them (the engine's steps run 0.6× as long on stories260K, docs/benchmarks.md); the Concat graphs stay
     /// plain operators, the reference and what GenAI runs.</param>
     private static HookedGraphOptions WriteGraphs(FolderFiles folder, HookedGraphOptions requested, bool batched,
-        OperatorSet batchedOperators, Func<HookedGraphOptions, Onnx.Ir.ModelProto> export)
+        OperatorSet concatOperators, OperatorSet batchedOperators, Func<HookedGraphOptions, Onnx.Ir.ModelProto> export)
     {
-        var hooked = requested with { Hooks = true, KvLayout = KvCacheLayout.Concat, Operators = OperatorSet.Plain };
+        var hooked = requested with { Hooks = true, KvLayout = KvCacheLayout.Concat, Operators = concatOperators };
         var plain = hooked with { Hooks = false, SiteOutputs = false };
         var shared = hooked with { KvLayout = KvCacheLayout.SharedBuffer, Operators = batchedOperators };
         var sharedPlain = shared with { Hooks = false, SiteOutputs = false };

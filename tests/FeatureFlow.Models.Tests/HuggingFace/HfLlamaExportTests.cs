@@ -139,6 +139,73 @@ public class HfLlamaExportTests : IDisposable
     }
 
     /// <summary>
+    /// Float16 output: every graph fused and half precision inside, float32 at the boundary, no batched graphs; the
+    /// engine serves it row by row with run.c's greedy tokens, and the hooked graph's steered logits stay within half
+    /// precision of the float32 folder's.
+    /// </summary>
+    [Fact]
+    public async Task A_float16_export_is_served_with_run_c_s_greedy_tokens_and_steers_like_float32()
+    {
+        var output = _temp.Sub("out-fp16");
+        ModelFolderExporter.ExportHuggingFace(new HuggingFaceExportRequest
+        {
+            CheckpointDirectory = HfTestCheckpoints.Llama(Stories, _temp.Sub("fp16")).Write(1),
+            OutputDirectory = output, ModelName = "stories260k-fp16", Precision = GraphPrecision.Float16,
+        });
+        var folder = ModelFolder.Open(output);
+        Assert.Null(folder.BatchedGraphPath);
+        var shipped = ModelFolder.Open(RepoPaths.Stories260kModel);
+        Assert.True(new FileInfo(folder.HookedGraphPath).Length < 0.6 * new FileInfo(shipped.HookedGraphPath).Length);
+
+        var cpu = new Engine.EngineOptions { ExecutionProvider = Engine.ExecutionProviderPreference.Cpu };
+        using (var engine = new Engine.GenerationEngine(folder, cpu))
+        {
+            Assert.IsType<Engine.ConcatModelRunner>(engine.Runner);
+            var ids = new List<int>();
+            await foreach (var u in engine.GenerateAsync(new Engine.GenerationRequest
+            {
+                PromptIds = OnceUponATime.PromptIds, MaxTokens = 24,
+                Sampling = new Engine.SamplingOptions { Temperature = 0f },
+            }))
+                ids.AddRange(u.TokenIds);
+            Assert.Equal(OnceUponATime.SampledIds[..24], ids);
+        }
+
+        using var half = new Engine.HookedDecoder(folder.HookedGraphPath, Arch, cpu);
+        using var single = new Engine.HookedDecoder(shipped.HookedGraphPath, Arch, cpu);
+        var steering = new Steering.SteeringTensors(single.SteeringShape!);
+        Numerics.RandomVector(new Random(5), Arch.DModel, 1f).CopyTo(steering.AddAt(new Site(3, SiteKind.MlpOut)));
+        using var boundHalf = half.Bind(steering);
+        using var boundSingle = single.Bind(steering);
+        using var halfState = half.NewState();
+        using var singleState = single.NewState();
+        var error = Numerics.RelativeL2(half.Forward(halfState, OnceUponATime.PromptIds, boundHalf),
+            single.Forward(singleState, OnceUponATime.PromptIds, boundSingle));
+        Assert.True(error is > 0 and < 1e-2, $"float16 vs float32 steered logits: relative L2 {error}");
+    }
+
+    private static readonly ModelArchitecture Gpt2Arch = new()
+    {
+        Family = "gpt2", DModel = 32, HiddenDim = 128, Layers = 2, Heads = 4, KvHeads = 4, VocabSize = 96,
+        ContextLength = 64, Norm = NormKind.LayerNorm, Mlp = MlpKind.Gelu, Positions = PositionEmbedding.Learned,
+    };
+
+    [Fact]
+    public void Float16_output_is_refused_for_an_architecture_without_fused_graphs()
+    {
+        var output = _temp.Sub("out-gpt2-fp16");
+        var e = Assert.Throws<InvalidDataException>(() => ModelFolderExporter.ExportHuggingFace(new HuggingFaceExportRequest
+        {
+            CheckpointDirectory = HfTestCheckpoints.Gpt2(Gpt2Arch, HfTestCheckpoints.RandomGpt2(Gpt2Arch, seed: 3),
+                _temp.Sub("gpt2")).Write(1),
+            OutputDirectory = output, Precision = GraphPrecision.Float16,
+        }));
+        Assert.Contains("float16", e.Message);
+        Assert.Contains("GPT2LMHeadModel", e.Message);
+        Assert.False(Directory.Exists(output));
+    }
+
+    /// <summary>
     /// The writer's permutation must really be Hugging Face's rotate_half convention, or the round trip above would
     /// prove only that two permutations cancel: rotating the permuted rows' output with rotate_half pairs
     /// (i, i + hs/2) must equal rotating the original rows' output with interleaved pairs (2i, 2i+1), permuted.
