@@ -37,8 +37,20 @@ public static class SyntheticModelComparison
     public static async Task<int> RunAsync(Options options, TextWriter output, TextWriter log)
     {
         var root = EngineComparison.RepoRoot();
-        var modelDir = Path.Combine(Path.GetTempPath(), "featureflow-synthetic-100m");
-        Prepare(modelDir, Path.Combine(root, "models", "stories260k", "tok512.bin"), log);
+        var modelDir = Directory.CreateTempSubdirectory("featureflow-synthetic-100m-").FullName;
+        try
+        {
+            Prepare(modelDir, Path.Combine(root, "models", "stories260k", "tok512.bin"), log);
+            return await RunAsync(options, modelDir, output, log);
+        }
+        finally
+        {
+            Directory.Delete(modelDir, recursive: true);
+        }
+    }
+
+    private static async Task<int> RunAsync(Options options, string modelDir, TextWriter output, TextWriter log)
+    {
         var engineOptions = new EngineOptions
         {
             ExecutionProvider = ExecutionProviderPreference.Cpu, IntraOpThreads = options.Threads, MaxBatchRows = 4,
@@ -139,24 +151,22 @@ public static class SyntheticModelComparison
         return sb.ToString();
     }
 
-    /// <summary>Writes the random checkpoint and exports it once; later runs reuse the folder.</summary>
+    /// <summary>
+    /// Writes the random checkpoint and exports it with this build's exporter (every run: a folder kept from an older
+    /// build would measure that build's graphs).
+    /// </summary>
     private static void Prepare(string modelDir, string tokenizer, TextWriter log)
     {
-        if (File.Exists(Path.Combine(modelDir, ModelManifest.FileName))) return;
-        var staging = modelDir + ".partial";
-        if (Directory.Exists(staging)) Directory.Delete(staging, true);
-        Directory.CreateDirectory(staging);
-        var checkpoint = Path.Combine(staging, "synthetic-100m.bin");
+        var checkpoint = Path.Combine(modelDir, "synthetic-100m.bin");
         log.WriteLine($"writing a random {Architecture.Layers}-layer checkpoint to {checkpoint}");
         WriteRandomCheckpoint(checkpoint, Architecture, seed: 1);
         ModelFolderExporter.ExportLlama2c(new Llama2cExportRequest
         {
-            CheckpointPath = checkpoint, TokenizerPath = tokenizer, OutputDirectory = staging,
+            CheckpointPath = checkpoint, TokenizerPath = tokenizer, OutputDirectory = modelDir,
             ModelName = "synthetic-100m", CopySources = false, Description = "random weights for benchmarks",
         }, line => log.WriteLine(line));
         File.Delete(checkpoint);
-        File.Copy(tokenizer, Path.Combine(staging, Path.GetFileName(tokenizer)));
-        Directory.Move(staging, modelDir);
+        File.Copy(tokenizer, Path.Combine(modelDir, Path.GetFileName(tokenizer)));
     }
 
     /// <summary>A llama2.c v0 checkpoint: header, then uniform weights with std 0.02 and unit RMSNorm gains.</summary>
