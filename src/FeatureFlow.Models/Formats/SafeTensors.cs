@@ -232,29 +232,50 @@ public sealed class SafeTensorsWriter
     private readonly SortedDictionary<string, string> _metadata = new(StringComparer.Ordinal);
 
     public SafeTensorsWriter AddFloat32(string name, ReadOnlySpan<float> values, params long[] shape) =>
-        Add(name, SafeTensorsDType.F32, shape, MemoryMarshal.AsBytes(values).ToArray(), values.Length);
+        AddEncoded(name, SafeTensorsDType.F32, shape, Encode(values, SafeTensorsDType.F32));
 
-    public SafeTensorsWriter AddFloat16(string name, ReadOnlySpan<float> values, params long[] shape)
-    {
-        var halves = new Half[values.Length];
-        for (var i = 0; i < values.Length; i++) halves[i] = (Half)values[i];
-        return Add(name, SafeTensorsDType.F16, shape, MemoryMarshal.AsBytes(halves.AsSpan()).ToArray(), values.Length);
-    }
+    public SafeTensorsWriter AddFloat16(string name, ReadOnlySpan<float> values, params long[] shape) =>
+        AddEncoded(name, SafeTensorsDType.F16, shape, Encode(values, SafeTensorsDType.F16));
 
     public SafeTensorsWriter AddInt32(string name, ReadOnlySpan<int> values, params long[] shape) =>
-        Add(name, SafeTensorsDType.I32, shape, MemoryMarshal.AsBytes(values).ToArray(), values.Length);
+        AddEncoded(name, SafeTensorsDType.I32, shape, MemoryMarshal.AsBytes(values).ToArray());
+
+    /// <summary>A tensor whose bytes are already stored as <paramref name="dtype"/>, whichever it is.</summary>
+    public SafeTensorsWriter AddEncoded(string name, SafeTensorsDType dtype, long[] shape, byte[] bytes)
+    {
+        var size = SafeTensorsFile.ElementSize(dtype);
+        if (shape.Aggregate(1L, (a, d) => a * d) * size != bytes.Length)
+            throw new ArgumentException($"tensor '{name}': {bytes.Length / size} {dtype} values do not fill shape "
+                + $"[{string.Join(", ", shape)}]");
+        _tensors.Add((name, dtype, shape, bytes));
+        return this;
+    }
+
+    /// <summary>
+    /// Float32 values stored as F32, F16 or BF16; both half precisions round to nearest, ties to even, as torch
+    /// converts.
+    /// </summary>
+    public static byte[] Encode(ReadOnlySpan<float> values, SafeTensorsDType dtype)
+    {
+        if (dtype == SafeTensorsDType.F32) return MemoryMarshal.AsBytes(values).ToArray();
+        var halves = new ushort[values.Length];
+        for (var i = 0; i < values.Length; i++)
+        {
+            halves[i] = dtype switch
+            {
+                SafeTensorsDType.F16 => BitConverter.HalfToUInt16Bits((Half)values[i]),
+                SafeTensorsDType.BF16 => RoundToBFloat16(BitConverter.SingleToUInt32Bits(values[i])),
+                _ => throw new ArgumentException($"no float32 encoding for dtype {dtype}", nameof(dtype)),
+            };
+        }
+        return MemoryMarshal.AsBytes(halves.AsSpan()).ToArray();
+    }
+
+    private static ushort RoundToBFloat16(uint bits) => (ushort)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
 
     public SafeTensorsWriter Metadata(string key, string value)
     {
         _metadata[key] = value;
-        return this;
-    }
-
-    private SafeTensorsWriter Add(string name, SafeTensorsDType dtype, long[] shape, byte[] bytes, int count)
-    {
-        if (shape.Aggregate(1L, (a, d) => a * d) != count)
-            throw new ArgumentException($"tensor '{name}': {count} values do not fill shape [{string.Join(", ", shape)}]");
-        _tensors.Add((name, dtype, shape, bytes));
         return this;
     }
 
