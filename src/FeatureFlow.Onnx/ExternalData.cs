@@ -87,23 +87,19 @@ public static class ExternalData
 
     /// <summary>
     /// Moves the raw bytes of every initializer of at least <paramref name="minimumBytes"/> into
-    /// <paramref name="dataFile"/> (written into <paramref name="directory"/>, one after the other) and leaves
-    /// references in their place; the model itself must then be written into the same directory.
+    /// <paramref name="dataFile"/> (created in <paramref name="directory"/>, laid out as <see cref="ExternalDataFile"/>
+    /// lays out our exports' weights) and leaves references in their place; the model itself must then be written
+    /// into the same directory.
     /// </summary>
-    public static void Externalize(ModelProto model, string directory, string dataFile, int minimumBytes = 1024)
+    public static void Externalize(ModelProto model, string directory, string dataFile,
+        long minimumBytes = ExternalDataFile.DefaultMinimumBytes)
     {
-        using var stream = File.Create(Path.Combine(directory, dataFile));
+        using var file = new ExternalDataFile(Path.Combine(directory, dataFile), minimumBytes);
         foreach (var tensor in model.Graph.Initializer.Where(t => !IsExternal(t) && t.RawData.Length >= minimumBytes))
         {
-            var offset = stream.Position;
-            tensor.RawData.WriteTo(stream);
-            tensor.ExternalData.Add(Entry("location", dataFile));
-            tensor.ExternalData.Add(Entry("offset", offset.ToString(CultureInfo.InvariantCulture)));
-            tensor.ExternalData.Add(Entry("length", tensor.RawData.Length.ToString(CultureInfo.InvariantCulture)));
-            tensor.DataLocation = DataLocation.External;
+            file.Reference(tensor, tensor.RawData.Span);
             tensor.RawData = ByteString.Empty;
         }
+        file.Complete();
     }
-
-    private static StringStringEntryProto Entry(string key, string value) => new() { Key = key, Value = value };
 }

@@ -1,5 +1,4 @@
 using System.Globalization;
-using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using FeatureFlow.Onnx.Ir;
 
@@ -37,11 +36,10 @@ public sealed class ExternalDataFile : IDisposable
     /// <summary>Bytes written so far (all of them once <see cref="Complete"/> has run).</summary>
     public long Length { get; private set; }
 
-    /// <summary>Points <paramref name="tensor"/> at <paramref name="data"/> in the file, writing it if new.</summary>
-    internal void Reference(TensorProto tensor, ReadOnlySpan<float> data)
+    /// <summary>Points <paramref name="tensor"/> at its bytes in the file, writing them if new.</summary>
+    internal void Reference(TensorProto tensor, ReadOnlySpan<byte> bytes)
     {
         if (_hash is not null) throw new InvalidOperationException($"{FileName} is already complete");
-        var bytes = MemoryMarshal.AsBytes(data);
         var dims = tensor.Dims.ToArray();
         if (_placed.TryGetValue(tensor.Name, out var placed))
         {

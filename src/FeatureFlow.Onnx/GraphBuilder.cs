@@ -54,10 +54,11 @@ public sealed class GraphBuilder
             throw new ArgumentException($"initializer '{name}': {data.Length} values for shape [{string.Join(",", dims)}]");
         var tensor = new TensorProto { Name = name, DataType = (int)DataType.Float };
         tensor.Dims.AddRange(dims);
-        if (_externalData is not null && data.Length * (long)sizeof(float) >= _externalData.MinimumBytes)
-            _externalData.Reference(tensor, data);
+        var bytes = System.Runtime.InteropServices.MemoryMarshal.AsBytes(data);
+        if (_externalData is not null && bytes.Length >= _externalData.MinimumBytes)
+            _externalData.Reference(tensor, bytes);
         else
-            tensor.RawData = ByteString.CopyFrom(System.Runtime.InteropServices.MemoryMarshal.AsBytes(data));
+            tensor.RawData = ByteString.CopyFrom(bytes);
         _graph.Initializer.Add(tensor);
         return name;
     }

@@ -1,8 +1,6 @@
-using System.Buffers.Binary;
-using System.Runtime.InteropServices;
-using System.Text;
 using System.Text.Json.Nodes;
 using FeatureFlow.Models;
+using FeatureFlow.Models.Formats;
 using FeatureFlow.Models.HuggingFace;
 
 namespace FeatureFlow.Testing;
@@ -10,13 +8,14 @@ namespace FeatureFlow.Testing;
 /// <summary>
 /// Writes a Hugging Face checkpoint folder the way transformers' save_pretrained lays it out: config.json, the
 /// weights as one model.safetensors or as model-0000i-of-0000n.safetensors shards with model.safetensors.index.json,
-/// and tokenizer files. Tensors are stored as F32, F16 or BF16 (round to nearest even, as torch converts), or as raw
-/// bytes of any dtype name, for refusal tests.
+/// and tokenizer files. Tensors are stored as F32, F16 or BF16 (<see cref="SafeTensorsWriter.Encode"/>), or as raw
+/// bytes of any dtype, for refusal tests.
 /// </summary>
 public sealed class HfCheckpointWriter(string directory)
 {
     // Float tensors keep their values until Write, which encodes them as DType then says.
-    private readonly List<(string Name, string? DType, long[] Shape, float[]? Values, byte[]? Bytes)> _tensors = [];
+    private readonly List<(string Name, SafeTensorsDType? DType, long[] Shape, float[]? Values, byte[]? Bytes)>
+        _tensors = [];
     private readonly Dictionary<string, string> _files = new(StringComparer.Ordinal);
 
     public string Directory { get; } = directory;
@@ -24,20 +23,18 @@ public sealed class HfCheckpointWriter(string directory)
     public JsonObject Config { get; set; } = new();
 
     /// <summary>The dtype <see cref="Write"/> stores float tensors as: F32, F16 or BF16.</summary>
-    public string DType { get; set; } = "F32";
+    public SafeTensorsDType DType { get; set; } = SafeTensorsDType.F32;
 
     public HfCheckpointWriter Tensor(string name, ReadOnlySpan<float> values, params long[] shape)
     {
-        if (shape.Aggregate(1L, (a, d) => a * d) != values.Length)
-            throw new ArgumentException($"tensor '{name}': {values.Length} values for [{string.Join(", ", shape)}]");
         _tensors.RemoveAll(t => t.Name == name);
         _tensors.Add((name, null, shape, values.ToArray(), null));
         return this;
     }
 
-    /// <summary>A tensor stored as given, whatever its dtype name (e.g. I8 or F8_E4M3, which readers must refuse).
+    /// <summary>A tensor stored as given, whatever its dtype (e.g. I8 or F8_E4M3, which the exporter must refuse).
     /// </summary>
-    public HfCheckpointWriter RawTensor(string name, string dtype, long[] shape, byte[] bytes)
+    public HfCheckpointWriter RawTensor(string name, SafeTensorsDType dtype, long[] shape, byte[] bytes)
     {
         _tensors.RemoveAll(t => t.Name == name);
         _tensors.Add((name, dtype, shape, null, bytes));
@@ -77,8 +74,8 @@ public sealed class HfCheckpointWriter(string directory)
         System.IO.File.WriteAllText(Path.Combine(Directory, "config.json"), Config.ToJsonString());
         foreach (var (name, text) in _files) System.IO.File.WriteAllText(Path.Combine(Directory, name), text);
         var tensors = _tensors.Select(t => t.Values is { } values
-            ? (Name: t.Name, DType, t.Shape, Bytes: Encode(values, DType))
-            : (Name: t.Name, DType: t.DType!, t.Shape, Bytes: t.Bytes!)).ToList();
+            ? (Name: t.Name, DType, t.Shape, Bytes: SafeTensorsWriter.Encode(values, DType))
+            : (Name: t.Name, DType: t.DType!.Value, t.Shape, Bytes: t.Bytes!)).ToList();
         if (shards == 1)
         {
             WriteSafeTensors(Path.Combine(Directory, "model.safetensors"), tensors);
@@ -103,15 +100,16 @@ public sealed class HfCheckpointWriter(string directory)
     }
 
     /// <summary>Float32 values as they come back after a round trip through <paramref name="dtype"/>.</summary>
-    public static float[] RoundTrip(ReadOnlySpan<float> values, string dtype)
+    public static float[] RoundTrip(ReadOnlySpan<float> values, SafeTensorsDType dtype)
     {
-        var bytes = Encode(values, dtype);
+        // Decoded here, not by SafeTensorsFile, so that the export tests check the reader's decoding too.
+        var bytes = SafeTensorsWriter.Encode(values, dtype);
         var result = new float[values.Length];
         for (var i = 0; i < result.Length; i++)
             result[i] = dtype switch
             {
-                "F32" => BitConverter.ToSingle(bytes, 4 * i),
-                "F16" => (float)BitConverter.UInt16BitsToHalf(BitConverter.ToUInt16(bytes, 2 * i)),
+                SafeTensorsDType.F32 => BitConverter.ToSingle(bytes, 4 * i),
+                SafeTensorsDType.F16 => (float)BitConverter.UInt16BitsToHalf(BitConverter.ToUInt16(bytes, 2 * i)),
                 _ => BitConverter.Int32BitsToSingle(BitConverter.ToUInt16(bytes, 2 * i) << 16),
             };
         return result;
@@ -119,7 +117,7 @@ public sealed class HfCheckpointWriter(string directory)
 
     /// <summary>The llama2.c weights rounded through <paramref name="dtype"/>: what a checkpoint stored so holds.
     /// </summary>
-    public static LoadedCheckpoint RoundTrip(LoadedCheckpoint c, string dtype)
+    public static LoadedCheckpoint RoundTrip(LoadedCheckpoint c, SafeTensorsDType dtype)
     {
         float[] R(float[] v) => RoundTrip(v, dtype);
         float[][] L(float[][] v) => v.Select(R).ToArray();
@@ -137,58 +135,12 @@ public sealed class HfCheckpointWriter(string directory)
         };
     }
 
-    private static byte[] Encode(ReadOnlySpan<float> values, string dtype)
+    private static void WriteSafeTensors(string path,
+        IEnumerable<(string Name, SafeTensorsDType DType, long[] Shape, byte[] Bytes)> tensors)
     {
-        switch (dtype)
-        {
-            case "F32":
-                return MemoryMarshal.AsBytes(values).ToArray();
-            case "F16":
-            {
-                var bytes = new byte[2 * values.Length];
-                for (var i = 0; i < values.Length; i++)
-                    BinaryPrimitives.WriteUInt16LittleEndian(bytes.AsSpan(2 * i), BitConverter.HalfToUInt16Bits((Half)values[i]));
-                return bytes;
-            }
-            case "BF16":
-            {
-                var bytes = new byte[2 * values.Length];
-                for (var i = 0; i < values.Length; i++)
-                {
-                    var bits = BitConverter.SingleToUInt32Bits(values[i]);
-                    var rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16; // round to nearest, ties to even
-                    BinaryPrimitives.WriteUInt16LittleEndian(bytes.AsSpan(2 * i), (ushort)rounded);
-                }
-                return bytes;
-            }
-            default:
-                throw new ArgumentException($"no float encoding for dtype {dtype}");
-        }
-    }
-
-    private static void WriteSafeTensors(string path, IReadOnlyList<(string Name, string DType, long[] Shape, byte[] Bytes)> tensors)
-    {
-        var header = new JsonObject { ["__metadata__"] = new JsonObject { ["format"] = "pt" } };
-        long offset = 0;
-        foreach (var (name, dtype, shape, bytes) in tensors)
-        {
-            header[name] = new JsonObject
-            {
-                ["dtype"] = dtype,
-                ["shape"] = new JsonArray(shape.Select(d => (JsonNode)d).ToArray()),
-                ["data_offsets"] = new JsonArray(offset, offset + bytes.Length),
-            };
-            offset += bytes.Length;
-        }
-        var json = Encoding.UTF8.GetBytes(header.ToJsonString());
-        var padded = (json.Length + 7) / 8 * 8;
-        using var stream = System.IO.File.Create(path);
-        Span<byte> length = stackalloc byte[8];
-        BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)padded);
-        stream.Write(length);
-        stream.Write(json);
-        for (var i = json.Length; i < padded; i++) stream.WriteByte((byte)' ');
-        foreach (var t in tensors) stream.Write(t.Bytes);
+        var writer = new SafeTensorsWriter().Metadata("format", "pt");
+        foreach (var (name, dtype, shape, bytes) in tensors) writer.AddEncoded(name, dtype, shape, bytes);
+        writer.Write(path);
     }
 }
 

@@ -3,10 +3,12 @@ using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using Microsoft.Win32.SafeHandles;
 
 namespace FeatureFlow.Models.Formats;
 
-public enum SafeTensorsDType { F32, F16, BF16, F64, I32, I64 }
+/// <summary>The safetensors format's dtypes, by the names its headers use.</summary>
+public enum SafeTensorsDType { F32, F16, BF16, F64, I32, I64, BOOL, U8, I8, F8_E5M2, F8_E4M3, I16, U16, U32, U64 }
 
 public sealed record SafeTensorEntry(string Name, SafeTensorsDType DType, long[] Shape, long Begin, long End)
 {
@@ -14,21 +16,37 @@ public sealed record SafeTensorEntry(string Name, SafeTensorsDType DType, long[]
 }
 
 /// <summary>
-/// A safetensors file (8-byte little-endian header length, JSON header, raw little-endian data), read
-/// whole into memory. Floating-point tensors of any stored precision are returned as float32.
+/// A safetensors file (8-byte little-endian header length, JSON header, raw little-endian data), either read whole
+/// into memory (<see cref="Read(string)"/>: the small SAE, pack and corpus files) or opened with only its header
+/// read, each tensor then fetched from the file on its own (<see cref="Open"/>: checkpoint shards of any size).
+/// Floating-point tensors of any stored precision are returned as float32.
 /// </summary>
-public sealed class SafeTensorsFile
+public sealed class SafeTensorsFile : IDisposable
 {
-    private readonly byte[] _data;
-    private readonly int _dataStart;
+    // Tensors are read and converted in pieces: a span of bytes cannot cover a tensor past 2 GiB, and a
+    // half-precision tensor never has a second full-size copy.
+    private const int ChunkBytes = 1 << 22;
+    private readonly byte[]? _data;
+    private readonly SafeFileHandle? _file;
+    private readonly long _dataStart;
 
-    private SafeTensorsFile(string path, byte[] data, int dataStart, Dictionary<string, SafeTensorEntry> tensors, Dictionary<string, string> metadata)
+    private SafeTensorsFile(string path, byte[]? data, SafeFileHandle? file)
     {
         Path = path;
         _data = data;
-        _dataStart = dataStart;
-        Tensors = tensors;
-        Metadata = metadata;
+        _file = file;
+        var length = data?.LongLength ?? RandomAccess.GetLength(file!);
+        if (length < 8) throw new InvalidDataException($"{path}: too short for a safetensors header ({length} bytes)");
+        Span<byte> prefix = stackalloc byte[8];
+        ReadAt(prefix, 0, "the header");
+        var headerLength = BinaryPrimitives.ReadUInt64LittleEndian(prefix);
+        if (headerLength > (ulong)(length - 8) || headerLength > int.MaxValue)
+            throw new InvalidDataException(
+                $"{path}: header length {headerLength} does not fit the file ({length} bytes)");
+        var header = new byte[(int)headerLength];
+        ReadAt(header, 8, "the header");
+        _dataStart = 8 + (long)headerLength;
+        (Tensors, Metadata) = ParseHeader(path, header, length - _dataStart);
     }
 
     /// <summary>The file's path, or the label given for in-memory bytes; error messages start with it.</summary>
@@ -43,48 +61,22 @@ public sealed class SafeTensorsFile
     }
 
     /// <summary>Parses safetensors bytes that are not (yet) a file, such as an upload; <paramref name="path"/> labels errors.</summary>
-    public static SafeTensorsFile Read(byte[] data, string path)
+    public static SafeTensorsFile Read(byte[] data, string path) => new(path, data, null);
+
+    /// <summary>Reads only the header; tensors are read from the file when asked for, until disposed.</summary>
+    public static SafeTensorsFile Open(string path)
     {
-        if (data.Length < 8) throw new InvalidDataException($"{path}: too short for a safetensors header");
-        var headerLength = BinaryPrimitives.ReadUInt64LittleEndian(data);
-        if (headerLength > (ulong)(data.Length - 8)) throw new InvalidDataException($"{path}: header length {headerLength} exceeds the file");
-        JsonObject header;
+        if (!File.Exists(path)) throw new FileNotFoundException($"safetensors file not found: {path}", path);
+        var file = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.Read, FileOptions.RandomAccess);
         try
         {
-            header = JsonNode.Parse(data.AsSpan(8, (int)headerLength))?.AsObject() ?? throw new InvalidDataException($"{path}: empty header");
+            return new SafeTensorsFile(path, null, file);
         }
-        catch (JsonException e)
+        catch
         {
-            throw new InvalidDataException($"{path}: malformed safetensors header ({e.Message})", e);
+            file.Dispose();
+            throw;
         }
-        var dataStart = 8 + (int)headerLength;
-        var dataLength = data.Length - dataStart;
-        var tensors = new Dictionary<string, SafeTensorEntry>(StringComparer.Ordinal);
-        var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
-        foreach (var (name, node) in header)
-        {
-            if (name == "__metadata__")
-            {
-                foreach (var (k, v) in node!.AsObject()) metadata[k] = v?.GetValue<string>() ?? "";
-                continue;
-            }
-            try
-            {
-                var o = node!.AsObject();
-                var dtype = Enum.Parse<SafeTensorsDType>(o["dtype"]!.GetValue<string>());
-                var shape = o["shape"]!.AsArray().Select(d => d!.GetValue<long>()).ToArray();
-                var offsets = o["data_offsets"]!.AsArray().Select(d => d!.GetValue<long>()).ToArray();
-                var entry = new SafeTensorEntry(name, dtype, shape, offsets[0], offsets[1]);
-                if (entry.Begin < 0 || entry.End > dataLength || entry.End - entry.Begin != entry.ElementCount * ElementSize(dtype))
-                    throw new InvalidDataException($"{path}: tensor '{name}' has offsets [{entry.Begin}, {entry.End}) that do not fit its shape or the file");
-                tensors[name] = entry;
-            }
-            catch (Exception e) when (e is ArgumentException or NullReferenceException or InvalidOperationException or FormatException)
-            {
-                throw new InvalidDataException($"{path}: tensor '{name}' has a malformed header entry", e);
-            }
-        }
-        return new SafeTensorsFile(path, data, dataStart, tensors, metadata);
     }
 
     public SafeTensorEntry Entry(string name) =>
@@ -93,13 +85,26 @@ public sealed class SafeTensorsFile
     public float[] GetFloat32(string name)
     {
         var e = Entry(name);
-        var bytes = _data.AsSpan(_dataStart + (int)e.Begin, (int)(e.End - e.Begin));
         return e.DType switch
         {
-            SafeTensorsDType.F32 => MemoryMarshal.Cast<byte, float>(bytes).ToArray(),
-            SafeTensorsDType.F16 => MemoryMarshal.Cast<byte, Half>(bytes).ToArray().Select(h => (float)h).ToArray(),
-            SafeTensorsDType.BF16 => MemoryMarshal.Cast<byte, ushort>(bytes).ToArray().Select(b => BitConverter.Int32BitsToSingle(b << 16)).ToArray(),
-            SafeTensorsDType.F64 => MemoryMarshal.Cast<byte, double>(bytes).ToArray().Select(d => (float)d).ToArray(),
+            SafeTensorsDType.F32 => ReadConverted<float>(e, (stored, values) =>
+                MemoryMarshal.Cast<byte, float>(stored).CopyTo(values)),
+            SafeTensorsDType.F16 => ReadConverted<float>(e, (stored, values) =>
+            {
+                var halves = MemoryMarshal.Cast<byte, Half>(stored);
+                for (var i = 0; i < values.Length; i++) values[i] = (float)halves[i];
+            }),
+            SafeTensorsDType.BF16 => ReadConverted<float>(e, (stored, values) =>
+            {
+                var upperHalves = MemoryMarshal.Cast<byte, ushort>(stored);
+                for (var i = 0; i < values.Length; i++)
+                    values[i] = BitConverter.Int32BitsToSingle(upperHalves[i] << 16);
+            }),
+            SafeTensorsDType.F64 => ReadConverted<float>(e, (stored, values) =>
+            {
+                var doubles = MemoryMarshal.Cast<byte, double>(stored);
+                for (var i = 0; i < values.Length; i++) values[i] = (float)doubles[i];
+            }),
             _ => throw new InvalidDataException($"{Path}: tensor '{name}' is {e.DType}, not a floating-point tensor"),
         };
     }
@@ -107,21 +112,117 @@ public sealed class SafeTensorsFile
     public int[] GetInt32(string name)
     {
         var e = Entry(name);
-        var bytes = _data.AsSpan(_dataStart + (int)e.Begin, (int)(e.End - e.Begin));
         return e.DType switch
         {
-            SafeTensorsDType.I32 => MemoryMarshal.Cast<byte, int>(bytes).ToArray(),
-            SafeTensorsDType.I64 => MemoryMarshal.Cast<byte, long>(bytes).ToArray().Select(v => checked((int)v)).ToArray(),
+            SafeTensorsDType.I32 => ReadConverted<int>(e, (stored, values) =>
+                MemoryMarshal.Cast<byte, int>(stored).CopyTo(values)),
+            SafeTensorsDType.I64 => ReadConverted<int>(e, (stored, values) =>
+            {
+                var longs = MemoryMarshal.Cast<byte, long>(stored);
+                for (var i = 0; i < values.Length; i++) values[i] = checked((int)longs[i]);
+            }),
             _ => throw new InvalidDataException($"{Path}: tensor '{name}' is {e.DType}, not an integer tensor"),
         };
     }
 
     public static int ElementSize(SafeTensorsDType dtype) => dtype switch
     {
-        SafeTensorsDType.F16 or SafeTensorsDType.BF16 => 2,
-        SafeTensorsDType.F32 or SafeTensorsDType.I32 => 4,
+        SafeTensorsDType.BOOL or SafeTensorsDType.U8 or SafeTensorsDType.I8 or SafeTensorsDType.F8_E5M2
+            or SafeTensorsDType.F8_E4M3 => 1,
+        SafeTensorsDType.F16 or SafeTensorsDType.BF16 or SafeTensorsDType.I16 or SafeTensorsDType.U16 => 2,
+        SafeTensorsDType.F32 or SafeTensorsDType.I32 or SafeTensorsDType.U32 => 4,
         _ => 8,
     };
+
+    public void Dispose() => _file?.Dispose();
+
+    private delegate void Conversion<T>(ReadOnlySpan<byte> stored, Span<T> values);
+
+    private T[] ReadConverted<T>(SafeTensorEntry e, Conversion<T> convert)
+    {
+        if (e.ElementCount > Array.MaxLength)
+            throw new InvalidDataException($"{Path}: tensor '{e.Name}' has {e.ElementCount} elements, more than one "
+                + $"array holds ({Array.MaxLength})");
+        var size = ElementSize(e.DType);
+        var values = new T[e.ElementCount];
+        var buffer = new byte[(int)Math.Min(ChunkBytes, e.End - e.Begin)];
+        for (var done = 0; done < values.Length;)
+        {
+            var count = Math.Min(buffer.Length / size, values.Length - done);
+            var stored = buffer.AsSpan(0, size * count);
+            ReadAt(stored, _dataStart + e.Begin + (long)size * done, $"tensor '{e.Name}'");
+            convert(stored, values.AsSpan(done, count));
+            done += count;
+        }
+        return values;
+    }
+
+    private void ReadAt(Span<byte> target, long position, string what)
+    {
+        if (_data is not null)
+        {
+            _data.AsSpan((int)position, target.Length).CopyTo(target);
+            return;
+        }
+        while (target.Length > 0)
+        {
+            var read = RandomAccess.Read(_file!, target, position);
+            if (read == 0) throw new InvalidDataException($"{Path}: {what} is cut short");
+            target = target[read..];
+            position += read;
+        }
+    }
+
+    private static (Dictionary<string, SafeTensorEntry>, Dictionary<string, string>) ParseHeader(string path,
+        byte[] header, long dataLength)
+    {
+        JsonObject json;
+        try
+        {
+            json = JsonNode.Parse(header) as JsonObject
+                ?? throw new InvalidDataException($"{path}: malformed safetensors header (not a JSON object)");
+        }
+        catch (JsonException e)
+        {
+            throw new InvalidDataException($"{path}: malformed safetensors header ({e.Message})", e);
+        }
+        var tensors = new Dictionary<string, SafeTensorEntry>(StringComparer.Ordinal);
+        var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var (name, node) in json)
+        {
+            if (name == "__metadata__")
+            {
+                foreach (var (k, v) in node!.AsObject()) metadata[k] = v?.GetValue<string>() ?? "";
+                continue;
+            }
+            SafeTensorEntry entry;
+            try
+            {
+                var o = node!.AsObject();
+                var dtype = o["dtype"]!.GetValue<string>();
+                if (!Enum.GetNames<SafeTensorsDType>().Contains(dtype))
+                    throw new InvalidDataException($"{path}: tensor '{name}' is {dtype}, not one of the safetensors "
+                        + $"dtypes {string.Join(", ", Enum.GetNames<SafeTensorsDType>())}");
+                var offsets = o["data_offsets"]!.AsArray().Select(d => d!.GetValue<long>()).ToArray();
+                entry = new SafeTensorEntry(name, Enum.Parse<SafeTensorsDType>(dtype),
+                    o["shape"]!.AsArray().Select(d => d!.GetValue<long>()).ToArray(), offsets[0], offsets[1]);
+            }
+            catch (Exception e) when (e is InvalidOperationException or NullReferenceException or FormatException
+                or IndexOutOfRangeException)
+            {
+                throw new InvalidDataException($"{path}: tensor '{name}' has a malformed header entry", e);
+            }
+            if (entry.Begin < 0 || entry.End < entry.Begin || entry.End > dataLength || entry.Shape.Any(d => d < 0))
+                throw new InvalidDataException($"{path}: tensor '{name}' has offsets [{entry.Begin}, {entry.End}) "
+                    + $"that do not fit the file's {dataLength} data bytes");
+            var expected = entry.ElementCount * ElementSize(entry.DType);
+            if (entry.End - entry.Begin != expected)
+                throw new InvalidDataException($"{path}: tensor '{name}' has {entry.End - entry.Begin} bytes, which do not fit "
+                    + $"{entry.DType} [{string.Join(", ", entry.Shape)}] ({expected} expected)");
+            tensors[name] = entry;
+        }
+        return (tensors, metadata);
+    }
 }
 
 /// <summary>Writes safetensors files; tensors keep the order given, so output bytes are reproducible.</summary>
@@ -131,29 +232,50 @@ public sealed class SafeTensorsWriter
     private readonly SortedDictionary<string, string> _metadata = new(StringComparer.Ordinal);
 
     public SafeTensorsWriter AddFloat32(string name, ReadOnlySpan<float> values, params long[] shape) =>
-        Add(name, SafeTensorsDType.F32, shape, MemoryMarshal.AsBytes(values).ToArray(), values.Length);
+        AddEncoded(name, SafeTensorsDType.F32, shape, Encode(values, SafeTensorsDType.F32));
 
-    public SafeTensorsWriter AddFloat16(string name, ReadOnlySpan<float> values, params long[] shape)
-    {
-        var halves = new Half[values.Length];
-        for (var i = 0; i < values.Length; i++) halves[i] = (Half)values[i];
-        return Add(name, SafeTensorsDType.F16, shape, MemoryMarshal.AsBytes(halves.AsSpan()).ToArray(), values.Length);
-    }
+    public SafeTensorsWriter AddFloat16(string name, ReadOnlySpan<float> values, params long[] shape) =>
+        AddEncoded(name, SafeTensorsDType.F16, shape, Encode(values, SafeTensorsDType.F16));
 
     public SafeTensorsWriter AddInt32(string name, ReadOnlySpan<int> values, params long[] shape) =>
-        Add(name, SafeTensorsDType.I32, shape, MemoryMarshal.AsBytes(values).ToArray(), values.Length);
+        AddEncoded(name, SafeTensorsDType.I32, shape, MemoryMarshal.AsBytes(values).ToArray());
+
+    /// <summary>A tensor whose bytes are already stored as <paramref name="dtype"/>, whichever it is.</summary>
+    public SafeTensorsWriter AddEncoded(string name, SafeTensorsDType dtype, long[] shape, byte[] bytes)
+    {
+        var size = SafeTensorsFile.ElementSize(dtype);
+        if (shape.Aggregate(1L, (a, d) => a * d) * size != bytes.Length)
+            throw new ArgumentException($"tensor '{name}': {bytes.Length / size} {dtype} values do not fill shape "
+                + $"[{string.Join(", ", shape)}]");
+        _tensors.Add((name, dtype, shape, bytes));
+        return this;
+    }
+
+    /// <summary>
+    /// Float32 values stored as F32, F16 or BF16; both half precisions round to nearest, ties to even, as torch
+    /// converts.
+    /// </summary>
+    public static byte[] Encode(ReadOnlySpan<float> values, SafeTensorsDType dtype)
+    {
+        if (dtype == SafeTensorsDType.F32) return MemoryMarshal.AsBytes(values).ToArray();
+        var halves = new ushort[values.Length];
+        for (var i = 0; i < values.Length; i++)
+        {
+            halves[i] = dtype switch
+            {
+                SafeTensorsDType.F16 => BitConverter.HalfToUInt16Bits((Half)values[i]),
+                SafeTensorsDType.BF16 => RoundToBFloat16(BitConverter.SingleToUInt32Bits(values[i])),
+                _ => throw new ArgumentException($"no float32 encoding for dtype {dtype}", nameof(dtype)),
+            };
+        }
+        return MemoryMarshal.AsBytes(halves.AsSpan()).ToArray();
+    }
+
+    private static ushort RoundToBFloat16(uint bits) => (ushort)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
 
     public SafeTensorsWriter Metadata(string key, string value)
     {
         _metadata[key] = value;
-        return this;
-    }
-
-    private SafeTensorsWriter Add(string name, SafeTensorsDType dtype, long[] shape, byte[] bytes, int count)
-    {
-        if (shape.Aggregate(1L, (a, d) => a * d) != count)
-            throw new ArgumentException($"tensor '{name}': {count} values do not fill shape [{string.Join(", ", shape)}]");
-        _tensors.Add((name, dtype, shape, bytes));
         return this;
     }
 

@@ -41,22 +41,8 @@ public sealed class ModelBuilderLlamaFamily : ResidualStreamFamily
             $"token embedding {Describe(tokens)}");
     }
 
-    protected override ResidualStep? Step(GraphEditor graph, string residual, string prefix, List<string> rewrites)
-    {
-        var readers = graph.Consumers(residual);
-        var fused = readers.Where(n => SkipNormSplitter.SimplifiedLayerNorm.Matches(n) && (n.Input[0] == residual || n.Input[1] == residual))
-            .ToArray();
-        if (fused.Length > 1)
-            throw new InvalidDataException($"expected one SkipSimplifiedLayerNormalization reading '{residual}'; "
-                + $"found {Describe(fused)}");
-        if (fused.Length == 1)
-            return SkipNormSplitter.SimplifiedLayerNorm.Split(graph, fused[0], fused[0].Input[0] == residual ? 0 : 1, prefix, rewrites);
-        if (readers.Any(n => n.OpType == "Add"))
-            throw new InvalidDataException($"expected '{residual}' to be added to a branch by a "
-                + $"com.microsoft.SkipSimplifiedLayerNormalization; "
-                + $"found {Describe(readers)}");
-        return null;
-    }
+    protected override ResidualStep? Step(GraphEditor graph, string residual, string prefix, List<string> rewrites) =>
+        SkipNormSplitter.SimplifiedLayerNorm.SplitStep(graph, residual, prefix, rewrites);
 
     protected override ModelArchitecture Architecture(GraphEditor graph, DecoderIo io, DecoderWalk walk)
     {

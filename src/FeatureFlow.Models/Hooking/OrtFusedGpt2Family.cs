@@ -49,20 +49,8 @@ public sealed class OrtFusedGpt2Family : ResidualStreamFamily
             : throw new InvalidDataException($"expected {Describe(embed)} input {input} to be the {what} table (a "
                 + $"2-D initializer)");
 
-    protected override ResidualStep? Step(GraphEditor graph, string residual, string prefix, List<string> rewrites)
-    {
-        var readers = graph.Consumers(residual);
-        var fused = readers.Where(n => SkipNormSplitter.LayerNorm.Matches(n) && (n.Input[0] == residual || n.Input[1] == residual)).ToArray();
-        if (fused.Length > 1) throw new InvalidDataException($"expected one SkipLayerNormalization reading "
-            + $"'{residual}'; found {Describe(fused)}");
-        if (fused.Length == 1)
-            return SkipNormSplitter.LayerNorm.Split(graph, fused[0], fused[0].Input[0] == residual ? 0 : 1, prefix, rewrites);
-        if (readers.Any(n => n.OpType == "Add"))
-            throw new InvalidDataException($"expected '{residual}' to be added to a branch by a "
-                + $"com.microsoft.SkipLayerNormalization; "
-                + $"found {Describe(readers)}");
-        return null;
-    }
+    protected override ResidualStep? Step(GraphEditor graph, string residual, string prefix, List<string> rewrites) =>
+        SkipNormSplitter.LayerNorm.SplitStep(graph, residual, prefix, rewrites);
 
     protected override ModelArchitecture Architecture(GraphEditor graph, DecoderIo io, DecoderWalk walk)
     {

@@ -161,7 +161,7 @@ public abstract class ResidualStreamFamily : IDecoderFamily
     public static string Describe(NodeProto node) =>
         $"{(node.Domain is "" or "ai.onnx" ? "" : node.Domain + ".")}{node.OpType} '{node.Name}'";
 
-    protected static string Describe(IEnumerable<NodeProto> nodes)
+    protected internal static string Describe(IEnumerable<NodeProto> nodes)
     {
         var all = nodes.ToArray();
         if (all.Length == 0) return "nothing";

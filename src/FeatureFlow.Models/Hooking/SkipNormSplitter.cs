@@ -21,6 +21,25 @@ internal sealed record SkipNormSplitter(string FusedOp, string NormOp, int BiasI
 
     public bool Matches(NodeProto node) => node.OpType == FusedOp && node.Domain == "com.microsoft";
 
+    /// <summary>
+    /// The residual step at <paramref name="residual"/>: the one fused node adding a branch to it, split; null where
+    /// nothing adds to it (the stream has ended). A plain Add reading it is refused: the graph is not fused this way.
+    /// </summary>
+    public ResidualStep? SplitStep(GraphEditor graph, string residual, string prefix, List<string> rewrites)
+    {
+        var readers = graph.Consumers(residual);
+        var fused = readers.Where(n => Matches(n) && (n.Input[0] == residual || n.Input[1] == residual)).ToArray();
+        if (fused.Length > 1)
+            throw new InvalidDataException($"expected one {FusedOp} reading '{residual}'; "
+                + $"found {ResidualStreamFamily.Describe(fused)}");
+        if (fused.Length == 1)
+            return Split(graph, fused[0], fused[0].Input[0] == residual ? 0 : 1, prefix, rewrites);
+        if (readers.Any(n => n.OpType == "Add"))
+            throw new InvalidDataException($"expected '{residual}' to be added to a branch by a "
+                + $"com.microsoft.{FusedOp}; found {ResidualStreamFamily.Describe(readers)}");
+        return null;
+    }
+
     /// <summary>Splits <paramref name="node"/>, whose input <paramref name="residualInput"/> (0 or 1) is the residual stream.</summary>
     public ResidualStep Split(GraphEditor graph, NodeProto node, int residualInput, string prefix, List<string> rewrites)
     {

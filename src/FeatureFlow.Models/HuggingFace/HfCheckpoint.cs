@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using FeatureFlow.Models.Formats;
 
 namespace FeatureFlow.Models.HuggingFace;
 
@@ -14,12 +15,16 @@ public sealed class HfCheckpoint : IDisposable
     public const string SingleFile = "model.safetensors";
     public const string IndexFile = "model.safetensors.index.json";
 
-    private readonly Dictionary<string, SafeTensorsShard> _shardOf;
-    private readonly SafeTensorsShard[] _shards;
+    /// <summary>The stored precisions read (exactly) as float32; others are refused by name.</summary>
+    public static readonly IReadOnlyList<SafeTensorsDType> ReadableDTypes =
+        [SafeTensorsDType.F32, SafeTensorsDType.F16, SafeTensorsDType.BF16];
+
+    private readonly Dictionary<string, SafeTensorsFile> _shardOf;
+    private readonly SafeTensorsFile[] _shards;
     private readonly HashSet<string> _read = new(StringComparer.Ordinal);
 
-    private HfCheckpoint(string directory, string source, SafeTensorsShard[] shards,
-        Dictionary<string, SafeTensorsShard> shardOf)
+    private HfCheckpoint(string directory, string source, SafeTensorsFile[] shards,
+        Dictionary<string, SafeTensorsFile> shardOf)
     {
         Directory = directory;
         Source = source;
@@ -50,7 +55,7 @@ public sealed class HfCheckpoint : IDisposable
             throw new FileNotFoundException($"{full}: expected {SingleFile} or {IndexFile} (safetensors weights), "
                 + $"found: {present}", single);
         }
-        var shard = SafeTensorsShard.Open(single);
+        var shard = SafeTensorsFile.Open(single);
         return new HfCheckpoint(full, SingleFile, [shard],
             shard.Tensors.Keys.ToDictionary(n => n, _ => shard, StringComparer.Ordinal));
     }
@@ -68,11 +73,14 @@ public sealed class HfCheckpoint : IDisposable
         if (!tensor.Shape.SequenceEqual(shape))
             throw new InvalidDataException($"{shard.Path}: tensor '{name}' has shape "
                 + $"[{string.Join(", ", tensor.Shape)}]; expected [{string.Join(", ", shape)}] from {HfConfig.FileName}");
+        if (!ReadableDTypes.Contains(tensor.DType))
+            throw new InvalidDataException($"{shard.Path}: tensor '{name}' is {tensor.DType}; expected one of "
+                + $"{string.Join(", ", ReadableDTypes)} (read as float32)");
         _read.Add(name);
-        return shard.ReadFloat32(tensor);
+        return shard.GetFloat32(name);
     }
 
-    private SafeTensorsShard Shard(string name) => _shardOf.TryGetValue(name, out var shard) ? shard
+    private SafeTensorsFile Shard(string name) => _shardOf.TryGetValue(name, out var shard) ? shard
         : throw new InvalidDataException($"{Path.Combine(Directory, Source)}: no tensor '{name}' ({_shardOf.Count} "
             + $"tensors, e.g. {string.Join(", ", _shardOf.Keys.Order(StringComparer.Ordinal).Take(3))})");
 
@@ -121,8 +129,8 @@ public sealed class HfCheckpoint : IDisposable
         {
             throw new InvalidDataException($"{index}: malformed JSON ({e.Message})", e);
         }
-        var shards = new Dictionary<string, SafeTensorsShard>(StringComparer.Ordinal);
-        var shardOf = new Dictionary<string, SafeTensorsShard>(StringComparer.Ordinal);
+        var shards = new Dictionary<string, SafeTensorsFile>(StringComparer.Ordinal);
+        var shardOf = new Dictionary<string, SafeTensorsFile>(StringComparer.Ordinal);
         try
         {
             foreach (var (name, node) in weightMap)
@@ -137,7 +145,7 @@ public sealed class HfCheckpoint : IDisposable
                     if (!File.Exists(path))
                         throw new FileNotFoundException($"{index}: shard '{file}' (holding '{name}') is missing from "
                             + directory, path);
-                    shards[file] = shard = SafeTensorsShard.Open(path);
+                    shards[file] = shard = SafeTensorsFile.Open(path);
                 }
                 if (!shard.Tensors.ContainsKey(name))
                     throw new InvalidDataException($"{index}: '{name}' is mapped to shard '{file}', which has no "

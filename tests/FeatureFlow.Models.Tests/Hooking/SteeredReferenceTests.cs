@@ -53,14 +53,14 @@ public class SteeredReferenceTests(HookedFixtures fixtures)
     public void Steered_logits_equal_the_plain_gpt2_reference_with_the_same_intervention(string family, SiteKind kind, bool slotTerm)
     {
         var model = fixtures[family];
-        var weights = family == "torch"
+        var (architecture, weights) = family == "torch"
             ? OnnxGpt2Weights.FromTorchExport(model.SourceGraph, model.Architecture.Heads)
             : OnnxGpt2Weights.FromFusedExport(model.SourceGraph);
         var site = new Site(model.Architecture.Layers / 2, kind);
         var steering = Intervention(model, site, slotTerm);
         var rows = new[] { steering, new SteeringTensors(model.SteeringShape) };
         using var runner = model.Hooked(batch: 2);
-        var references = rows.Select(_ => new Gpt2Reference(weights, model.Architecture.ContextLength)).ToArray();
+        var references = rows.Select(_ => new Gpt2Reference(architecture, weights)).ToArray();
         var vocab = model.Architecture.VocabSize;
         var position = 0;
         foreach (var step in new[] { Prompt, Continuation })
@@ -70,7 +70,7 @@ public class SteeredReferenceTests(HookedFixtures fixtures)
             for (var b = 0; b < 2; b++)
                 for (var t = 0; t < count; t++)
                 {
-                    var expected = references[b].Forward(step[b][t], position + t, rows[b]);
+                    var expected = references[b].Forward(step[b][t], rows[b]); // at position + t
                     var actual = logits.AsSpan((b * count + t) * vocab, vocab);
                     var error = Numerics.RelativeL2(actual, expected);
                     Assert.True(error <= 1e-4, $"{family} {site} slot={slotTerm} row {b} position {position + t}: relative L2 {error}");

@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using FeatureFlow.Models.Folder;
+using FeatureFlow.Models.Formats;
 using FeatureFlow.Models.Llama2c;
 
 namespace FeatureFlow.Models.Tests.HuggingFace;
@@ -25,9 +26,9 @@ public class HfExportErrorTests : IDisposable
         ["attention biases"] = new(w => w.Config["attention_bias"] = true),
         ["missing shard"] = new(_ => { }, Shards: 2,
             AfterWrite: dir => File.Delete(Path.Combine(dir, "model-00002-of-00002.safetensors"))),
-        ["I8 tensor"] = new(w => w.RawTensor("model.norm.weight", "I8", [64], new byte[64])),
-        ["F8_E4M3 tensor"] = new(w => w.RawTensor("model.layers.0.self_attn.q_proj.weight", "F8_E4M3", [64, 64],
-            new byte[64 * 64])),
+        ["I8 tensor"] = new(w => w.RawTensor("model.norm.weight", SafeTensorsDType.I8, [64], new byte[64])),
+        ["F8_E4M3 tensor"] = new(w => w.RawTensor("model.layers.0.self_attn.q_proj.weight",
+            SafeTensorsDType.F8_E4M3, [64, 64], new byte[64 * 64])),
         ["missing tensor"] = new(w => w.Remove("model.layers.3.mlp.up_proj.weight")),
         ["shape mismatch"] = new(w => w.Tensor("model.layers.0.self_attn.k_proj.weight", new float[64 * 64], 64, 64)),
         ["unannounced biases"] = new(w => w.Tensor("model.layers.2.self_attn.q_proj.bias", new float[64], 64)

@@ -148,8 +148,8 @@ public class HfGpt2ExportTests : IDisposable
         var hooked = GraphRuns.Concat(folder.HookedGraphPath, arch, prompt, follow, steering);
         var batched = GraphRuns.Batched(folder, prompt, follow, steering);
         var plain = intervention == "none" ? GraphRuns.Concat(folder.PlainGraphPath, arch, prompt, follow) : null;
-        var reference = new HfGpt2Reference(arch, weights);
-        var unsteered = new HfGpt2Reference(arch, weights);
+        var reference = new Gpt2Reference(arch, weights);
+        var unsteered = new Gpt2Reference(arch, weights);
         int[] tokens = [.. prompt, .. follow];
         var effect = 0.0;
         for (var pos = 0; pos < tokens.Length; pos++)

@@ -1,4 +1,5 @@
 using FeatureFlow.Models.Folder;
+using FeatureFlow.Models.Formats;
 using FeatureFlow.Models.HuggingFace;
 using FeatureFlow.Models.Llama2c;
 using FeatureFlow.Onnx;
@@ -103,7 +104,8 @@ public class HfLlamaExportTests : IDisposable
         Assert.InRange(file, distinct, distinct + placed.Count * (long)ExternalDataFile.Alignment);
     }
 
-    public static TheoryData<string, int> HalfPrecisions() => new() { { "BF16", 2 }, { "F16", 1 } };
+    public static TheoryData<SafeTensorsDType, int> HalfPrecisions() =>
+        new() { { SafeTensorsDType.BF16, 2 }, { SafeTensorsDType.F16, 1 } };
 
     /// <summary>
     /// Half-precision checkpoints hold rounded weights: the export must equal the reference forward pass on exactly
@@ -111,9 +113,10 @@ public class HfLlamaExportTests : IDisposable
     /// </summary>
     [Theory]
     [MemberData(nameof(HalfPrecisions))]
-    public void A_half_precision_checkpoint_matches_the_reference_pass_on_its_rounded_weights(string dtype, int shards)
+    public void A_half_precision_checkpoint_matches_the_reference_pass_on_its_rounded_weights(SafeTensorsDType dtype,
+        int shards)
     {
-        var writer = HfTestCheckpoints.Llama(Stories, _temp.Sub(dtype));
+        var writer = HfTestCheckpoints.Llama(Stories, _temp.Sub(dtype.ToString()));
         writer.DType = dtype;
         var folder = Export(writer, shards);
         var rounded = HfCheckpointWriter.RoundTrip(Stories, dtype);
