@@ -388,10 +388,11 @@ public class BatchingTests(EngineFixture f) : IClassFixture<EngineFixture>
         var good = new GenerationRequest { PromptIds = f.Engine.EncodePrompt("Once upon a time"), MaxTokens = 30, Sampling = new SamplingOptions { Temperature = 1f, Seed = 3 } };
         var solo = await Run(f.Engine, good);
 
-        var generations = f.Engine.SubmitAll([bad, good]);
         var records = new List<GenerationRecord>();
         void OnFinished(GenerationRecord r) { lock (records) records.Add(r); }
+        // Subscribed before submitting: the bad row can fail and be reported before the next line runs.
         f.Engine.GenerationFinished += OnFinished;
+        var generations = f.Engine.SubmitAll([bad, good]);
         try
         {
             var e = await Assert.ThrowsAsync<GenerationFailedException>(async () => { await foreach (var _ in generations[0].ReadAllAsync()) { } });
