@@ -95,11 +95,20 @@ public static class ExternalData
         long minimumBytes = ExternalDataFile.DefaultMinimumBytes)
     {
         using var file = new ExternalDataFile(Path.Combine(directory, dataFile), minimumBytes);
-        foreach (var tensor in model.Graph.Initializer.Where(t => !IsExternal(t) && t.RawData.Length >= minimumBytes))
+        Externalize(model, file);
+        file.Complete();
+    }
+
+    /// <summary>
+    /// Moves the raw bytes of every initializer of at least the file's minimum size into <paramref name="file"/>, which
+    /// several graphs may share (a name already written is referenced, not written again).
+    /// </summary>
+    public static void Externalize(ModelProto model, ExternalDataFile file)
+    {
+        foreach (var tensor in model.Graph.Initializer.Where(t => !IsExternal(t) && t.RawData.Length >= file.MinimumBytes))
         {
             file.Reference(tensor, tensor.RawData.Span);
             tensor.RawData = ByteString.Empty;
         }
-        file.Complete();
     }
 }

@@ -48,7 +48,8 @@ public sealed record HuggingFaceExportRequest
     public string License { get; init; } = "";
     /// <summary>
     /// Float16 writes every graph in fused operators with float16 weights and math inside, float32 at the boundary
-    /// (<see cref="Float16Converter"/>), and no batched graphs: the folder is served row by row.
+    /// (<see cref="Float16Converter"/>), and no batched graphs: the folder is served row by row. Each graph is built
+    /// inline in memory first, then converted, then (with external weights) moved out to the shared file.
     /// </summary>
     public GraphPrecision Precision { get; init; } = GraphPrecision.Float32;
 }
@@ -154,9 +155,6 @@ public static class ModelFolderExporter
                 + "which ONNX Runtime's GroupQueryAttention needs (the batching engine cannot serve this model)");
         var external = request.ExternalWeights == ExternalWeights.Always || (request.ExternalWeights == ExternalWeights.Auto
             && checkpoint.Float32Bytes >= HuggingFaceExportRequest.AutoExternalBytes);
-        if (half && external)
-            throw new InvalidDataException("float16 output writes its weights inline for now: use --external-data Never "
-                + $"(this checkpoint has {checkpoint.Float32Bytes:N0} float32 bytes; a graph must stay under 2 GiB)");
 
         var staging = Path.Combine(Path.GetDirectoryName(output)!, $".{Path.GetFileName(output)}.partial-{Guid.NewGuid():N}");
         Directory.CreateDirectory(staging);
@@ -168,7 +166,7 @@ public static class ModelFolderExporter
             {
                 hooked = half
                     ? WriteGraphs(folder, request.Hooks, batched: false, OperatorSet.Fused, OperatorSet.Fused,
-                        options => Float16Converter.Convert(model.ExportGraph(options, name, null)))
+                        options => Float16Graph(model.ExportGraph(options, name, null), weights))
                     : WriteGraphs(folder, request.Hooks, batched, OperatorSet.Plain, model.BatchedOperators,
                         options => model.ExportGraph(options, name, weights));
                 if (weights is not null)
@@ -233,6 +231,15 @@ public static class ModelFolderExporter
                  }.Take(batched ? 4 : 2))
             folder.Write(file, OnnxModelFile.Serialize(export(options)));
         return hooked;
+    }
+
+    /// <summary>The graph in float16 (built inline, converted, then its weights moved to the shared file if any).
+    /// </summary>
+    private static Onnx.Ir.ModelProto Float16Graph(Onnx.Ir.ModelProto graph, ExternalDataFile? weights)
+    {
+        var half = Float16Converter.Convert(graph);
+        if (weights is not null) ExternalData.Externalize(half, weights);
+        return half;
     }
 
     private static void RequireNewFolder(string output)
