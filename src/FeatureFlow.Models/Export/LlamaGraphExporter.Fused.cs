@@ -57,7 +57,7 @@ public static partial class LlamaGraphExporter
             var sum = g.Op("Add", [mlp, residual]);
             var increment = SteeringHook.Increment(g, steering, site, sum);
             (xn, residual) = SkipRmsNorm(g, increment, sum, norm, weight, arch.NormEpsilon,
-                withSum: !last || options.SiteOutputs);
+                withSum: !last || options.SiteOutputs, sumName: options.SiteOutputs ? site.HookName : null);
             if (options.SiteOutputs) g.Output(residual, site.HookName, DataType.Float, B, T, d);
         }
         var classifier = arch.TiedEmbeddings
@@ -90,14 +90,14 @@ public static partial class LlamaGraphExporter
 
     /// <summary>
     /// RMSNorm(input + skip)·{norm}.weight and input + skip itself (the next residual; left unwritten when withSum is
-    /// false), named {norm}/normed and {norm}/residual.
+    /// false), named {norm}/normed and {norm}/residual (or <paramref name="sumName"/>, a site output's name).
     /// </summary>
     private static (string Normed, string Sum) SkipRmsNorm(GraphBuilder g, string input, string skip, string norm,
-        float[] weight, float eps, bool withSum = true)
+        float[] weight, float eps, bool withSum = true, string? sumName = null)
     {
         var outputs = g.DomainNode(MicrosoftDomain, "SkipSimplifiedLayerNormalization",
             [input, skip, g.Initializer($"{norm}.weight", weight, weight.Length)],
-            [$"{norm}/normed", "", "", withSum ? $"{norm}/residual" : ""], Attr.Float("epsilon", eps));
+            [$"{norm}/normed", "", "", withSum ? sumName ?? $"{norm}/residual" : ""], Attr.Float("epsilon", eps));
         return (outputs[0], outputs[3]);
     }
 

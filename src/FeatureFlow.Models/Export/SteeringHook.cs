@@ -36,8 +36,10 @@ public static class SteeringHook
         if (steering is null) return h;
         using var _ = g.Scope(Site.HookSuffix(site.Kind));
         var delta = Delta(g, steering, site, h);
-        var steered = g.Op("Add", [g.Op("Add", [h, steering.Add[site.Index]]), delta]);
-        if (!siteOutput) return steered;
+        var shifted = g.Op("Add", [h, steering.Add[site.Index]]);
+        if (!siteOutput) return g.Op("Add", [shifted, delta]);
+        // The steered value carries the site's name itself, so the output costs no Identity node per step.
+        var steered = g.Node("Add", [shifted, delta], [site.HookName])[0];
         return g.Output(steered, site.HookName, DataType.Float, B, T, d);
     }
 
