@@ -54,8 +54,6 @@ public sealed class OrtFusedGpt2Family : ResidualStreamFamily
 
     protected override ModelArchitecture Architecture(GraphEditor graph, DecoderIo io, DecoderWalk walk)
     {
-        var table = walk.Start.TokenTable;
-        int d = (int)table.Dims[1];
         var attention = walk.Blocks[0].AttentionNodes.First(IsAttention);
         var heads = (int)(attention.Attribute.FirstOrDefault(a => a.Name == "num_heads")?.I
             ?? throw new InvalidDataException($"{Describe(attention)} has no num_heads"));
@@ -63,21 +61,7 @@ public sealed class OrtFusedGpt2Family : ResidualStreamFamily
             throw new InvalidDataException($"{Describe(attention)} has num_heads {heads} but its past has "
                 + $"{io.Kv.Heads} heads");
         var embed = graph.Producer(walk.Start.Residual)!;
-        return new ModelArchitecture
-        {
-            Family = "gpt2",
-            DModel = d,
-            HiddenDim = MlpHiddenSize(graph, walk.Blocks[0], d),
-            Layers = walk.Blocks.Count,
-            Heads = heads,
-            KvHeads = heads,
-            VocabSize = (int)table.Dims[0],
-            ContextLength = (int)walk.Start.PositionTable!.Dims[0],
-            Norm = NormKind.LayerNorm,
-            NormEpsilon = embed.Attribute.FirstOrDefault(a => a.Name == "epsilon")?.F ?? 1e-12f,
-            Mlp = MlpKind.Gelu,
-            Positions = PositionEmbedding.Learned,
-            TiedEmbeddings = false,
-        };
+        return Gpt2Architecture(graph, walk, heads,
+            embed.Attribute.FirstOrDefault(a => a.Name == "epsilon")?.F ?? 1e-12f);
     }
 }

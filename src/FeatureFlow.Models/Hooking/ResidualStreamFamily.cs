@@ -170,6 +170,29 @@ public abstract class ResidualStreamFamily : IDecoderFamily
     }
 
     /// <summary>The inner (non-<paramref name="dModel"/>) size of the MLP: the other dimension of its first 2-D weight.</summary>
+    /// <summary>A GPT-2's shape as a walked graph shows it: tables, block count and MLP width from the graph.</summary>
+    protected static ModelArchitecture Gpt2Architecture(GraphEditor graph, DecoderWalk walk, int heads, float epsilon)
+    {
+        var table = walk.Start.TokenTable;
+        int d = (int)table.Dims[1];
+        return new ModelArchitecture
+        {
+            Family = "gpt2",
+            DModel = d,
+            HiddenDim = MlpHiddenSize(graph, walk.Blocks[0], d),
+            Layers = walk.Blocks.Count,
+            Heads = heads,
+            KvHeads = heads,
+            VocabSize = (int)table.Dims[0],
+            ContextLength = (int)walk.Start.PositionTable!.Dims[0],
+            Norm = NormKind.LayerNorm,
+            NormEpsilon = epsilon,
+            Mlp = MlpKind.Gelu,
+            Positions = PositionEmbedding.Learned,
+            TiedEmbeddings = false,
+        };
+    }
+
     protected static int MlpHiddenSize(GraphEditor graph, BlockWalk block, int dModel)
     {
         foreach (var node in block.MlpNodes.Reverse())

@@ -95,24 +95,8 @@ public sealed class TorchGpt2Family : ResidualStreamFamily
 
     protected override ModelArchitecture Architecture(GraphEditor graph, DecoderIo io, DecoderWalk walk)
     {
-        var table = walk.Start.TokenTable;
-        int d = (int)table.Dims[1];
         var norm = graph.Graph.Node.First(IsNorm);
-        return new ModelArchitecture
-        {
-            Family = "gpt2",
-            DModel = d,
-            HiddenDim = MlpHiddenSize(graph, walk.Blocks[0], d),
-            Layers = walk.Blocks.Count,
-            Heads = io.Kv.Heads,
-            KvHeads = io.Kv.Heads,
-            VocabSize = (int)table.Dims[0],
-            ContextLength = (int)walk.Start.PositionTable!.Dims[0],
-            Norm = NormKind.LayerNorm,
-            NormEpsilon = norm.Attribute.FirstOrDefault(a => a.Name == "epsilon")?.F ?? 1e-5f,
-            Mlp = MlpKind.Gelu,
-            Positions = PositionEmbedding.Learned,
-            TiedEmbeddings = false,
-        };
+        return Gpt2Architecture(graph, walk, io.Kv.Heads,
+            norm.Attribute.FirstOrDefault(a => a.Name == "epsilon")?.F ?? 1e-5f);
     }
 }
