@@ -24,7 +24,8 @@ public sealed class GenerationEngine : IDisposable
         Tokenizer = folder.LoadTokenizer();
         // Folders without the batched graph (hooked third-party graphs) are served row by row.
         Runner = folder.BatchedGraphPath is { } graph
-            ? new ModelRunner(graph, folder.BatchedPlainGraphPath, folder.Manifest.Architecture, options)
+            ? new ModelRunner(graph, folder.BatchedPlainGraphPath, folder.Manifest.Architecture, options,
+                folder.BatchedAddGraphPath)
             : new ConcatModelRunner(folder.HookedGraphPath, folder.PlainGraphPath, folder.Manifest.Architecture, options);
         Compiler = new SteeringCompiler(Runner.SteeringShape);
         _scheduler = new Scheduler(Runner, options);

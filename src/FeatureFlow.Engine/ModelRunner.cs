@@ -22,6 +22,7 @@ public sealed class ModelRunner : IModelRunner
 {
     private readonly Graph _hooked;
     private readonly Graph? _plain;
+    private readonly Graph? _addOnly;
     private readonly RunOptions _runOptions = new();
     private readonly RowTensor<long> _tokens, _positions;
     private readonly RowTensor<int> _seqLens;
@@ -30,13 +31,16 @@ public sealed class ModelRunner : IModelRunner
     private readonly OrtValue _totalValue;
     private readonly long[] _prefillTokens, _prefillPositions;
     private readonly float[] _lastLogits;
+    private Graph? _lastDecode;
     // Site outputs, [rows, 1, d] each, made when a row first asks to read that site.
     private readonly RowTensor<float>?[] _sites;
-    private readonly bool[] _boundSites;
 
     /// <param name="graphPath">The batched hooked graph.</param>
     /// <param name="plainGraphPath">The batched graph without hooks; null runs every step on the hooked one.</param>
-    public ModelRunner(string graphPath, string? plainGraphPath, ModelArchitecture architecture, EngineOptions options)
+    /// <param name="addOnlyGraphPath">The batched graph with add-only hooks (steering.add alone); null runs steps that
+    /// steer with add vectors only on the hooked graph.</param>
+    public ModelRunner(string graphPath, string? plainGraphPath, ModelArchitecture architecture, EngineOptions options,
+        string? addOnlyGraphPath = null)
     {
         Architecture = architecture;
         // The KV cache, steering slots and logits live in pinned host memory, bound in place. On CUDA, ONNX Runtime
@@ -61,6 +65,15 @@ public sealed class ModelRunner : IModelRunner
                 throw new InvalidDataException($"{plainGraphPath}: not a batched graph without hooks"
                     + $" (it needs {GraphNames.SeqlensK} and no steering inputs)");
         }
+        if (addOnlyGraphPath is not null)
+        {
+            _addOnly = new Graph(SessionFactory.Create(addOnlyGraphPath, cpu).Session);
+            var addInputs = _addOnly.Session.InputMetadata;
+            if (!addInputs.ContainsKey(GraphNames.SeqlensK) || !addInputs.ContainsKey(GraphNames.SteeringAdd)
+                || addInputs.ContainsKey(GraphNames.SteeringEncoder))
+                throw new InvalidDataException($"{addOnlyGraphPath}: not a batched graph with add-only hooks (it needs "
+                    + $"{GraphNames.SeqlensK} and {GraphNames.SteeringAdd}, and no other steering input)");
+        }
         SteeringShape = new SteeringShape(architecture.Layers, architecture.DModel, inputs[GraphNames.SteeringDecoder].Dimensions[2]);
         Rows = options.MaxBatchRows;
         Cache = new KvCache(architecture, Rows, options.KvTokenBudget ?? (long)Rows * architecture.ContextLength);
@@ -74,7 +87,7 @@ public sealed class ModelRunner : IModelRunner
         _prefillPositions = GC.AllocateArray<long>(architecture.ContextLength, pinned: true);
         _lastLogits = new float[architecture.VocabSize];
         _sites = new RowTensor<float>?[SteeringShape.Sites];
-        _boundSites = new bool[SteeringShape.Sites];
+        foreach (var graph in new[] { _hooked, _addOnly }) graph?.ReadsSites(SteeringShape.Sites);
     }
 
     public ModelArchitecture Architecture { get; }
@@ -87,6 +100,8 @@ public sealed class ModelRunner : IModelRunner
     public SteeringSlots Steering { get; }
     /// <summary>Whether the last prefill or decode step ran the graph without hooks.</summary>
     public bool LastStepPlain { get; private set; }
+    /// <summary>Whether the last prefill or decode step ran the graph with add-only hooks.</summary>
+    public bool LastStepAddOnly { get; private set; }
 
     /// <summary>The token the row in <paramref name="slot"/> feeds at the next decode step.</summary>
     public void SetNextToken(int slot, int token) => _tokens.Row(slot)[0] = token;
@@ -119,15 +134,14 @@ public sealed class ModelRunner : IModelRunner
         _total[0] = count;
         using var ids = OrtValue.CreateTensorValueFromMemory(OrtMemoryInfo.DefaultInstance, new Memory<long>(_prefillTokens, 0, count), [1, count]);
         using var positions = OrtValue.CreateTensorValueFromMemory(OrtMemoryInfo.DefaultInstance, new Memory<long>(_prefillPositions, 0, count), [1, count]);
-        var graph = _plain is not null && readout.Count == 0 && Steering.IsIdentity(slot) ? _plain : _hooked;
+        var graph = Choose(Steering.IsIdentity(slot), Steering.IsAddOnly(slot), readout.Count > 0);
         var binding = graph.Prefill;
         // Prefill logits [1, T, vocab] vary in size: ONNX Runtime allocates them (once per request, not per token).
         binding.BindOutputToDevice(GraphNames.Logits, OrtMemoryInfo.DefaultInstance);
-        Bind(binding, ids, positions, _seqLens.RowValue(slot), Cache.Row(slot),
-            graph == _hooked ? Steering.Row(slot) : null, logits: null);
+        Bind(binding, graph, ids, positions, _seqLens.RowValue(slot), Cache.Row(slot), Steering.Row(slot), logits: null);
         foreach (var site in readout) binding.BindOutputToDevice(site.HookName, OrtMemoryInfo.DefaultInstance);
         graph.Session.RunWithBinding(_runOptions, binding);
-        LastStepPlain = graph == _plain;
+        (LastStepPlain, LastStepAddOnly) = (graph == _plain, graph == _addOnly);
         using (var outputs = binding.GetOutputValues())
         {
             var vocab = Architecture.VocabSize;
@@ -162,11 +176,10 @@ public sealed class ModelRunner : IModelRunner
             longest = Math.Max(longest, past + 1);
         }
         _total[0] = longest;
-        var reading = siteReaders.ContainsAnyExcept(0);
-        var graph = _plain is not null && !reading && Steering.AllIdentity(rows) ? _plain : _hooked;
+        var graph = Choose(Steering.AllIdentity(rows), Steering.AllAddOnly(rows), siteReaders.ContainsAnyExcept(0));
         var sitesChanged = false;
-        if (graph == _hooked)
-            for (var s = 0; s < _boundSites.Length; s++) sitesChanged |= _boundSites[s] != siteReaders[s] > 0;
+        if (graph.BoundSites is { } bound)
+            for (var s = 0; s < bound.Length; s++) sitesChanged |= bound[s] != siteReaders[s] > 0;
         if (graph.DecodeRows != rows || sitesChanged)
         {
             // Views of a prefix are made once per row count, and each graph keeps its own binding, so a binding
@@ -174,13 +187,13 @@ public sealed class ModelRunner : IModelRunner
             var binding = graph.Decode;
             binding.ClearBoundInputs();
             binding.ClearBoundOutputs();
-            Bind(binding, _tokens.Prefix(rows), _positions.Prefix(rows), _seqLens.Prefix(rows), Cache.Prefix(rows),
-                graph == _hooked ? Steering.Prefix(rows) : null, _logits.Prefix(rows));
-            if (graph == _hooked)
-                for (var s = 0; s < _boundSites.Length; s++)
+            Bind(binding, graph, _tokens.Prefix(rows), _positions.Prefix(rows), _seqLens.Prefix(rows),
+                Cache.Prefix(rows), Steering.Prefix(rows), _logits.Prefix(rows));
+            if (graph.BoundSites is { } sites)
+                for (var s = 0; s < sites.Length; s++)
                 {
-                    _boundSites[s] = siteReaders[s] > 0;
-                    if (_boundSites[s])
+                    sites[s] = siteReaders[s] > 0;
+                    if (sites[s])
                     {
                         _sites[s] ??= new RowTensor<float>(Rows, 1, Architecture.DModel);
                         binding.BindOutput(Site.FromIndex(s).HookName, _sites[s]!.Prefix(rows));
@@ -189,20 +202,31 @@ public sealed class ModelRunner : IModelRunner
             graph.DecodeRows = rows;
         }
         graph.Session.RunWithBinding(_runOptions, graph.Decode);
-        LastStepPlain = graph == _plain;
+        (LastStepPlain, LastStepAddOnly) = (graph == _plain, graph == _addOnly);
+        _lastDecode = graph;
         for (var i = 0; i < rows; i++) Cache.Ledger.Advance(i, 1);
         return _logits.Leading(rows);
     }
 
     /// <summary>The value at <paramref name="site"/> of the row in <paramref name="slot"/> from the last decode step.</summary>
-    public ReadOnlySpan<float> SiteValue(Site site, int slot) => !LastStepPlain && _boundSites[site.Index]
+    public ReadOnlySpan<float> SiteValue(Site site, int slot) => _lastDecode?.BoundSites?[site.Index] == true
         ? _sites[site.Index]!.Row(slot)
         : throw new InvalidOperationException($"{site} was not read out");
 
-    /// <summary>Binds a step's inputs and outputs; <paramref name="steering"/> is null for the graph without hooks.
+    /// <summary>
+    /// The graph for a step: without hooks when nothing steers or is read, with add-only hooks when the rows steer with
+    /// add vectors alone, otherwise the full hooks. All give a row the same bits (all-zero steering is each hook's
+    /// identity; zero feature slots make the full hook h + add + 0).
     /// </summary>
-    private void Bind(OrtIoBinding binding, OrtValue ids, OrtValue positions, OrtValue seqLens, OrtValue[] kv,
-        OrtValue[]? steering, OrtValue? logits)
+    private Graph Choose(bool identity, bool addOnly, bool reading) =>
+        _plain is not null && identity && !reading ? _plain
+        : _addOnly is not null && addOnly ? _addOnly
+        : _hooked;
+
+    /// <summary>Binds a step's inputs and outputs: the steering inputs <paramref name="graph"/> takes (none, add
+    /// alone, or all four).</summary>
+    private void Bind(OrtIoBinding binding, Graph graph, OrtValue ids, OrtValue positions, OrtValue seqLens,
+        OrtValue[] kv, OrtValue[] steering, OrtValue? logits)
     {
         binding.BindInput(GraphNames.InputIds, ids);
         binding.BindInput(GraphNames.PositionIds, positions);
@@ -216,9 +240,9 @@ public sealed class ModelRunner : IModelRunner
             binding.BindOutput(GraphNames.PresentKey(l), kv[2 * l]);
             binding.BindOutput(GraphNames.PresentValue(l), kv[2 * l + 1]);
         }
-        if (steering is not null)
+        if (graph != _plain) binding.BindInput(GraphNames.SteeringAdd, steering[0]);
+        if (graph == _hooked)
         {
-            binding.BindInput(GraphNames.SteeringAdd, steering[0]);
             binding.BindInput(GraphNames.SteeringEncoder, steering[1]);
             binding.BindInput(GraphNames.SteeringDecoder, steering[2]);
             binding.BindInput(GraphNames.SteeringCoefficients, steering[3]);
@@ -230,6 +254,7 @@ public sealed class ModelRunner : IModelRunner
     {
         _hooked.Dispose();
         _plain?.Dispose();
+        _addOnly?.Dispose();
         _runOptions.Dispose();
         _totalValue.Dispose();
         Cache.Dispose();
@@ -246,6 +271,10 @@ public sealed class ModelRunner : IModelRunner
         public OrtIoBinding Prefill { get; } = session.CreateIoBinding();
         /// <summary>The row count <see cref="Decode"/> holds views for; −1 until its first step.</summary>
         public int DecodeRows { get; set; } = -1;
+        /// <summary>Per site, whether <see cref="Decode"/> binds its output; null for the graph without hooks.</summary>
+        public bool[]? BoundSites { get; private set; }
+
+        public void ReadsSites(int sites) => BoundSites = new bool[sites];
 
         public void Dispose()
         {

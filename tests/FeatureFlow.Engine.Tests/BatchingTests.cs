@@ -153,6 +153,39 @@ public class BatchingTests(EngineFixture f) : IClassFixture<EngineFixture>
     }
 
     /// <summary>
+    /// A row that steers with add vectors alone runs the graph with add-only hooks, alone or beside unsteered rows; beside
+    /// a row with a rescale term the step runs the full hooks — and the add-only row gets the same bits either way.
+    /// </summary>
+    [Fact]
+    public async Task Add_only_rows_run_the_add_only_graph_with_the_bits_of_the_full_hooks()
+    {
+        var addOnly = new GenerationRequest
+        {
+            PromptIds = f.Engine.EncodePrompt("Once upon a time"), MaxTokens = 40,
+            Sampling = new SamplingOptions { Temperature = 1f, Seed = 9 },
+            Steering = new([new SteeringTerm(new Site(2, SiteKind.ResidPost), SteeringOperation.Add, 4f, Feature(1)),
+                new SteeringTerm(new Site(0, SiteKind.AttnOut), SteeringOperation.Add, 2f, Feature(5))]),
+        };
+        var rescaled = addOnly with
+        {
+            MaxTokens = 60, Sampling = new SamplingOptions { Temperature = 0f },
+            Steering = new([new SteeringTerm(new Site(1, SiteKind.MlpOut), SteeringOperation.Rescale, -2f, Feature(2))]),
+        };
+        var before = f.Engine.Figures();
+        var solo = await Run(f.Engine, addOnly);
+        var alone = f.Engine.Figures();
+        Assert.Equal(alone.DecodeSteps - before.DecodeSteps, alone.AddOnlyDecodeSteps - before.AddOnlyDecodeSteps);
+
+        // Queued together, so the add-only row's 40 tokens all decode beside the rescaled row's 60.
+        var generations = f.Engine.SubmitAll([rescaled, addOnly]);
+        var together = await Task.WhenAll(generations.Select(Collect));
+        var after = f.Engine.Figures();
+        Assert.Equal(0, after.AddOnlyDecodeSteps - alone.AddOnlyDecodeSteps);
+        Assert.Equal(solo.Ids, together[1].Ids);
+        Assert.Equal(Bits(solo.LogProbs), Bits(together[1].LogProbs));
+    }
+
+    /// <summary>
     /// Unsteered rows decode throughout while waves of steered rows (and an unsteered one reading a site out) join
     /// when the first row reaches given token counts and leave a few tokens later, so the rows' steps switch between
     /// the graph without hooks and the hooked one several times. Every row must still give its solo run's bits.
@@ -230,7 +263,7 @@ public class BatchingTests(EngineFixture f) : IClassFixture<EngineFixture>
         var dir = Directory.CreateTempSubdirectory("featureflow-no-plain-batched-").FullName;
         try
         {
-            var manifest = f.Folder.Manifest with { Graphs = f.Folder.Manifest.Graphs with { BatchedPlain = null } };
+            var manifest = f.Folder.Manifest with { Graphs = f.Folder.Manifest.Graphs with { BatchedPlain = null, BatchedAdd = null } };
             File.WriteAllText(Path.Combine(dir, Models.Folder.ModelManifest.FileName), manifest.ToJson());
             var graphs = manifest.Graphs;
             foreach (var file in new[] { graphs.Hooked, graphs.Plain, graphs.Batched!, manifest.Tokenizer.File })

@@ -69,16 +69,19 @@ public static partial class LlamaGraphExporter
         var attention = layout == KvCacheLayout.SharedBuffer
             ? RotaryInsideAttention(arch) ? "GroupQueryAttention with rotary" : "RotaryEmbedding, GroupQueryAttention"
             : "RotaryEmbedding, MultiHeadAttention";
-        var doc = $"Llama decoder ({(steering is null ? "no hooks" : "with FeatureFlow steering hooks at every site")}) "
+        var hooks = steering is null ? "no hooks" : steering.AddOnly ? "with add-only FeatureFlow steering hooks (h + add)"
+            : "with FeatureFlow steering hooks at every site";
+        var doc = $"Llama decoder ({hooks}) "
             + "in ONNX Runtime's fused operators: SimplifiedLayerNormalization, SkipSimplifiedLayerNormalization, "
             + $"packed Q/K/V MatMul, {attention}.";
         List<KeyValuePair<string, string>> metadata =
         [
             new("featureflow.hooks", steering is null ? "false" : "true"),
-            new("featureflow.slots_per_site", steering is null ? "0"
+            new("featureflow.slots_per_site", steering is null || steering.AddOnly ? "0"
                 : options.SlotsPerSite.ToString(System.Globalization.CultureInfo.InvariantCulture)),
             new("featureflow.operators", "fused"),
         ];
+        if (steering is { AddOnly: true }) metadata.Add(new("featureflow.hook_form", "add_only"));
         if (layout == KvCacheLayout.SharedBuffer) metadata.Add(new("featureflow.kv_layout", "shared_buffer"));
         return g.Build(new OnnxModelOptions
         {

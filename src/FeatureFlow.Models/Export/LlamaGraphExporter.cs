@@ -228,7 +228,9 @@ public static partial class LlamaGraphExporter
             pastKeys[l] = g.Input(GraphNames.PastKey(l), DataType.Float, B, kvHeads, shared ? M : P, hs);
             pastValues[l] = g.Input(GraphNames.PastValue(l), DataType.Float, B, kvHeads, shared ? M : P, hs);
         }
-        var steering = options.Hooks ? SteeringHook.DeclareInputs(g, sites, d, k) : null;
+        var steering = !options.Hooks ? null
+            : options.AddOnly ? SteeringHook.DeclareAddInput(g, sites, d)
+            : SteeringHook.DeclareInputs(g, sites, d, k);
         return new DecoderInputs(inputIds, attentionMask, positionIds, seqlensK, totalLength, pastKeys, pastValues,
             steering);
     }

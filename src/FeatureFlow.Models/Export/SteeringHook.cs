@@ -27,6 +27,14 @@ public static class SteeringHook
             g.Input(GraphNames.SteeringCoefficients, DataType.Float, B, sites, GraphNames.CoefficientRows, slots));
 
     /// <summary>
+    /// An add-only graph's steering: <see cref="GraphNames.SteeringAdd"/> alone, split per site. Its hooks are h + add,
+    /// the same bits as the full hook for rows whose other steering inputs are zero
+    /// (<c>SteeringTensors.IsAddOnly</c>), at one operator per site instead of eleven.
+    /// </summary>
+    public static SiteSlices DeclareAddInput(GraphBuilder g, int sites, int d, long opset = 17) =>
+        SiteSlices.SplitAdd(g, sites, opset, g.Input(GraphNames.SteeringAdd, DataType.Float, B, sites, d));
+
+    /// <summary>
     /// The hook at <paramref name="site"/> on the float32 value <paramref name="h"/> [B, T, d]; returns the steered
     /// value (named after the site and declared a graph output when <paramref name="siteOutput"/>), or
     /// <paramref name="h"/> itself when the graph has no steering.
@@ -35,6 +43,11 @@ public static class SteeringHook
     {
         if (steering is null) return h;
         using var _ = g.Scope(Site.HookSuffix(site.Kind));
+        if (steering.AddOnly)
+            return siteOutput
+                ? g.Output(g.Node("Add", [h, steering.Add[site.Index]], [site.HookName])[0], site.HookName,
+                    DataType.Float, B, T, d)
+                : g.Op("Add", [h, steering.Add[site.Index]]);
         var delta = Delta(g, steering, site, h);
         var shifted = g.Op("Add", [h, steering.Add[site.Index]]);
         if (!siteOutput) return g.Op("Add", [shifted, delta]);
@@ -51,6 +64,8 @@ public static class SteeringHook
     public static string Increment(GraphBuilder g, SiteSlices steering, Site site, string h)
     {
         using var _ = g.Scope(Site.HookSuffix(site.Kind));
+        // [B, 1, d] add broadcast to h's [B, T, d], the shape a fused norm's input must have.
+        if (steering.AddOnly) return g.Op("Expand", [steering.Add[site.Index], g.Op("Shape", [h])]);
         var delta = Delta(g, steering, site, h);
         return g.Op("Add", [steering.Add[site.Index], delta]);
     }
@@ -76,6 +91,18 @@ public static class SteeringHook
 /// </summary>
 public sealed record SiteSlices(string[] Add, string[] Encoder, string[] Decoder, string[][] Rows)
 {
+    /// <summary>An add-only graph's slices (<see cref="SteeringHook.DeclareAddInput"/>): no encoder, decoder or rows.</summary>
+    public bool AddOnly => Encoder.Length == 0;
+
+    public static SiteSlices SplitAdd(GraphBuilder g, int sites, long opset, string add)
+    {
+        using var _ = g.Scope("steering");
+        var pieces = opset >= 18
+            ? g.Op("Split", [add], sites, Attr.Int("axis", 1), Attr.Int("num_outputs", sites))
+            : g.Op("Split", [add], sites, Attr.Int("axis", 1));
+        return new SiteSlices(pieces, [], [], []);
+    }
+
     public static SiteSlices Split(GraphBuilder g, int sites, long opset, string add, string encoder, string decoder,
         string coefficients)
     {
