@@ -4,9 +4,10 @@ using System.Text.Json.Nodes;
 namespace FeatureFlow.Models.Hooking;
 
 /// <summary>
-/// What the JSON files shipped beside a third-party graph say about it: Hugging Face <c>config.json</c> and
-/// onnxruntime-genai's <c>genai_config.json</c>. Used to cross-check the block count found in the graph and for the
-/// tokenizer's special ids; the graph's structure stays the authority for everything else.
+/// What the JSON files shipped beside a third-party graph say about it: the block counts in Hugging Face
+/// <c>config.json</c> and onnxruntime-genai's <c>genai_config.json</c>, to cross-check the block count found in the
+/// graph, and the tokenizer's special ids (<see cref="Folder.HfModelMetadata"/>); the graph's structure stays the
+/// authority for everything else.
 /// </summary>
 public sealed record SourceModelConfig(IReadOnlyList<(string Source, int Layers)> LayerCounts, int? BosId, int? EosId)
 {
@@ -15,22 +16,14 @@ public sealed record SourceModelConfig(IReadOnlyList<(string Source, int Layers)
     public static SourceModelConfig Read(string directory)
     {
         var layers = new List<(string, int)>();
-        int? bos = null, eos = null;
         if (Load(directory, HuggingFaceFile) is { } hf)
-        {
             foreach (var key in new[] { "n_layer", "num_hidden_layers" })
                 if (Int(hf[key]) is { } n) layers.Add(($"{HuggingFaceFile} {key} = {n}", n));
-            bos = Int(hf["bos_token_id"]);
-            eos = Int(hf["eos_token_id"]);
-        }
-        if (Load(directory, GenAiFile)?["model"] is JsonObject genai)
-        {
-            if (Int(genai["decoder"]?["num_hidden_layers"]) is { } n) layers.Add(($"{GenAiFile} "
-                + $"model.decoder.num_hidden_layers = {n}", n));
-            bos ??= Int(genai["bos_token_id"]);
-            eos ??= Int(genai["eos_token_id"]);
-        }
-        return new SourceModelConfig(layers, bos, eos);
+        if (Load(directory, GenAiFile)?["model"] is JsonObject genai
+            && Int(genai["decoder"]?["num_hidden_layers"]) is { } layerCount)
+            layers.Add(($"{GenAiFile} model.decoder.num_hidden_layers = {layerCount}", layerCount));
+        var metadata = Folder.HfModelMetadata.Read(directory);
+        return new SourceModelConfig(layers, metadata.BosId, metadata.EosIds.Count > 0 ? metadata.EosIds[0] : null);
     }
 
     /// <summary>Refuses a graph whose block count disagrees with any config beside it, naming both.</summary>
