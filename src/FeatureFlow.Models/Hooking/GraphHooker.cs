@@ -27,15 +27,20 @@ public sealed record HookedGraph(ModelProto Model, RecognizedDecoder Decoder, De
 /// </summary>
 public static class GraphHooker
 {
-    /// <summary>Fused families first: a fused graph also contains the plain operators a plain family looks for.</summary>
+    /// <summary>
+    /// Fused families first: a fused graph also contains the plain operators a plain family looks for. The plain
+    /// Llama family claims no graph with a LayerNormalization, so it cannot take a torch GPT-2 either way; it goes last.
+    /// </summary>
     public static IReadOnlyList<IDecoderFamily> Families { get; } =
-        [new OrtFusedGpt2Family(), new ModelBuilderLlamaFamily(), new TorchGpt2Family()];
+        [new OrtFusedGpt2Family(), new ModelBuilderLlamaFamily(), new TorchGpt2Family(), new PlainLlamaFamily()];
 
     public const string FloatCastNote =
         "steering inputs stay float32; each hook Casts the float16 site value to float32, applies the hook in float32 "
         + "and Casts the result back to float16 (site outputs are float32)";
 
-    public static HookedGraph Hook(ModelProto source, HookOptions options)
+    /// <param name="hints">What the source folder's configs say (<see cref="SourceModelConfig.Hints"/>); families
+    /// whose graphs carry everything ignore them.</param>
+    public static HookedGraph Hook(ModelProto source, HookOptions options, SourceHints? hints = null)
     {
         if (options.SlotsPerSite < 1) throw new ArgumentException($"slots per site must be at least 1; got "
             + $"{options.SlotsPerSite}");
@@ -47,7 +52,7 @@ public static class GraphHooker
         var io = DecoderIoDetector.Detect(model.Graph);
         var raisedFrom = OpsetRequirement.Ensure(model);
         var prefix = graph.UniquePrefix("featureflow");
-        var decoder = family.Recognize(graph, io, prefix);
+        var decoder = family.Recognize(graph, io, prefix, hints ?? SourceHints.None);
         CheckKvLayers(model.Graph, io, decoder.Architecture.Layers);
         InsertHooks(graph, decoder, prefix, options, OpsetRequirement.Of(model));
         graph.SortTopologically();

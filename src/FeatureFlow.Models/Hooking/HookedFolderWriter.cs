@@ -57,13 +57,13 @@ public static class HookedFolderWriter
                 throw new FileNotFoundException($"external data file {file} named by {graphFile} is missing from "
                     + $"{sourceDir}");
 
-        var hooked = GraphHooker.Hook(source, request.Options);
+        var config = SourceModelConfig.Read(sourceDir);
+        var hooked = GraphHooker.Hook(source, request.Options, config.Hints);
         var decoder = hooked.Decoder;
         var arch = decoder.Architecture;
         progress($"recognised {decoder.Family}: {arch.Layers} blocks, d_model {arch.DModel}, {arch.Heads} heads, "
             + $"vocab {arch.VocabSize}, "
             + $"{DecoderIoDetector.TypeName(decoder.FloatType)}, KV {hooked.Io.Kv.Packing}");
-        var config = SourceModelConfig.Read(sourceDir);
         config.CheckLayers(arch.Layers, graphFile);
         if (config.LayerCounts.Count > 0) progress($"block count agrees with "
             + $"{string.Join(" and ", config.LayerCounts.Select(c => c.Source))}");

@@ -21,9 +21,19 @@ public interface IDecoderFamily
     /// <summary>
     /// Finds every site, splitting fused nodes that hide one into equivalent plain operators (new names start with
     /// <paramref name="prefix"/>). Throws <see cref="InvalidDataException"/> naming what it expected and what it found
-    /// (op type and node name) when the structure is not the family's; it never guesses.
+    /// (op type and node name) when the structure is not the family's; it never guesses. <paramref name="hints"/> fill
+    /// in what a family's graphs do not carry (a plain Llama's context length); the graph stays the authority.
     /// </summary>
-    RecognizedDecoder Recognize(GraphEditor graph, DecoderIo io, string prefix);
+    RecognizedDecoder Recognize(GraphEditor graph, DecoderIo io, string prefix, SourceHints hints);
+}
+
+/// <summary>
+/// What the configs beside a graph say that some graphs do not show: the context length (no table or cache sized by
+/// it) and rope theta (rotary frequencies folded into cos/sin tables). Null when no config says it.
+/// </summary>
+public sealed record SourceHints(int? ContextLength = null, float? RopeTheta = null)
+{
+    public static SourceHints None { get; } = new();
 }
 
 /// <summary>What recognising a graph yields: its shape, its float type and where each site's value is.</summary>

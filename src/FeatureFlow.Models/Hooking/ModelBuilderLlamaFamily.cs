@@ -44,7 +44,8 @@ public sealed class ModelBuilderLlamaFamily : ResidualStreamFamily
     protected override ResidualStep? Step(GraphEditor graph, string residual, string prefix, List<string> rewrites) =>
         SkipNormSplitter.SimplifiedLayerNorm.SplitStep(graph, residual, prefix, rewrites);
 
-    protected override ModelArchitecture Architecture(GraphEditor graph, DecoderIo io, DecoderWalk walk)
+    protected override ModelArchitecture Architecture(GraphEditor graph, DecoderIo io, DecoderWalk walk,
+        SourceHints hints)
     {
         var table = walk.Start.TokenTable;
         int d = (int)table.Dims[1];

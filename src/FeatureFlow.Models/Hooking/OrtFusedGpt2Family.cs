@@ -52,7 +52,8 @@ public sealed class OrtFusedGpt2Family : ResidualStreamFamily
     protected override ResidualStep? Step(GraphEditor graph, string residual, string prefix, List<string> rewrites) =>
         SkipNormSplitter.LayerNorm.SplitStep(graph, residual, prefix, rewrites);
 
-    protected override ModelArchitecture Architecture(GraphEditor graph, DecoderIo io, DecoderWalk walk)
+    protected override ModelArchitecture Architecture(GraphEditor graph, DecoderIo io, DecoderWalk walk,
+        SourceHints hints)
     {
         var attention = walk.Blocks[0].AttentionNodes.First(IsAttention);
         var heads = (int)(attention.Attribute.FirstOrDefault(a => a.Name == "num_heads")?.I

@@ -42,9 +42,10 @@ public abstract class ResidualStreamFamily : IDecoderFamily
     protected abstract bool IsAttention(NodeProto node);
 
     /// <summary>The architecture the walk shows, completed from the family's own nodes and the KV inputs.</summary>
-    protected abstract ModelArchitecture Architecture(GraphEditor graph, DecoderIo io, DecoderWalk walk);
+    protected abstract ModelArchitecture Architecture(GraphEditor graph, DecoderIo io, DecoderWalk walk,
+        SourceHints hints);
 
-    public RecognizedDecoder Recognize(GraphEditor graph, DecoderIo io, string prefix)
+    public RecognizedDecoder Recognize(GraphEditor graph, DecoderIo io, string prefix, SourceHints hints)
     {
         var walk = Walk(graph, io, prefix);
         var floatType = (DataType)walk.Start.TokenTable.DataType;
@@ -58,7 +59,7 @@ public abstract class ResidualStreamFamily : IDecoderFamily
             sites.Add(new SiteTap(new Site(l, SiteKind.MlpOut), block.Mlp.Branch, block.Mlp.Found));
             sites.Add(new SiteTap(new Site(l, SiteKind.ResidPost), block.Mlp.Sum, block.Mlp.SumFound));
         }
-        return new RecognizedDecoder(Name, Architecture(graph, io, walk), floatType, sites, walk.Rewrites);
+        return new RecognizedDecoder(Name, Architecture(graph, io, walk, hints), floatType, sites, walk.Rewrites);
     }
 
     private DecoderWalk Walk(GraphEditor graph, DecoderIo io, string prefix)

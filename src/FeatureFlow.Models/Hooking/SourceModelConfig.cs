@@ -6,24 +6,29 @@ namespace FeatureFlow.Models.Hooking;
 /// <summary>
 /// What the JSON files shipped beside a third-party graph say about it: the block counts in Hugging Face
 /// <c>config.json</c> and onnxruntime-genai's <c>genai_config.json</c>, to cross-check the block count found in the
-/// graph, and the tokenizer's special ids (<see cref="Folder.HfModelMetadata"/>); the graph's structure stays the
-/// authority for everything else.
+/// graph, the tokenizer's special ids (<see cref="Folder.HfModelMetadata"/>) and the <see cref="Hints"/> some graphs
+/// do not carry; the graph's structure stays the authority for everything else.
 /// </summary>
-public sealed record SourceModelConfig(IReadOnlyList<(string Source, int Layers)> LayerCounts, int? BosId, int? EosId)
+public sealed record SourceModelConfig(IReadOnlyList<(string Source, int Layers)> LayerCounts, int? BosId, int? EosId,
+    SourceHints Hints)
 {
     public const string HuggingFaceFile = "config.json", GenAiFile = "genai_config.json";
 
     public static SourceModelConfig Read(string directory)
     {
         var layers = new List<(string, int)>();
-        if (Load(directory, HuggingFaceFile) is { } hf)
+        var hf = Load(directory, HuggingFaceFile);
+        if (hf is not null)
             foreach (var key in new[] { "n_layer", "num_hidden_layers" })
                 if (Int(hf[key]) is { } n) layers.Add(($"{HuggingFaceFile} {key} = {n}", n));
         if (Load(directory, GenAiFile)?["model"] is JsonObject genai
             && Int(genai["decoder"]?["num_hidden_layers"]) is { } layerCount)
             layers.Add(($"{GenAiFile} model.decoder.num_hidden_layers = {layerCount}", layerCount));
         var metadata = Folder.HfModelMetadata.Read(directory);
-        return new SourceModelConfig(layers, metadata.BosId, metadata.EosIds.Count > 0 ? metadata.EosIds[0] : null);
+        var ropeTheta = hf?["rope_theta"] is JsonValue v && v.TryGetValue<double>(out var theta) ? (float)theta
+            : (float?)null;
+        return new SourceModelConfig(layers, metadata.BosId, metadata.EosIds.Count > 0 ? metadata.EosIds[0] : null,
+            new SourceHints(metadata.ContextLength, ropeTheta));
     }
 
     /// <summary>Refuses a graph whose block count disagrees with any config beside it, naming both.</summary>

@@ -93,7 +93,8 @@ public sealed class TorchGpt2Family : ResidualStreamFamily
             : throw new InvalidDataException($"expected {what} to read '{value}'; found {Describe(graph.Consumers(value))}");
     }
 
-    protected override ModelArchitecture Architecture(GraphEditor graph, DecoderIo io, DecoderWalk walk)
+    protected override ModelArchitecture Architecture(GraphEditor graph, DecoderIo io, DecoderWalk walk,
+        SourceHints hints)
     {
         var norm = graph.Graph.Node.First(IsNorm);
         return Gpt2Architecture(graph, walk, io.Kv.Heads,
