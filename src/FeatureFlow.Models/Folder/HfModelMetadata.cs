@@ -31,13 +31,16 @@ public sealed record HfModelMetadata
     public string? ChatTemplate { get; init; }
     public bool HasChatTemplate => ChatTemplate is not null;
 
+    /// <summary>The files read, in the order their values win.</summary>
+    public static IReadOnlyList<string> Files { get; } =
+        [GenAiConfig.FileName, GenerationConfigFile, ConfigFile, TokenizerConfigFile];
+
     public static HfModelMetadata Read(string directory)
     {
-        string[] names = [GenAiConfig.FileName, GenerationConfigFile, ConfigFile, TokenizerConfigFile];
-        var files = names.Select(name => Path.Combine(directory, name)).Where(File.Exists).ToArray();
+        var files = Files.Select(name => Path.Combine(directory, name)).Where(File.Exists).ToArray();
         if (files.Length == 0)
             throw new FileNotFoundException(
-                $"{directory}: none of {string.Join(", ", names)} is there");
+                $"{directory}: none of {string.Join(", ", Files)} is there");
         var documents = files.Select(HfJson.Parse).ToArray();
         try
         {

@@ -24,7 +24,10 @@ public sealed record SourceModelConfig(IReadOnlyList<(string Source, int Layers)
         if (Load(directory, GenAiFile)?["model"] is JsonObject genai
             && Int(genai["decoder"]?["num_hidden_layers"]) is { } layerCount)
             layers.Add(($"{GenAiFile} model.decoder.num_hidden_layers = {layerCount}", layerCount));
-        var metadata = Folder.HfModelMetadata.Read(directory);
+        // A folder without any config still has its graph recognised first (the clearer error); its missing token
+        // ids are refused after that.
+        var metadata = Folder.HfModelMetadata.Files.Any(f => File.Exists(Path.Combine(directory, f)))
+            ? Folder.HfModelMetadata.Read(directory) : new Folder.HfModelMetadata();
         var ropeTheta = hf?["rope_theta"] is JsonValue v && v.TryGetValue<double>(out var theta) ? (float)theta
             : (float?)null;
         return new SourceModelConfig(layers, metadata.BosId, metadata.EosIds.Count > 0 ? metadata.EosIds[0] : null,
