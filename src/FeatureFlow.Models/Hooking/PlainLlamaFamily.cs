@@ -97,7 +97,7 @@ public sealed class PlainLlamaFamily : ResidualStreamFamily
         };
     }
 
-    /// <summary>The RMSNorm that reads <paramref name="x"/>: its output (after the weight) and its ε; null if none.</summary>
+    /// <summary>The RMSNorm reading <paramref name="x"/>: its output (after the weight) and ε; null if none.</summary>
     private static (string Output, float Epsilon)? RmsNorm(GraphEditor graph, string x)
     {
         foreach (var square in Readers(graph, x).Where(n => Squared(graph, n) == x))
@@ -115,7 +115,7 @@ public sealed class PlainLlamaFamily : ResidualStreamFamily
         return null;
     }
 
-    /// <summary>x / √(mean + ε) as Reciprocal + Mul(x), Div(1, ·) + Mul(x) or Div(x, ·); its value, or null.</summary>
+    /// <summary>x / √(mean + ε) as Reciprocal + Mul(x), Div(1, ·) + Mul(x) or Div(x, ·); null if none.</summary>
     private static string? Normalised(GraphEditor graph, string x, string root)
     {
         foreach (var node in Readers(graph, root))
@@ -151,7 +151,8 @@ public sealed class PlainLlamaFamily : ResidualStreamFamily
     private static int QueryWidth(GraphEditor graph, BlockWalk block, string norm, int kvDim)
     {
         var widths = block.AttentionNodes
-            .Where(n => n.OpType is "MatMul" && n.Input[0] == norm && graph.Initializer(n.Input[1]) is { Dims.Count: 2 })
+            .Where(n => n.OpType is "MatMul" && n.Input[0] == norm
+                && graph.Initializer(n.Input[1]) is { Dims.Count: 2 })
             .Select(n => (int)graph.Initializer(n.Input[1])!.Dims[1]).ToArray();
         var width = widths.Length switch
         {
@@ -213,7 +214,7 @@ public sealed class PlainLlamaFamily : ResidualStreamFamily
         return (float)theta;
     }
 
-    /// <summary>Whether the logits MatMul reads the token table (transposed, or via Gemm transB) rather than its own.</summary>
+    /// <summary>Whether the logits MatMul reads the token table (transposed, or by Gemm transB), not its own.</summary>
     private static bool ClassifierIsTokenTable(GraphEditor graph, DecoderIo io, TensorProto table)
     {
         var logits = graph.Producer(SkipViews(graph, io.Logits.Name))!;
@@ -222,7 +223,7 @@ public sealed class PlainLlamaFamily : ResidualStreamFamily
         return weight == table.Name;
     }
 
-    /// <summary>The numbers of a constant (initializer or Constant node) of a float or integer type; null otherwise.</summary>
+    /// <summary>The numbers of a float or integer constant (initializer or Constant node); null otherwise.</summary>
     private static double[]? Constant(GraphEditor graph, string value)
     {
         var tensor = graph.Initializer(value) ?? (graph.Producer(value) is { OpType: "Constant" } c

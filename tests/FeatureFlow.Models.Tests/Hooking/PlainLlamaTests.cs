@@ -125,7 +125,7 @@ public sealed class PlainLlamaTests : IDisposable
     public void A_block_without_softmax_is_refused_naming_the_block()
     {
         var model = OnnxModelFile.Read(PlainPath);
-        var softmax = model.Graph.Node.Single(n => n.OpType == "Softmax" && n.Name.StartsWith("blocks.3/", StringComparison.Ordinal));
+        var softmax = model.Graph.Node.Single(n => n.OpType == "Softmax" && InBlock(n, 3));
         softmax.OpType = "Identity";
         softmax.Attribute.Clear();
         var error = Refusal(model);
@@ -137,8 +137,7 @@ public sealed class PlainLlamaTests : IDisposable
     {
         var model = OnnxModelFile.Read(PlainPath);
         // Block 2's second RMSNorm (before the MLP) takes the maximum instead of the mean square: no RMSNorm any more.
-        model.Graph.Node.Last(n => n.OpType == "ReduceMean" && n.Name.StartsWith("blocks.2/", StringComparison.Ordinal))
-            .OpType = "ReduceMax";
+        model.Graph.Node.Last(n => n.OpType == "ReduceMean" && InBlock(n, 2)).OpType = "ReduceMax";
         var error = Refusal(model);
         Assert.Contains("blocks.2: expected a norm reading the residual after attention", error);
     }
@@ -147,7 +146,7 @@ public sealed class PlainLlamaTests : IDisposable
     public void A_rotary_pairing_that_is_neither_interleaved_nor_rotate_half_is_refused()
     {
         var model = OnnxModelFile.Read(PlainPath);
-        foreach (var split in model.Graph.Node.Where(n => n.OpType == "Split" && n.Name.StartsWith("blocks.0/", StringComparison.Ordinal)))
+        foreach (var split in model.Graph.Node.Where(n => n.OpType == "Split" && InBlock(n, 0)))
             split.OpType = "SplitToSequence";
         Assert.Contains("blocks.0: expected rotary embedding either as rotate_half", Refusal(model));
     }
@@ -165,6 +164,10 @@ public sealed class PlainLlamaTests : IDisposable
         var hooked = GraphHooker.Hook(model, new HookOptions(), new SourceHints(ContextLength: 512, RopeTheta: 500000f));
         Assert.Equal(500000f, hooked.Decoder.Architecture.RotaryTheta);
     }
+
+    /// <summary>Whether our exporter wrote <paramref name="node"/> in block <paramref name="layer"/>'s scope.</summary>
+    private static bool InBlock(Onnx.Ir.NodeProto node, int layer) =>
+        node.Name.StartsWith($"blocks.{layer}/", StringComparison.Ordinal);
 
     private static string Refusal(Onnx.Ir.ModelProto model) =>
         Assert.Throws<InvalidDataException>(() =>
