@@ -49,14 +49,7 @@ public sealed class PlainLlamaFamily : ResidualStreamFamily
 
     protected override ResidualStep? Step(GraphEditor graph, string residual, string prefix, List<string> rewrites)
     {
-        var adds = graph.Consumers(residual)
-            .Where(n => n is { OpType: "Add", Domain: "" or "ai.onnx" } && n.Input.All(i => Constant(graph, i) is null))
-            .ToArray();
-        if (adds.Length == 0) return null;
-        if (adds.Length > 1)
-            throw new InvalidDataException($"expected one residual Add reading '{residual}'; found {Describe(adds)}");
-        var add = adds[0];
-        var branch = add.Input[0] == residual ? add.Input[1] : add.Input[0];
+        if (ResidualAdd(graph, residual, i => Constant(graph, i) is not null) is not var (add, branch)) return null;
         var from = graph.Producer(branch) is { } p ? $" (from {Describe(p)})" : "";
         return new ResidualStep(branch, add.Output[0], RmsNorm(graph, add.Output[0])?.Output,
             $"input of residual {Describe(add)}{from}", $"output of residual {Describe(add)}");

@@ -171,6 +171,23 @@ public abstract class ResidualStreamFamily : IDecoderFamily
     }
 
     /// <summary>The inner (non-<paramref name="dModel"/>) size of the MLP: the other dimension of its first 2-D weight.</summary>
+    /// <summary>
+    /// The one plain Add that adds a branch to <paramref name="residual"/> (neither input a constant), or null at the
+    /// end of the stream; two such Adds are refused.
+    /// </summary>
+    protected static (NodeProto Add, string Branch)? ResidualAdd(GraphEditor graph, string residual,
+        Func<string, bool> isConstant)
+    {
+        var adds = graph.Consumers(residual)
+            .Where(n => n is { OpType: "Add", Domain: "" or "ai.onnx" } && !n.Input.Any(isConstant))
+            .ToArray();
+        if (adds.Length == 0) return null;
+        if (adds.Length > 1)
+            throw new InvalidDataException($"expected one residual Add reading '{residual}'; found {Describe(adds)}");
+        var add = adds[0];
+        return (add, add.Input[0] == residual ? add.Input[1] : add.Input[0]);
+    }
+
     /// <summary>A GPT-2's shape as a walked graph shows it: tables, block count and MLP width from the graph.</summary>
     protected static ModelArchitecture Gpt2Architecture(GraphEditor graph, DecoderWalk walk, int heads, float epsilon)
     {

@@ -68,14 +68,7 @@ public sealed class TorchGpt2Family : ResidualStreamFamily
 
     protected override ResidualStep? Step(GraphEditor graph, string residual, string prefix, List<string> rewrites)
     {
-        var adds = graph.Consumers(residual)
-            .Where(n => n is { OpType: "Add", Domain: "" or "ai.onnx" } && n.Input.All(i => graph.Initializer(i) is null))
-            .ToArray();
-        if (adds.Length == 0) return null;
-        if (adds.Length > 1)
-            throw new InvalidDataException($"expected one residual Add reading '{residual}'; found {Describe(adds)}");
-        var add = adds[0];
-        var branch = add.Input[0] == residual ? add.Input[1] : add.Input[0];
+        if (ResidualAdd(graph, residual, i => graph.Initializer(i) is not null) is not var (add, branch)) return null;
         var sum = add.Output[0];
         var norms = graph.Consumers(sum).Where(IsNorm).ToArray();
         if (norms.Length > 1) throw new InvalidDataException($"expected one LayerNormalization reading '{sum}'; "

@@ -2,7 +2,6 @@ using FeatureFlow.Models.Hooking;
 using FeatureFlow.Models.Llama2c;
 using FeatureFlow.Onnx;
 using FeatureFlow.Steering;
-using Row = FeatureFlow.Models.Export.GraphNames.CoefficientRow;
 
 namespace FeatureFlow.Models.Tests.Hooking;
 
@@ -77,13 +76,7 @@ public sealed class ModelBuilderLlamaTests : IDisposable
         }
     }
 
-    public static TheoryData<SiteKind, bool> Interventions()
-    {
-        var data = new TheoryData<SiteKind, bool>();
-        foreach (var kind in Enum.GetValues<SiteKind>())
-            foreach (var slotTerm in new[] { false, true }) data.Add(kind, slotTerm);
-        return data;
-    }
+    public static TheoryData<SiteKind, bool> Interventions() => LlamaInterventions.EveryKind();
 
     [Theory]
     [MemberData(nameof(Interventions))]
@@ -91,20 +84,7 @@ public sealed class ModelBuilderLlamaTests : IDisposable
     {
         var site = new Site(2, kind);
         var shape = new SteeringShape(Checkpoint.Architecture.Layers, Checkpoint.Architecture.DModel, Slots);
-        var steering = new SteeringTensors(shape);
-        var rng = new Random(99 + site.Index);
-        if (slotTerm)
-        {
-            steering.SetEncoderRow(site, 0, Numerics.RandomVector(rng, shape.DModel, 0.3f));
-            Numerics.RandomVector(rng, shape.DModel, 0.5f).CopyTo(steering.DecoderAt(site, 0));
-            steering.Coefficient(site, Row.Threshold, 0) = 0.1f;
-            steering.Coefficient(site, Row.Alpha, 0) = 2f;
-            steering.Coefficient(site, Row.Beta, 0) = -0.3f;
-        }
-        else
-        {
-            Numerics.RandomVector(rng, shape.DModel, 1f).CopyTo(steering.AddAt(site));
-        }
+        var steering = LlamaInterventions.At(shape, site, slotTerm, seed: 99);
         using var hooked = Runner(_hookedPath);
         using var unsteered = Runner(_hookedPath);
         // Our own hooked export (plain operators, hooks written by the exporter) with the same tensors.

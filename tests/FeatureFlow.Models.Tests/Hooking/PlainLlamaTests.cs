@@ -3,7 +3,6 @@ using FeatureFlow.Models.Hooking;
 using FeatureFlow.Models.Llama2c;
 using FeatureFlow.Onnx;
 using FeatureFlow.Steering;
-using Row = FeatureFlow.Models.Export.GraphNames.CoefficientRow;
 
 namespace FeatureFlow.Models.Tests.Hooking;
 
@@ -78,13 +77,7 @@ public sealed class PlainLlamaTests : IDisposable
         }
     }
 
-    public static TheoryData<SiteKind, bool> Interventions()
-    {
-        var data = new TheoryData<SiteKind, bool>();
-        foreach (var kind in Enum.GetValues<SiteKind>())
-            foreach (var slotTerm in new[] { false, true }) data.Add(kind, slotTerm);
-        return data;
-    }
+    public static TheoryData<SiteKind, bool> Interventions() => LlamaInterventions.EveryKind();
 
     [Theory]
     [MemberData(nameof(Interventions))]
@@ -92,20 +85,7 @@ public sealed class PlainLlamaTests : IDisposable
     {
         var site = new Site(1 + (int)kind, kind);
         var shape = new SteeringShape(Checkpoint.Architecture.Layers, Checkpoint.Architecture.DModel, Slots);
-        var steering = new SteeringTensors(shape);
-        var rng = new Random(17 + site.Index);
-        if (slotTerm)
-        {
-            steering.SetEncoderRow(site, 0, Numerics.RandomVector(rng, shape.DModel, 0.3f));
-            Numerics.RandomVector(rng, shape.DModel, 0.5f).CopyTo(steering.DecoderAt(site, 0));
-            steering.Coefficient(site, Row.Threshold, 0) = 0.1f;
-            steering.Coefficient(site, Row.Alpha, 0) = 2f;
-            steering.Coefficient(site, Row.Beta, 0) = -0.3f;
-        }
-        else
-        {
-            Numerics.RandomVector(rng, shape.DModel, 1f).CopyTo(steering.AddAt(site));
-        }
+        var steering = LlamaInterventions.At(shape, site, slotTerm, seed: 17);
         using var hooked = Runner(_hookedPath);
         using var unsteered = Runner(_hookedPath);
         using var ours = new Engine.HookedDecoder(ExportedHookedPath, Checkpoint.Architecture,
