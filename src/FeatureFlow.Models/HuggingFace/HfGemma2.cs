@@ -13,16 +13,12 @@ public sealed class HfGemma2 : IHfArchitecture
 
     public HfModel Load(HfConfig config, HfCheckpoint checkpoint, Action<string> progress)
     {
-        Gemma2Checkpoint gemma;
-        try
+        // Gemma2Checkpoint checks every shape against the config itself, naming the checkpoint folder in its errors.
+        var gemma = Gemma2Checkpoint.Read(File.ReadAllText(config.Path), name =>
         {
-            gemma = Gemma2Checkpoint.Read(File.ReadAllText(config.Path),
-                name => (checkpoint.Read(name, checkpoint.Shape(name)), checkpoint.Shape(name)), checkpoint.Directory);
-        }
-        catch (InvalidDataException e) when (!e.Message.StartsWith(checkpoint.Directory, StringComparison.Ordinal))
-        {
-            throw new InvalidDataException($"{config.Path}: {e.Message}", e);
-        }
+            var shape = checkpoint.Shape(name);
+            return (checkpoint.Read(name, shape), shape);
+        }, checkpoint.Directory);
         var arch = gemma.Config.Architecture;
         checkpoint.RequireAllRead(Name, name => arch.TiedEmbeddings && name == "lm_head.weight");
         var (bos, eos) = HfArchitectures.TokenIds(config);
