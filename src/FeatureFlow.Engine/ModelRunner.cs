@@ -31,7 +31,7 @@ public sealed class ModelRunner : IModelRunner
     private readonly OrtValue _totalValue;
     private readonly long[] _prefillTokens, _prefillPositions;
     private readonly float[] _lastLogits;
-    private Graph? _lastDecode;
+    private Graph? _lastStep;
     // Site outputs, [rows, 1, d] each, made when a row first asks to read that site.
     private readonly RowTensor<float>?[] _sites;
 
@@ -49,31 +49,19 @@ public sealed class ModelRunner : IModelRunner
         if (options.ExecutionProvider == ExecutionProviderPreference.Cuda)
             throw new InvalidOperationException("the batching engine runs on CPU for now (its KV cache is host memory); use --provider Cpu or Auto");
         var cpu = options with { ExecutionProvider = ExecutionProviderPreference.Cpu };
-        var (session, provider) = SessionFactory.Create(graphPath, cpu);
-        _hooked = new Graph(session);
+        (_hooked, var provider) = OpenBatched(graphPath, cpu, add: true, features: true,
+            "a batched hooked graph (it needs seqlens_k and the steering inputs; re-export the model folder)");
         Provider = options.ExecutionProvider == ExecutionProviderPreference.Auto
             ? provider with { Reason = "the batching engine's KV cache is host memory, so it runs on CPU (CUDA support is pending)" }
             : provider;
-        var inputs = session.InputMetadata;
-        if (!inputs.ContainsKey(GraphNames.SeqlensK) || !inputs.ContainsKey(GraphNames.SteeringAdd))
-            throw new InvalidDataException($"{graphPath}: not a batched hooked graph (it needs {GraphNames.SeqlensK} and the steering inputs; re-export the model folder)");
         if (plainGraphPath is not null)
-        {
-            _plain = new Graph(SessionFactory.Create(plainGraphPath, cpu).Session);
-            var plainInputs = _plain.Session.InputMetadata;
-            if (!plainInputs.ContainsKey(GraphNames.SeqlensK) || plainInputs.ContainsKey(GraphNames.SteeringAdd))
-                throw new InvalidDataException($"{plainGraphPath}: not a batched graph without hooks"
-                    + $" (it needs {GraphNames.SeqlensK} and no steering inputs)");
-        }
+            _plain = OpenBatched(plainGraphPath, cpu, add: false, features: false,
+                $"a batched graph without hooks (it needs {GraphNames.SeqlensK} and no steering inputs)").Graph;
         if (addOnlyGraphPath is not null)
-        {
-            _addOnly = new Graph(SessionFactory.Create(addOnlyGraphPath, cpu).Session);
-            var addInputs = _addOnly.Session.InputMetadata;
-            if (!addInputs.ContainsKey(GraphNames.SeqlensK) || !addInputs.ContainsKey(GraphNames.SteeringAdd)
-                || addInputs.ContainsKey(GraphNames.SteeringEncoder))
-                throw new InvalidDataException($"{addOnlyGraphPath}: not a batched graph with add-only hooks (it needs "
-                    + $"{GraphNames.SeqlensK} and {GraphNames.SteeringAdd}, and no other steering input)");
-        }
+            _addOnly = OpenBatched(addOnlyGraphPath, cpu, add: true, features: false,
+                $"a batched graph with add-only hooks (it needs {GraphNames.SeqlensK} and {GraphNames.SteeringAdd}, "
+                + "and no other steering input)").Graph;
+        var inputs = _hooked.Session.InputMetadata;
         SteeringShape = new SteeringShape(architecture.Layers, architecture.DModel, inputs[GraphNames.SteeringDecoder].Dimensions[2]);
         Rows = options.MaxBatchRows;
         Cache = new KvCache(architecture, Rows, options.KvTokenBudget ?? (long)Rows * architecture.ContextLength);
@@ -99,9 +87,9 @@ public sealed class ModelRunner : IModelRunner
     public KvLedger Kv => Cache.Ledger;
     public SteeringSlots Steering { get; }
     /// <summary>Whether the last prefill or decode step ran the graph without hooks.</summary>
-    public bool LastStepPlain { get; private set; }
+    public bool LastStepPlain => _plain is not null && _lastStep == _plain;
     /// <summary>Whether the last prefill or decode step ran the graph with add-only hooks.</summary>
-    public bool LastStepAddOnly { get; private set; }
+    public bool LastStepAddOnly => _addOnly is not null && _lastStep == _addOnly;
 
     /// <summary>The token the row in <paramref name="slot"/> feeds at the next decode step.</summary>
     public void SetNextToken(int slot, int token) => _tokens.Row(slot)[0] = token;
@@ -141,7 +129,7 @@ public sealed class ModelRunner : IModelRunner
         Bind(binding, graph, ids, positions, _seqLens.RowValue(slot), Cache.Row(slot), Steering.Row(slot), logits: null);
         foreach (var site in readout) binding.BindOutputToDevice(site.HookName, OrtMemoryInfo.DefaultInstance);
         graph.Session.RunWithBinding(_runOptions, binding);
-        (LastStepPlain, LastStepAddOnly) = (graph == _plain, graph == _addOnly);
+        _lastStep = graph;
         using (var outputs = binding.GetOutputValues())
         {
             var vocab = Architecture.VocabSize;
@@ -202,16 +190,34 @@ public sealed class ModelRunner : IModelRunner
             graph.DecodeRows = rows;
         }
         graph.Session.RunWithBinding(_runOptions, graph.Decode);
-        (LastStepPlain, LastStepAddOnly) = (graph == _plain, graph == _addOnly);
-        _lastDecode = graph;
+        _lastStep = graph;
         for (var i = 0; i < rows; i++) Cache.Ledger.Advance(i, 1);
         return _logits.Leading(rows);
     }
 
     /// <summary>The value at <paramref name="site"/> of the row in <paramref name="slot"/> from the last decode step.</summary>
-    public ReadOnlySpan<float> SiteValue(Site site, int slot) => _lastDecode?.BoundSites?[site.Index] == true
+    public ReadOnlySpan<float> SiteValue(Site site, int slot) => _lastStep?.BoundSites?[site.Index] == true
         ? _sites[site.Index]!.Row(slot)
         : throw new InvalidOperationException($"{site} was not read out");
+
+    /// <summary>
+    /// Opens a batched graph and checks that it takes <see cref="GraphNames.SeqlensK"/> and exactly the steering inputs
+    /// its role needs (<paramref name="add"/>: steering.add; <paramref name="features"/>: the encoder, decoder and
+    /// coefficients); refuses it naming the file and <paramref name="expected"/>, and closes it, otherwise.
+    /// </summary>
+    private static (Graph Graph, ExecutionProviderInfo Provider) OpenBatched(string path, EngineOptions cpu, bool add,
+        bool features, string expected)
+    {
+        var (session, provider) = SessionFactory.Create(path, cpu);
+        var inputs = session.InputMetadata;
+        if (!inputs.ContainsKey(GraphNames.SeqlensK) || inputs.ContainsKey(GraphNames.SteeringAdd) != add
+            || inputs.ContainsKey(GraphNames.SteeringEncoder) != features)
+        {
+            session.Dispose();
+            throw new InvalidDataException($"{path}: not {expected}");
+        }
+        return (new Graph(session), provider);
+    }
 
     /// <summary>
     /// The graph for a step: without hooks when nothing steers or is read, with add-only hooks when the rows steer with
