@@ -126,10 +126,13 @@ public class GenerationTests(EngineFixture f) : IClassFixture<EngineFixture>
     {
         var (record, atLeave) = await FinishedRecordAndTokensAt(async tokensNow =>
         {
-            var taken = 0;
-            await foreach (var _ in f.Engine.GenerateAsync(new GenerationRequest { PromptIds = [1], MaxTokens = 400, Sampling = Greedy }))
-                if (++taken == 2) return tokensNow();
-            return -1;
+            var stream = f.Engine.GenerateAsync(new GenerationRequest { PromptIds = [1], MaxTokens = 400, Sampling = Greedy })
+                .GetAsyncEnumerator();
+            for (var taken = 0; taken < 2; taken++) Assert.True(await stream.MoveNextAsync());
+            // The reader has left once its enumerator is disposed (what `return` inside `await foreach` does); the
+            // count is read then, not before, since the loop decodes on while the disposal is under way.
+            await stream.DisposeAsync();
+            return tokensNow();
         });
         Assert.Equal(FinishReason.Cancelled, record.Finish);
         Assert.True(record.CompletionTokens <= atLeave + 2, $"{record.CompletionTokens} tokens; the reader left at {atLeave}");
