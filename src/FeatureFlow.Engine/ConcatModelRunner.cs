@@ -26,6 +26,7 @@ public sealed class ConcatModelRunner : IModelRunner
     private readonly float[][] _sites;
     private readonly bool[] _read;
     private readonly int[] _oneToken = new int[1];
+    private readonly List<Site> _readout = [];
 
     /// <param name="graphPath">The hooked Concat-layout graph.</param>
     /// <param name="plainGraphPath">The same graph without hooks, run for rows that steer and read out nothing; null
@@ -98,7 +99,8 @@ public sealed class ConcatModelRunner : IModelRunner
     public ReadOnlySpan<float> Decode(int rows, ReadOnlySpan<int> siteReaders)
     {
         if (rows < 1 || rows > Rows) throw new ArgumentOutOfRangeException(nameof(rows), $"{rows} rows; the runner has {Rows}");
-        var readout = new List<Site>();
+        var readout = _readout;
+        readout.Clear();
         for (var s = 0; s < _read.Length; s++)
         {
             _read[s] = siteReaders[s] > 0;
