@@ -17,6 +17,16 @@ public sealed record RunResult(IReadOnlyList<int> Tokens, double FirstTokenSecon
 {
     /// <summary>Decode rate: the tokens after the first over the time after the first (prefill excluded).</summary>
     public double DecodeTokensPerSecond => (Tokens.Count - 1) / (TotalSeconds - FirstTokenSeconds);
+
+    /// <summary>A run of our engine, with its model time and allocation per decode step between two figures.</summary>
+    public static RunResult OfEngine(IReadOnlyList<int> tokens, double first, double total, EngineFigures before,
+        EngineFigures after)
+    {
+        var steps = Math.Max(1, after.DecodeSteps - before.DecodeSteps);
+        return new RunResult(tokens, first, total,
+            1000 * (after.DecodeModelSeconds - before.DecodeModelSeconds) / steps,
+            (after.DecodeAllocatedBytes - before.DecodeAllocatedBytes) / (double)steps);
+    }
 }
 
 /// <summary>An engine under test: greedy decoding of up to maxTokens after promptIds (BOS included, used verbatim).</summary>
@@ -50,11 +60,7 @@ public sealed class OursContender(string name, GenerationEngine engine, Steering
             tokens.AddRange(update.TokenIds);
         }
         var total = clock.Elapsed.TotalSeconds;
-        var after = engine.Figures();
-        var steps = Math.Max(1, after.DecodeSteps - before.DecodeSteps);
-        return new RunResult(tokens, first, total,
-            1000 * (after.DecodeModelSeconds - before.DecodeModelSeconds) / steps,
-            (after.DecodeAllocatedBytes - before.DecodeAllocatedBytes) / (double)steps);
+        return RunResult.OfEngine(tokens, first, total, before, engine.Figures());
     }
 
     public void Dispose() { }
@@ -93,11 +99,7 @@ public sealed class OursStreamsContender(string name, GenerationEngine engine, S
             return tokens;
         }));
         var total = clock.Elapsed.TotalSeconds;
-        var after = engine.Figures();
-        var steps = Math.Max(1, after.DecodeSteps - before.DecodeSteps);
-        return new RunResult(all.SelectMany(t => t).ToList(), first, total,
-            1000 * (after.DecodeModelSeconds - before.DecodeModelSeconds) / steps,
-            (after.DecodeAllocatedBytes - before.DecodeAllocatedBytes) / (double)steps);
+        return RunResult.OfEngine(all.SelectMany(t => t).ToList(), first, total, before, engine.Figures());
     }
 
     public void Dispose() { }
