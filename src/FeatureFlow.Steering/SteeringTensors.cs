@@ -36,8 +36,7 @@ public sealed class SteeringTensors
     /// may stand in for it. Zero add and decoder alone would not do: an overflowing encoder activation times a
     /// zero decoder is NaN.
     /// </summary>
-    public bool IsIdentity => !Add.AsSpan().ContainsAnyExcept(0f) && !Decoder.AsSpan().ContainsAnyExcept(0f)
-        && !Encoder.AsSpan().ContainsAnyExcept(0f) && !Coefficients.AsSpan().ContainsAnyExcept(0f);
+    public bool IsIdentity => IsAddOnly && !Add.AsSpan().ContainsAnyExcept(0f);
 
     /// <summary>
     /// Whether only the add vectors steer: encoder, decoder and coefficients all zero, so each hook's feature term is
