@@ -29,14 +29,14 @@ public static class RequestMapper
     public static (GenerationRequest Request, FeatureReadoutPlan Readout) ToDomain(GenerateRequest r, GenerationEngine engine,
         SteeringCatalog catalog, Api.V1.SteeringSpec? steering = null) => ToDomain(r, ModelContext.Of(engine), catalog, steering);
 
-    public static (GenerationRequest Request, FeatureReadoutPlan Readout) ToDomain(GenerateRequest r, ModelContext engine,
+    public static (GenerationRequest Request, FeatureReadoutPlan Readout) ToDomain(GenerateRequest r, ModelContext model,
         SteeringCatalog catalog, Api.V1.SteeringSpec? steering = null)
     {
-        var readout = FeatureReadoutPlan.Resolve(r.Readout, [], catalog, engine.Compiler);
+        var readout = FeatureReadoutPlan.Resolve(r.Readout, [], catalog, model.Compiler);
         var request = Sampled(new Sampling(r.Prompt, r.PromptTokenIds, r.HasMaxTokens ? r.MaxTokens : null, r.HasTemperature ? r.Temperature : null,
-            r.HasTopP ? r.TopP : null, r.HasTopK ? r.TopK : null, r.HasSeed ? r.Seed : null, r.Stop), engine) with
+            r.HasTopP ? r.TopP : null, r.HasTopK ? r.TopK : null, r.HasSeed ? r.Seed : null, r.Stop), model) with
         {
-            Steering = ToDomain(steering ?? r.Steering, catalog, engine.Compiler),
+            Steering = ToDomain(steering ?? r.Steering, catalog, model.Compiler),
             Readout = readout.Sites,
             TopLogProbs = r.TopLogprobs,
         };
