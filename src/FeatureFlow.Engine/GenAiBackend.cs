@@ -103,27 +103,7 @@ public sealed class GenAiBackend : IDisposable
 
     private void Validate(GenerationRequest request)
     {
-        var prompt = request.PromptIds;
-        if (prompt.Length == 0) throw new FieldValidationException("prompt_token_ids", "the prompt has no tokens");
-        for (var i = 0; i < prompt.Length; i++)
-            if ((uint)prompt[i] >= (uint)VocabSize)
-                throw new FieldValidationException("prompt_token_ids",
-                    $"[{i}] = {prompt[i]} is not a token id (vocabulary 0..{VocabSize - 1})");
-        var room = ContextLength - prompt.Length;
-        if (room <= 0)
-            throw new FieldValidationException("prompt",
-                $"the prompt has {prompt.Length} tokens; the context length is {ContextLength}");
-        if (request.MaxTokens <= 0 || request.MaxTokens > room)
-            throw new FieldValidationException("max_tokens",
-                $"must be in 1..{room} after a {prompt.Length}-token prompt, got {request.MaxTokens}");
-        var s = request.Sampling;
-        if (!float.IsFinite(s.Temperature) || s.Temperature < 0f)
-            throw new FieldValidationException("temperature", $"must be a finite number ≥ 0, got {s.Temperature}");
-        if (!(s.TopP > 0f && s.TopP <= 1f)) throw new FieldValidationException("top_p", $"must be in (0, 1], got {s.TopP}");
-        if (s.TopK < 0) throw new FieldValidationException("top_k", $"must be ≥ 0 (0 turns it off), got {s.TopK}");
-        for (var i = 0; i < request.Stop.Count; i++)
-            if (string.IsNullOrEmpty(request.Stop[i]))
-                throw new FieldValidationException($"stop[{i}]", "stop strings must not be empty");
+        request.ValidateFor(VocabSize, ContextLength);
         if (request.Readout.Count > 0)
             throw new FieldValidationException("readout.hooks", "the GenAI backend cannot read out sites");
         if (request.TopLogProbs > 0)

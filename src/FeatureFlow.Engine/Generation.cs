@@ -17,6 +17,36 @@ public sealed record GenerationRequest
     public IReadOnlyList<Models.Site> Readout { get; init; } = [];
     /// <summary>How many of the most likely tokens (with log-probabilities) to report per generated token; 0: none.</summary>
     public int TopLogProbs { get; init; }
+
+    /// <summary>
+    /// The checks every backend makes before anything runs: the prompt's ids, its room in the context, max_tokens,
+    /// sampling and stop strings, each refused naming the field. Backends add what only they know (read-out sites,
+    /// the KV budget, what they cannot do).
+    /// </summary>
+    public void ValidateFor(int vocabSize, int contextLength)
+    {
+        if (PromptIds.Length == 0) throw new FieldValidationException("prompt_token_ids", "the prompt has no tokens");
+        for (var i = 0; i < PromptIds.Length; i++)
+            if ((uint)PromptIds[i] >= (uint)vocabSize)
+                throw new FieldValidationException("prompt_token_ids",
+                    $"[{i}] = {PromptIds[i]} is not a token id (vocabulary 0..{vocabSize - 1})");
+        if (PromptIds.Length >= contextLength)
+            throw new FieldValidationException("prompt",
+                $"the prompt has {PromptIds.Length} tokens; the context length is {contextLength}");
+        var room = contextLength - PromptIds.Length;
+        if (MaxTokens <= 0) throw new FieldValidationException("max_tokens", $"must be positive, got {MaxTokens}");
+        if (MaxTokens > room)
+            throw new FieldValidationException("max_tokens", $"{MaxTokens} tokens after a {PromptIds.Length}-token "
+                + $"prompt exceed the context length {contextLength} (at most {room})");
+        var s = Sampling;
+        if (!float.IsFinite(s.Temperature) || s.Temperature < 0f)
+            throw new FieldValidationException("temperature", $"must be a finite number ≥ 0, got {s.Temperature}");
+        if (!(s.TopP > 0f && s.TopP <= 1f)) throw new FieldValidationException("top_p", $"must be in (0, 1], got {s.TopP}");
+        if (s.TopK < 0) throw new FieldValidationException("top_k", $"must be ≥ 0 (0 turns it off), got {s.TopK}");
+        for (var i = 0; i < Stop.Count; i++)
+            if (string.IsNullOrEmpty(Stop[i]))
+                throw new FieldValidationException($"stop[{i}]", "stop strings must not be empty");
+    }
 }
 
 public enum FinishReason

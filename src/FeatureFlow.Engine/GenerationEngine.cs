@@ -114,23 +114,7 @@ public sealed class GenerationEngine : IDisposable
     /// <summary>Every request-level check, in one place; steering terms are checked by the compiler.</summary>
     private void Validate(GenerationRequest request)
     {
-        var arch = Architecture;
-        if (request.PromptIds.Length == 0) throw new FieldValidationException("prompt_token_ids", "the prompt has no tokens");
-        for (var i = 0; i < request.PromptIds.Length; i++)
-            if ((uint)request.PromptIds[i] >= (uint)arch.VocabSize)
-                throw new FieldValidationException("prompt_token_ids", $"[{i}] = {request.PromptIds[i]} is not a token id (vocabulary 0..{arch.VocabSize - 1})");
-        if (request.PromptIds.Length >= arch.ContextLength)
-            throw new FieldValidationException("prompt", $"the prompt has {request.PromptIds.Length} tokens; the context length is {arch.ContextLength}");
-        var room = arch.ContextLength - request.PromptIds.Length;
-        if (request.MaxTokens <= 0) throw new FieldValidationException("max_tokens", $"must be positive, got {request.MaxTokens}");
-        if (request.MaxTokens > room)
-            throw new FieldValidationException("max_tokens", $"{request.MaxTokens} tokens after a {request.PromptIds.Length}-token prompt exceed the context length {arch.ContextLength} (at most {room})");
-        var s = request.Sampling;
-        if (!float.IsFinite(s.Temperature) || s.Temperature < 0f) throw new FieldValidationException("temperature", $"must be a finite number ≥ 0, got {s.Temperature}");
-        if (!(s.TopP > 0f && s.TopP <= 1f)) throw new FieldValidationException("top_p", $"must be in (0, 1], got {s.TopP}");
-        if (s.TopK < 0) throw new FieldValidationException("top_k", $"must be ≥ 0 (0 turns it off), got {s.TopK}");
-        for (var i = 0; i < request.Stop.Count; i++)
-            if (string.IsNullOrEmpty(request.Stop[i])) throw new FieldValidationException($"stop[{i}]", "stop strings must not be empty");
+        request.ValidateFor(Architecture.VocabSize, Architecture.ContextLength);
         if (request.TopLogProbs is < 0 or > GenerationLimits.MaxTopLogProbs)
             throw new FieldValidationException("top_logprobs", $"must be in 0..{GenerationLimits.MaxTopLogProbs}, got {request.TopLogProbs}");
         for (var i = 0; i < request.Readout.Count; i++) Compiler.CheckSite(request.Readout[i], $"readout.hooks[{i}]");
