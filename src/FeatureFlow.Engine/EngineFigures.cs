@@ -23,7 +23,10 @@ public sealed record EngineFigures
     /// <summary>Rows summed over decode steps: ÷ <see cref="DecodeSteps"/> is the mean batch size.</summary>
     public long DecodeRows { get; init; }
     public long GeneratedTokens { get; init; }
-    /// <summary>Managed bytes the loop thread allocated inside decode steps (the model runner), summed.</summary>
+    /// <summary>
+    /// Managed bytes the loop thread allocated in decode steps, summed: the model step, sampling and logging each
+    /// row's token, and ending the rows that finished.
+    /// </summary>
     public long DecodeAllocatedBytes { get; init; }
     /// <summary>Seconds spent in the model (ONNX Runtime) during decode steps.</summary>
     public double DecodeModelSeconds { get; init; }

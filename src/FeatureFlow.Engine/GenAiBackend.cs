@@ -137,29 +137,32 @@ public sealed class GenAiBackend : IDisposable
                 if (generator.IsDone())
                 {
                     // GenAI's own end (its EOS from genai_config.json) came before ours.
-                    output.TryWrite(new GenerationUpdate(text.Flush(), [], FinishReason.Stop, Usage()));
+                    text.Flush();
+                    output.TryWrite(new GenerationUpdate(text.TakeFinal(), [], FinishReason.Stop, Usage()));
                     break;
                 }
                 generator.GenerateNextToken();
                 var next = generator.GetNextTokens()[0];
                 if (next == Tokenizer.BosId || next == Tokenizer.EosId)
                 {
-                    output.TryWrite(new GenerationUpdate(text.Flush(), [], FinishReason.Stop, Usage()));
+                    text.Flush();
+                    output.TryWrite(new GenerationUpdate(text.TakeFinal(), [], FinishReason.Stop, Usage()));
                     break;
                 }
                 completion++;
-                var piece = text.Push(next);
+                text.Push(next);
                 if (text.Stopped)
                 {
-                    output.TryWrite(new GenerationUpdate(piece, [next], FinishReason.Stop, Usage()));
+                    output.TryWrite(new GenerationUpdate(text.TakeFinal(), [next], FinishReason.Stop, Usage()));
                     break;
                 }
                 if (completion == request.MaxTokens)
                 {
-                    output.TryWrite(new GenerationUpdate(piece + text.Flush(), [next], FinishReason.Length, Usage()));
+                    text.Flush();
+                    output.TryWrite(new GenerationUpdate(text.TakeFinal(), [next], FinishReason.Length, Usage()));
                     break;
                 }
-                output.TryWrite(new GenerationUpdate(piece, [next]));
+                output.TryWrite(new GenerationUpdate(text.TakeFinal(), [next]));
             }
             output.TryComplete();
         }

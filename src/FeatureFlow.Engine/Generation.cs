@@ -83,17 +83,15 @@ public sealed record GenerationUpdate(string Text, IReadOnlyList<int> TokenIds, 
     public IReadOnlyList<float[]> SiteValues { get; init; } = [];
     /// <summary>Per token, the request's TopLogProbs most likely tokens and their log-probabilities, most likely first.</summary>
     public IReadOnlyList<TokenLogProb[]> TopLogProbs { get; init; } = [];
-
-    /// <summary>Consecutive updates as one: texts and per-token lists joined, the last finish reason and usage kept.</summary>
-    public static GenerationUpdate Merge(IReadOnlyList<GenerationUpdate> updates) => updates.Count == 1 ? updates[0] :
-        new GenerationUpdate(string.Concat(updates.Select(u => u.Text)), updates.SelectMany(u => u.TokenIds).ToArray(),
-            updates[^1].Finish, updates[^1].Usage)
-        {
-            LogProbs = updates.SelectMany(u => u.LogProbs).ToArray(),
-            SiteValues = updates.SelectMany(u => u.SiteValues).ToArray(),
-            TopLogProbs = updates.SelectMany(u => u.TopLogProbs).ToArray(),
-        };
 }
+
+/// <summary>
+/// What the loop records for one generated token, or for an end without one (<see cref="Token"/> −1): the text
+/// that is final after it is <see cref="Text"/>[0, <see cref="TextEnd"/>). Read-out values and alternatives are
+/// present only when the request asked for them.
+/// </summary>
+internal readonly record struct TokenEvent(int Token, float LogProb, char[] Text, int TextEnd, FinishReason? Finish = null,
+    float[]? SiteValues = null, TokenLogProb[]? TopLogProbs = null);
 
 public readonly record struct TokenLogProb(int Token, float LogProb);
 

@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.ExceptionServices;
 using FeatureFlow.Models;
 using FeatureFlow.Models.Folder;
 using FeatureFlow.Models.Tokenization;
@@ -164,21 +165,25 @@ public sealed class Generation : IDisposable
         {
             try
             {
-                var reader = _sequence.Output.Reader;
-                var waiting = new List<GenerationUpdate>();
-                // Read to the end even when cancelled: the loop ends the row within a step and completes the channel.
-                // WaitToReadAsync rethrows the error a failed row completed its channel with.
-                while (await reader.WaitToReadAsync(CancellationToken.None).ConfigureAwait(false))
+                var read = 0;
+                var reader = new UpdateReader(_sequence.Request.PromptIds.Length);
+                // Read to the end even when cancelled: the loop ends the row within a step and completes the log.
+                while (true)
                 {
-                    if (!coalesce)
+                    // Completion is read before the count: a complete log read afterwards has every entry.
+                    var complete = _sequence.IsComplete;
+                    var logged = _sequence.Events.Length;
+                    if (read < logged)
                     {
-                        while (reader.TryRead(out var update)) yield return update;
+                        var take = coalesce ? logged - read : 1;
+                        yield return reader.Next(_sequence.Events.Slice(read, take));
+                        read += take;
                         continue;
                     }
-                    waiting.Clear();
-                    while (reader.TryRead(out var update)) waiting.Add(update);
-                    if (waiting.Count > 0) yield return GenerationUpdate.Merge(waiting);
+                    if (complete) break;
+                    await _sequence.WaitForEntriesAsync().ConfigureAwait(false);
                 }
+                if (_sequence.Error is { } error) ExceptionDispatchInfo.Throw(error);
             }
             finally
             {
@@ -188,9 +193,42 @@ public sealed class Generation : IDisposable
         cancellationToken.ThrowIfCancellationRequested();
     }
 
+    /// <summary>Turns the loop's entries into updates, on the reader's thread: what the loop must not allocate.</summary>
+    private sealed class UpdateReader(int promptTokens)
+    {
+        private int _textAt, _completion;
+
+        public GenerationUpdate Next(ReadOnlySpan<TokenEvent> entries)
+        {
+            var last = entries[^1];
+            var text = new string(last.Text, _textAt, last.TextEnd - _textAt);
+            _textAt = last.TextEnd;
+            var ids = new List<int>(entries.Length);
+            var logProbs = new List<float>(entries.Length);
+            var sites = new List<float[]>();
+            var top = new List<TokenLogProb[]>();
+            foreach (var e in entries)
+            {
+                if (e.Token < 0) continue;
+                ids.Add(e.Token);
+                logProbs.Add(e.LogProb);
+                if (e.SiteValues is { } values) sites.Add(values);
+                if (e.TopLogProbs is { } alternatives) top.Add(alternatives);
+            }
+            _completion += ids.Count;
+            var usage = last.Finish is null ? null : new Usage(promptTokens, _completion);
+            return new GenerationUpdate(text, ids, last.Finish, usage)
+            {
+                LogProbs = logProbs,
+                SiteValues = sites.Count == 0 ? [] : sites,
+                TopLogProbs = top.Count == 0 ? [] : top,
+            };
+        }
+    }
+
     public void Cancel()
     {
-        if (_sequence.Output.Reader.Completion.IsCompleted) return;
+        if (_sequence.IsComplete) return;
         _sequence.Cancel();
         _scheduler.Wake();
     }

@@ -32,6 +32,7 @@ internal sealed class Scheduler : IDisposable
     private Exception? _endAll;
     private long _prefillSteps, _decodeSteps, _plainPrefillSteps, _plainDecodeSteps, _addOnlyDecodeSteps, _decodeRows,
         _generated;
+
     private long _decodeAllocated, _decodeTicks, _loopTicks;
     private int _runningRows;
     private long _kvReserved, _kvInUse;
@@ -215,12 +216,11 @@ internal sealed class Scheduler : IDisposable
     {
         var rows = _running.Count;
         var started = Stopwatch.GetTimestamp();
+        var allocated = GC.GetAllocatedBytesForCurrentThread();
         ReadOnlySpan<float> logits;
         try
         {
-            var allocated = GC.GetAllocatedBytesForCurrentThread();
             logits = _runner.Decode(rows, _siteReaders);
-            _decodeAllocated += GC.GetAllocatedBytesForCurrentThread() - allocated;
             _decodeTicks += Stopwatch.GetTimestamp() - started;
         }
         catch (Exception e) when (e is not OutOfMemoryException)
@@ -250,6 +250,7 @@ internal sealed class Scheduler : IDisposable
         }
         // Highest slot first: the last row, which fills a freed slot, is then never one that is leaving too.
         for (var j = _finished.Count - 1; j >= 0; j--) Retire(_finished[j]);
+        _decodeAllocated += GC.GetAllocatedBytesForCurrentThread() - allocated;
         var elapsed = Stopwatch.GetTimestamp() - started;
         _loopTicks += elapsed;
         var seconds = Stopwatch.GetElapsedTime(started).TotalSeconds;

@@ -7,16 +7,34 @@ namespace FeatureFlow.Engine;
 
 /// <summary>
 /// One request's life in the engine: its compiled steering, its own sampler and RNG, its text stream with stop
-/// strings, and the channel its updates go out on. Only the scheduler's loop thread touches it, except
-/// <see cref="Cancel"/> and the reader of <see cref="Output"/>.
+/// strings, and the log its tokens go out through. Only the scheduler's loop thread touches it, except
+/// <see cref="Cancel"/> and the reader of <see cref="Events"/>.
 /// </summary>
+/// <remarks>
+/// A token costs the loop no allocation: it is recorded as a <see cref="TokenEvent"/> in a log and a text buffer
+/// made at submission (both grow by doubling past that), and the reader builds the <see cref="GenerationUpdate"/>s
+/// on its own thread. The log is unbounded in effect (max_tokens + 1 entries at most), so a slow reader never holds
+/// up the batch.
+/// </remarks>
 internal sealed class Sequence
 {
+    private const int InitialLogCapacity = 1024, InitialCharsPerToken = 4;
     private readonly Sampler _sampler;
     private readonly TextStream _text;
     private readonly ITokenizer _tokenizer;
     private readonly float[] _scratch;
-    private volatile bool _cancelled;
+    // A wake-up for the reader, not a queue: one pending signal is enough, more are dropped. Waking a reader through a
+    // channel costs the loop nothing (its waiters are reusable thread-pool work items; a Task's continuation is not).
+    private readonly Channel<bool> _published = Channel.CreateBounded<bool>(new BoundedChannelOptions(1)
+    {
+        FullMode = BoundedChannelFullMode.DropWrite,
+        SingleReader = true,
+        SingleWriter = true,
+    });
+    private TokenEvent[] _log;
+    private int _logged;
+    private volatile bool _cancelled, _complete;
+    private Exception? _error;
 
     public Sequence(long id, GenerationRequest request, SteeringPlan plan, ITokenizer tokenizer, int vocab, int dModel)
     {
@@ -25,7 +43,9 @@ internal sealed class Sequence
         Plan = plan;
         _tokenizer = tokenizer;
         _sampler = new Sampler(request.Sampling);
-        _text = new TextStream(tokenizer, request.PromptIds[^1], request.Stop);
+        var tokens = Math.Min(request.MaxTokens, InitialLogCapacity);
+        _text = new TextStream(tokenizer, request.PromptIds[^1], request.Stop, tokens * InitialCharsPerToken);
+        _log = new TokenEvent[tokens + 1];
         _scratch = new float[vocab];
         ReadoutValues = new float[request.Readout.Count * dModel];
     }
@@ -38,12 +58,6 @@ internal sealed class Sequence
     public long Id { get; }
     public GenerationRequest Request { get; }
     public SteeringPlan Plan { get; }
-    /// <summary>Unbounded: a sequence writes at most max_tokens updates, so a slow reader never holds up the batch.</summary>
-    public Channel<GenerationUpdate> Output { get; } = Channel.CreateUnbounded<GenerationUpdate>(new UnboundedChannelOptions
-    {
-        SingleReader = true,
-        SingleWriter = true,
-    });
     /// <summary>KV tokens the row may come to hold.</summary>
     public int Reserved => Request.PromptIds.Length + Request.MaxTokens;
     public int Completion { get; private set; }
@@ -51,14 +65,35 @@ internal sealed class Sequence
     public int NextToken { get; private set; }
     public FinishReason? Finish { get; private set; }
     public bool IsCancelled => _cancelled;
+    /// <summary>The log has its last entry: finished, cancelled or failed (<see cref="Error"/>).</summary>
+    public bool IsComplete => _complete;
+    /// <summary>Why the generation failed, once <see cref="IsComplete"/>; null when it ended normally or was cancelled.</summary>
+    public Exception? Error => Volatile.Read(ref _error);
     /// <summary>When the request was queued, and when its latest token was sampled (Stopwatch timestamps).</summary>
     public long SubmittedAt { get; } = System.Diagnostics.Stopwatch.GetTimestamp();
     public long LastTokenAt { get; set; }
 
+    /// <summary>Waits until an entry may have been logged or the log completed since the previous wait.</summary>
+    public ValueTask<bool> WaitForEntriesAsync() =>
+        _published.Reader.TryRead(out _) ? ValueTask.FromResult(true) : _published.Reader.WaitToReadAsync();
+
+    /// <summary>
+    /// The entries logged so far. Entries below the count never change, and the array read after the count holds
+    /// them all (the loop publishes a grown array before the count that needs it).
+    /// </summary>
+    public ReadOnlySpan<TokenEvent> Events
+    {
+        get
+        {
+            var count = Volatile.Read(ref _logged);
+            return Volatile.Read(ref _log).AsSpan(0, count);
+        }
+    }
+
     public void Cancel() => _cancelled = true;
 
     /// <summary>
-    /// Samples the next token from this row's logits and streams what became final. Returns true when the
+    /// Samples the next token from this row's logits and logs what became final. Returns true when the
     /// sequence has finished (BOS/EOS, a stop string or max_tokens); otherwise <see cref="NextToken"/> is its
     /// input for the next step.
     /// </summary>
@@ -77,39 +112,60 @@ internal sealed class Sequence
         var next = _sampler.Sample(_scratch);
         var logProb = logits[next] - logSumExp;
         if (next == _tokenizer.BosId || next == _tokenizer.EosId)
-            return End(FinishReason.Stop, new GenerationUpdate(_text.Flush(), [], FinishReason.Stop, Usage()));
+        {
+            _text.Flush();
+            return End(FinishReason.Stop, new TokenEvent(-1, 0f, _text.Buffer, _text.FinalLength, FinishReason.Stop));
+        }
         Completion++;
         NextToken = next;
-        var piece = _text.Push(next);
-        IReadOnlyList<float[]> sites = ReadoutValues.Length == 0 ? [] : [(float[])ReadoutValues.Clone()];
-        IReadOnlyList<TokenLogProb[]> top = Request.TopLogProbs == 0 ? [] : [Top(logits, logSumExp, Request.TopLogProbs)];
-        if (_text.Stopped)
-            return End(FinishReason.Stop, new GenerationUpdate(piece, [next], FinishReason.Stop, Usage()) { LogProbs = [logProb], SiteValues = sites, TopLogProbs = top });
-        if (Completion == Request.MaxTokens)
-        {
-            piece += _text.Flush();
-            return End(FinishReason.Length, new GenerationUpdate(piece, [next], FinishReason.Length, Usage())
-                { LogProbs = [logProb], SiteValues = sites, TopLogProbs = top });
-        }
-        Output.Writer.TryWrite(new GenerationUpdate(piece, [next]) { LogProbs = [logProb], SiteValues = sites, TopLogProbs = top });
+        _text.Push(next);
+        // Read-out values and alternatives are the request's payload: copied per token only when asked for.
+        var sites = ReadoutValues.Length == 0 ? null : (float[])ReadoutValues.Clone();
+        var top = Request.TopLogProbs == 0 ? null : Top(logits, logSumExp, Request.TopLogProbs);
+        FinishReason? finish = _text.Stopped ? FinishReason.Stop
+            : Completion == Request.MaxTokens ? FinishReason.Length : null;
+        if (finish == FinishReason.Length) _text.Flush();
+        var entry = new TokenEvent(next, logProb, _text.Buffer, _text.FinalLength, finish, sites, top);
+        if (finish is { } reason) return End(reason, entry);
+        Log(entry);
         return false;
     }
 
-    private bool End(FinishReason reason, GenerationUpdate last)
+    private bool End(FinishReason reason, TokenEvent last)
     {
         Finish = reason;
-        Output.Writer.TryWrite(last);
+        Log(last);
+        Complete(null);
         return true;
     }
 
-    /// <summary>Ends the stream without a final update (cancelled) or with an error the reader will see.</summary>
+    /// <summary>Ends the log without a final entry (cancelled) or with an error the reader will see.</summary>
     public void Abort(FinishReason reason, Exception? error = null)
     {
+        if (_complete) return;
         Finish = reason;
-        Output.Writer.TryComplete(error);
+        Complete(error);
     }
 
-    private Usage Usage() => new(Request.PromptIds.Length, Completion);
+    private void Log(TokenEvent entry)
+    {
+        if (_logged == _log.Length)
+        {
+            var grown = new TokenEvent[Math.Min(2 * _log.Length, Request.MaxTokens + 1)];
+            _log.CopyTo(grown, 0);
+            Volatile.Write(ref _log, grown);
+        }
+        _log[_logged] = entry;
+        Volatile.Write(ref _logged, _logged + 1);
+        _published.Writer.TryWrite(true);
+    }
+
+    private void Complete(Exception? error)
+    {
+        Volatile.Write(ref _error, error);
+        _complete = true;
+        _published.Writer.TryWrite(true);
+    }
 
     public GenerationRecord Record() => new(Id, Request.PromptIds.Length, Completion, DecodeSteps, Finish ?? FinishReason.Cancelled);
 

@@ -8,64 +8,87 @@ namespace FeatureFlow.Engine;
 /// character, and text that might still grow into a stop string. Reports when a stop string appears
 /// (the stop string and everything after it are never emitted).
 /// </summary>
-public sealed class TextStream(ITokenizer tokenizer, int previousToken, IReadOnlyList<string> stops)
+/// <remarks>
+/// The text accumulates in one buffer that grows by doubling, so a token costs no allocation once the buffer is
+/// large enough; text in [0, <see cref="FinalLength"/>) never changes again, which lets a reader on another thread
+/// copy it out of <see cref="Buffer"/> while tokens are still being pushed.
+/// </remarks>
+public sealed class TextStream(ITokenizer tokenizer, int previousToken, IReadOnlyList<string> stops, int capacity = 256)
 {
     private readonly Decoder _utf8 = new UTF8Encoding(false, false).GetDecoder();
-    private readonly StringBuilder _held = new();
-    private readonly char[] _chars = new char[64];
+    // An array, so that looking for stop strings after each token enumerates without allocating.
+    private readonly string[] _stops = [.. stops];
+    private char[] _chars = new char[Math.Max(capacity, 16)];
+    private int _length;
+    private int _taken;
     private int _previous = previousToken;
 
     public bool Stopped { get; private set; }
 
-    /// <summary>Adds a token and returns the text that is now final (possibly empty).</summary>
-    public string Push(int token)
+    /// <summary>Characters of final text at the start of <see cref="Buffer"/>.</summary>
+    public int FinalLength { get; private set; }
+
+    /// <summary>The buffer the text is in; a new, larger one after it grows (the final text is copied over).</summary>
+    public char[] Buffer => _chars;
+
+    /// <summary>Adds a token; the text it makes final is then at the end of [0, <see cref="FinalLength"/>).</summary>
+    public void Push(int token)
     {
+        if (Stopped) return;
         var bytes = tokenizer.DecodePiece(_previous, token);
         _previous = token;
-        var charCount = _utf8.GetCharCount(bytes, flush: false);
-        var chars = charCount <= _chars.Length ? _chars : new char[charCount];
-        var written = _utf8.GetChars(bytes, chars, flush: false);
-        _held.Append(chars, 0, written);
-        return Release(final: false);
+        Append(bytes, flush: false);
+        Release(final: false);
     }
 
-    /// <summary>Releases everything still held (at the end of generation).</summary>
-    public string Flush()
+    /// <summary>Makes everything still held final (at the end of generation).</summary>
+    public void Flush()
     {
-        var chars = new char[8];
-        var written = _utf8.GetChars(ReadOnlySpan<byte>.Empty, chars, flush: true);
-        _held.Append(chars, 0, written);
-        return Release(final: true);
+        if (Stopped) return;
+        Append(ReadOnlySpan<byte>.Empty, flush: true);
+        Release(final: true);
     }
 
-    private string Release(bool final)
+    /// <summary>The final text since the previous call, as a string, for a caller that streams from one thread.</summary>
+    public string TakeFinal()
     {
-        if (Stopped) return "";
-        var text = _held.ToString();
+        var text = new string(_chars, _taken, FinalLength - _taken);
+        _taken = FinalLength;
+        return text;
+    }
+
+    private void Append(ReadOnlySpan<byte> bytes, bool flush)
+    {
+        var count = _utf8.GetCharCount(bytes, flush);
+        if (_length + count > _chars.Length) Array.Resize(ref _chars, Math.Max(2 * _chars.Length, _length + count));
+        _length += _utf8.GetChars(bytes, _chars.AsSpan(_length), flush);
+    }
+
+    private void Release(bool final)
+    {
+        var held = _chars.AsSpan(FinalLength, _length - FinalLength);
         var stopAt = -1;
-        foreach (var stop in stops)
+        foreach (var stop in _stops)
         {
-            var at = text.IndexOf(stop, StringComparison.Ordinal);
+            var at = held.IndexOf(stop.AsSpan(), StringComparison.Ordinal);
             if (at >= 0 && (stopAt < 0 || at < stopAt)) stopAt = at;
         }
         if (stopAt >= 0)
         {
             Stopped = true;
-            _held.Clear();
-            return text[..stopAt];
+            _length = FinalLength += stopAt;
+            return;
         }
-        var keep = final ? 0 : LongestStopPrefixSuffix(text);
-        _held.Remove(0, text.Length - keep);
-        return text[..^keep];
+        FinalLength = _length - (final ? 0 : LongestStopPrefixSuffix(held));
     }
 
     /// <summary>Length of the longest tail of <paramref name="text"/> that begins some stop string.</summary>
-    private int LongestStopPrefixSuffix(string text)
+    private int LongestStopPrefixSuffix(ReadOnlySpan<char> text)
     {
         var best = 0;
-        foreach (var stop in stops)
+        foreach (var stop in _stops)
             for (var len = Math.Min(stop.Length - 1, text.Length); len > best; len--)
-                if (text.AsSpan(text.Length - len).SequenceEqual(stop.AsSpan(0, len)))
+                if (text[^len..].SequenceEqual(stop.AsSpan(0, len)))
                 {
                     best = len;
                     break;

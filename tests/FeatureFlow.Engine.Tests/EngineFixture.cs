@@ -16,6 +16,15 @@ public sealed class EngineFixture : IDisposable
     }
 
     public static EngineOptions Options { get; } = new() { ExecutionProvider = ExecutionProviderPreference.Cpu };
+
+    /// <summary>
+    /// A sampled story that runs to its 400 tokens (no EOS on the way), for tests that need a row to keep decoding
+    /// while they act on it; a greedy story from BOS ends after ~100 tokens, which a busy machine can pass unseen.
+    /// </summary>
+    public static GenerationRequest LongStory { get; } = new()
+    {
+        PromptIds = [1], MaxTokens = 400, Sampling = new SamplingOptions { Temperature = 1f, TopP = 0.9f, Seed = 6 },
+    };
     public ModelFolder Folder { get; }
     public GenerationEngine Engine { get; }
     /// <summary>The plain-operator hooked graph, the reference the batched graph is checked against.</summary>

@@ -105,7 +105,7 @@ public class GenerationTests(EngineFixture f) : IClassFixture<EngineFixture>
             var at = -1;
             await Assert.ThrowsAnyAsync<OperationCanceledException>(async () =>
             {
-                await foreach (var _ in f.Engine.GenerateAsync(new GenerationRequest { PromptIds = [1], MaxTokens = 400, Sampling = Greedy }, cts.Token))
+                await foreach (var _ in f.Engine.GenerateAsync(EngineFixture.LongStory, cts.Token))
                     if (++received == 3)
                     {
                         at = tokensNow();
@@ -126,7 +126,7 @@ public class GenerationTests(EngineFixture f) : IClassFixture<EngineFixture>
     {
         var (record, atLeave) = await FinishedRecordAndTokensAt(async tokensNow =>
         {
-            var stream = f.Engine.GenerateAsync(new GenerationRequest { PromptIds = [1], MaxTokens = 400, Sampling = Greedy })
+            var stream = f.Engine.GenerateAsync(EngineFixture.LongStory)
                 .GetAsyncEnumerator();
             for (var taken = 0; taken < 2; taken++) Assert.True(await stream.MoveNextAsync());
             // The reader has left once its enumerator is disposed (what `return` inside `await foreach` does); the

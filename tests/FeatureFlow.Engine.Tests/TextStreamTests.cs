@@ -17,23 +17,29 @@ public class TextStreamTests
 
     private static byte[] U(string s) => Encoding.UTF8.GetBytes(s);
 
+    private static string Push(TextStream stream, int token)
+    {
+        stream.Push(token);
+        return stream.TakeFinal();
+    }
+
     [Fact]
     public void A_character_split_over_byte_tokens_is_emitted_whole()
     {
         var euro = U("€");
         var stream = new TextStream(new PieceTokenizer([euro[0]], [euro[1]], [euro[2]]), 0, []);
-        Assert.Equal("", stream.Push(0));
-        Assert.Equal("", stream.Push(1));
-        Assert.Equal("€", stream.Push(2));
+        Assert.Equal("", Push(stream, 0));
+        Assert.Equal("", Push(stream, 1));
+        Assert.Equal("€", Push(stream, 2));
     }
 
     [Fact]
     public void Text_that_may_begin_a_stop_string_is_held_until_it_cannot()
     {
         var stream = new TextStream(new PieceTokenizer(U("Hel"), U("lo"), U(" wor"), U("ld")), 0, ["lo w", "xyz"]);
-        Assert.Equal("He", stream.Push(0));   // "l" could begin "lo w"
-        Assert.Equal("l", stream.Push(1));    // "lo" could begin "lo w"
-        Assert.Equal("", stream.Push(2));     // "lo w" found: nothing from it on is emitted
+        Assert.Equal("He", Push(stream, 0));   // "l" could begin "lo w"
+        Assert.Equal("l", Push(stream, 1));    // "lo" could begin "lo w"
+        Assert.Equal("", Push(stream, 2));     // "lo w" found: nothing from it on is emitted
         Assert.True(stream.Stopped);
     }
 
@@ -41,10 +47,22 @@ public class TextStreamTests
     public void Held_text_is_released_when_it_stops_matching_and_at_the_end()
     {
         var stream = new TextStream(new PieceTokenizer(U("ab"), U("c"), U("b")), 0, ["bx!"]);
-        Assert.Equal("a", stream.Push(0));
-        Assert.Equal("bc", stream.Push(1));
-        Assert.Equal("", stream.Push(2));
-        Assert.Equal("b", stream.Flush());
+        Assert.Equal("a", Push(stream, 0));
+        Assert.Equal("bc", Push(stream, 1));
+        Assert.Equal("", Push(stream, 2));
+        stream.Flush();
+        Assert.Equal("b", stream.TakeFinal());
         Assert.False(stream.Stopped);
+    }
+
+    [Fact]
+    public void Final_text_survives_the_buffer_growing_and_matches_what_was_taken()
+    {
+        var stream = new TextStream(new PieceTokenizer(U("once "), U("upon "), U("a time ")), 0, [], capacity: 4);
+        var taken = new System.Text.StringBuilder();
+        for (var i = 0; i < 30; i++) taken.Append(Push(stream, i % 3));
+        var expected = string.Concat(Enumerable.Repeat("once upon a time ", 10));
+        Assert.Equal(expected, taken.ToString());
+        Assert.Equal(expected, new string(stream.Buffer, 0, stream.FinalLength));
     }
 }
