@@ -35,6 +35,8 @@ internal sealed class Sequence
     private int _logged;
     private volatile bool _cancelled, _complete;
     private Exception? _error;
+    // Why Accept ended the row, reported when the scheduler has freed it.
+    private Exception? _failure;
 
     public Sequence(long id, GenerationRequest request, SteeringPlan plan, ITokenizer tokenizer, int vocab, int dModel)
     {
@@ -103,8 +105,9 @@ internal sealed class Sequence
         // Never sample from non-finite logits: the row ends with an error that names the token; others go on.
         if (!float.IsFinite(logSumExp))
         {
-            Abort(FinishReason.Error, new GenerationFailedException(
-                $"generation stopped after {Completion} tokens: the logits became non-finite (the steering drove the activations out of range)", "non_finite_logits"));
+            Finish = FinishReason.Error;
+            _failure = new GenerationFailedException(
+                $"generation stopped after {Completion} tokens: the logits became non-finite (the steering drove the activations out of range)", "non_finite_logits");
             return true;
         }
         // The sampler works in place on a copy: the log-probability is of the model's own distribution.
@@ -131,20 +134,23 @@ internal sealed class Sequence
         return false;
     }
 
+    /// <summary>
+    /// Logs the last entry; the log completes when the scheduler has freed the row (<see cref="Abort"/>), so that a
+    /// reader who sees the stream end sees its row and KV free.
+    /// </summary>
     private bool End(FinishReason reason, TokenEvent last)
     {
         Finish = reason;
         Log(last);
-        Complete(null);
         return true;
     }
 
-    /// <summary>Ends the log without a final entry (cancelled) or with an error the reader will see.</summary>
+    /// <summary>Completes the log: after its last entry, without one (cancelled), or with an error the reader will see.</summary>
     public void Abort(FinishReason reason, Exception? error = null)
     {
         if (_complete) return;
         Finish = reason;
-        Complete(error);
+        Complete(error ?? _failure);
     }
 
     private void Log(TokenEvent entry)
