@@ -3,7 +3,7 @@ using System.Text;
 
 namespace FeatureFlow.Models.Formats;
 
-/// <summary>One tensor's entry in a GGUF file: its dimensions innermost first, ggml type number and data offset.</summary>
+/// <summary>One tensor's entry in a GGUF file: dimensions innermost first, ggml type number, data offset.</summary>
 public sealed record GgufTensorInfo(string Name, long[] Dims, uint Type, ulong Offset)
 {
     public long Elements => Dims.Aggregate(1L, (a, d) => a * d);
@@ -55,7 +55,8 @@ public sealed class GgufFile
                 var name = ReadString(r, path);
                 var dimCount = r.ReadUInt32();
                 if (dimCount is 0 or > 4)
-                    throw new InvalidDataException($"{path}: tensor '{name}' has {dimCount} dimensions (1 to 4 expected)");
+                    throw new InvalidDataException(
+                        $"{path}: tensor '{name}' has {dimCount} dimensions (1 to 4 expected)");
                 var dims = new long[dimCount];
                 for (var d = 0; d < dims.Length; d++) dims[d] = checked((long)r.ReadUInt64());
                 tensors.Add(new GgufTensorInfo(name, dims, r.ReadUInt32(), r.ReadUInt64()));
@@ -97,7 +98,8 @@ public sealed class GgufFile
     {
         var remaining = r.BaseStream.Length - r.BaseStream.Position;
         return count <= (ulong)remaining ? (int)count
-            : throw new InvalidDataException($"{path}: count {count} does not fit in the {remaining} bytes left");
+            : throw new InvalidDataException(
+                $"{path}: truncated or corrupt GGUF file (a count of {count} in the {remaining} bytes left)");
     }
 
     private static string ReadString(BinaryReader r, string path)
