@@ -4,7 +4,7 @@ using LLama.Native;
 
 namespace FeatureFlow.LlamaCpp.Tests;
 
-/// <summary>llama.cpp twice: on our GGUF of stories260K (written to a temp folder) and on the third-party one.</summary>
+/// <summary>llama.cpp twice: on our GGUF of stories260K (in a temp folder) and on the third-party one.</summary>
 public sealed class OurGgufFixture : IDisposable
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("featureflow-llama-gguf-").FullName;
