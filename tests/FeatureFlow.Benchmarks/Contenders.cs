@@ -160,8 +160,9 @@ public sealed class GenAiContender : IContender
 }
 
 /// <summary>
-/// llama.cpp through LLamaSharp on the same weights as GGUF: greedy, one thread, our token ids fed verbatim. The
-/// context (llama.cpp's KV cache) is made before the clock starts, as our engine's cache is made at start-up.
+/// llama.cpp through LLamaSharp on the same weights as GGUF: greedy, on <c>threads</c> threads (one unless told),
+/// our token ids fed verbatim, llama.cpp's default cache and attention settings. The context (llama.cpp's KV cache)
+/// is made before the clock starts, as our engine's cache is made at start-up.
 /// </summary>
 public sealed class LlamaCppContender : IContender
 {
@@ -169,21 +170,26 @@ public sealed class LlamaCppContender : IContender
     private readonly LLamaWeights _weights;
     private readonly int _bos;
     private readonly int _eos;
+    private readonly int _threads;
 
-    public LlamaCppContender(string ggufPath)
+    public LlamaCppContender(string ggufPath, int threads = 1)
     {
         // Only llama.cpp's errors are worth showing; its info lines would bury the table.
         NativeLogConfig.llama_log_set((level, message) =>
         {
             if (level == LLamaLogLevel.Error) Console.Error.Write(message);
         });
-        _params = new ModelParams(ggufPath) { ContextSize = 512, GpuLayerCount = 0, Threads = 1, BatchThreads = 1 };
+        _params = new ModelParams(ggufPath)
+        {
+            ContextSize = 512, GpuLayerCount = 0, Threads = threads, BatchThreads = threads,
+        };
+        _threads = threads;
         _weights = LLamaWeights.LoadFromFile(_params);
         _bos = (int)_weights.Vocab.BOS!.Value;
         _eos = (int)_weights.Vocab.EOS!.Value;
     }
 
-    public string Name => "llama.cpp via LLamaSharp 0.30 (GGUF, 1 thread)";
+    public string Name => $"llama.cpp via LLamaSharp 0.30 (GGUF, {_threads} thread{(_threads == 1 ? "" : "s")})";
 
     public Task<RunResult> RunAsync(int[] promptIds, int maxTokens)
     {

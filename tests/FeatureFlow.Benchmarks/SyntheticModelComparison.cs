@@ -5,6 +5,7 @@ using System.Text;
 using FeatureFlow.Engine;
 using FeatureFlow.Models;
 using FeatureFlow.Models.Folder;
+using FeatureFlow.Models.Formats;
 using FeatureFlow.Steering;
 
 namespace FeatureFlow.Benchmarks;
@@ -12,14 +13,15 @@ namespace FeatureFlow.Benchmarks;
 /// <summary>
 /// <c>synthetic</c>: single-stream greedy decoding on a Llama-architecture model of about 100M parameters with random
 /// weights, written by our own exporter: ours (unsteered, heavy spec) next to ONNX Runtime GenAI on the same
-/// decoder.onnx, and the memory-bandwidth floor (weight bytes read per token ÷ this machine's read bandwidth,
-/// measured in the same run). At this size a step reads ~400 MB of weights, so bandwidth, not per-operator
-/// overhead, bounds it. There is no llama.cpp row: we write no GGUF of it.
+/// decoder.onnx, llama.cpp on the same weights as an F32 GGUF (written by <see cref="LlamaGguf"/>), and the
+/// memory-bandwidth floor (weight bytes read per token ÷ this machine's read bandwidth, measured in the same run).
+/// At this size a step reads ~400 MB of weights, so bandwidth, not per-operator overhead, bounds it.
 /// </summary>
 public static class SyntheticModelComparison
 {
     public const string SectionHeading =
-        "## Single-stream decode on a synthetic 100M-parameter Llama: ours vs ONNX Runtime GenAI vs the bandwidth floor (issue P8)";
+        "## Single-stream decode on a synthetic 100M-parameter Llama: ours vs ONNX Runtime GenAI vs llama.cpp " +
+        "vs the bandwidth floor (issue P8)";
 
     /// <summary>d 768, 14 layers, 12 heads, hidden 2048 (GPT-2-small widths, Llama blocks): 99.5M parameters with the
     /// shipped 512-token vocabulary, so the shipped tokenizer serves it.</summary>
@@ -29,6 +31,7 @@ public static class SyntheticModelComparison
         ContextLength = 512,
     };
 
+    private const string GgufFileName = "synthetic-100m.gguf";
     private const int PromptTokens = 64;
     private const int MaxTokens = 64;
 
@@ -62,6 +65,7 @@ public static class SyntheticModelComparison
             new OursContender($"ours, heavy spec ({engine.SteeringShape.Sites} sites × add + " +
                 $"{engine.SteeringShape.SlotsPerSite} rescale/clamp slots)", engine, Workloads.Heavy(engine.SteeringShape)),
             new GenAiContender(modelDir, engine.Tokenizer.BosId, engine.Tokenizer.EosId, options.Threads),
+            new LlamaCppContender(Path.Combine(modelDir, GgufFileName), options.Threads),
         };
         int[] prompt = [engine.Tokenizer.BosId, .. engine.EncodePrompt(Workloads.Story)[1..PromptTokens]];
         var bandwidth = MeasureReadBandwidth(options.Threads);
@@ -90,7 +94,7 @@ public static class SyntheticModelComparison
     private static string Report(Options options, List<IContender> contenders, List<RunResult>[] results,
         double bandwidth)
     {
-        const int unsteered = 0, heavy = 1, genAi = 2;
+        const int unsteered = 0, heavy = 1, genAi = 2, llamaCpp = 3;
         var bytes = WeightBytesPerToken(Architecture);
         var floorMs = 1000.0 * bytes / bandwidth;
         var sb = new StringBuilder();
@@ -98,7 +102,8 @@ public static class SyntheticModelComparison
         Line(SectionHeading);
         Line("");
         Line($"Model: random weights (seed 1) in llama2.c layout, exported by `ModelFolderExporter` like the shipped " +
-            $"model: d_model {Architecture.DModel}, {Architecture.Layers} layers, {Architecture.Heads} heads, hidden " +
+            $"model (and by `LlamaGguf` as an F32 GGUF for llama.cpp): d_model {Architecture.DModel}, " +
+            $"{Architecture.Layers} layers, {Architecture.Heads} heads, hidden " +
             $"{Architecture.HiddenDim}, vocabulary {Architecture.VocabSize} — {bytes / 4 / 1e6:F1}M parameters, " +
             $"{bytes / 1e6:F0} MB of float32 weights read per decoded token. Greedy; a {PromptTokens}-token prompt " +
             $"(BOS + story tokens); up to {MaxTokens} tokens; {options.WarmUps} warm-up round(s), then every engine once " +
@@ -131,29 +136,43 @@ public static class SyntheticModelComparison
         Line("");
         Line("| target | measured | min – max | goal | |");
         Line("|---|---:|---:|---:|---|");
-        void Ratio(string label, int a, int b, double goal)
+        void Ratio(string label, int a, int b, double? goal)
         {
             var ratios = results[a].Zip(results[b], (x, y) => x.DecodeTokensPerSecond / y.DecodeTokensPerSecond).ToArray();
             var m = EngineComparison.Median(ratios);
-            Line($"| {label} | {m:F2} | {ratios.Min():F2} – {ratios.Max():F2} | ≥ {goal:F2} | {(m >= goal ? "met" : "missed")} |");
+            var verdict = goal is { } g ? $"≥ {g:F2} | {(m >= g ? "met" : "missed")}" : "(no target) |";
+            Line($"| {label} | {m:F2} | {ratios.Min():F2} – {ratios.Max():F2} | {verdict} |");
         }
         Ratio("ours unsteered ÷ ONNX Runtime GenAI", unsteered, genAi, 1.0);
+        Ratio("ours unsteered ÷ llama.cpp", unsteered, llamaCpp, null);
         Ratio("ours heavy spec ÷ ours unsteered", heavy, unsteered, 0.97);
         var withinFloor = floorMs / (1000 / EngineComparison.Median(results[unsteered].Select(r => r.DecodeTokensPerSecond)));
         Line($"| floor time ÷ ours unsteered time per token (1 ÷ 1.5 = 0.67 is \"within 1.5× of the floor\") " +
             $"| {withinFloor:F2} | | ≥ 0.67 | {(withinFloor >= 1 / 1.5 ? "met" : "missed")} |");
         Line("");
         var reference = results[unsteered][0].Tokens;
-        var agree = new[] { unsteered, genAi }.All(i => results[i].All(r => r.Tokens.SequenceEqual(reference)));
-        Line(agree
-            ? $"Greedy ids: ours unsteered and ONNX Runtime GenAI gave the same {reference.Count} token ids in every round."
-            : "Greedy ids DISAGREE between ours unsteered and ONNX Runtime GenAI (see the tokens column).");
+        var differing = new[] { unsteered, genAi, llamaCpp }
+            .Where(i => !results[i].All(r => r.Tokens.SequenceEqual(reference)))
+            .Select(i => $"{contenders[i].Name} (first differs at token {FirstDifference(results[i], reference)})")
+            .ToArray();
+        Line(differing.Length == 0
+            ? $"Greedy ids: ours unsteered, ONNX Runtime GenAI and llama.cpp gave the same {reference.Count} token ids " +
+              "in every round."
+            : $"Greedy ids DIFFER from ours unsteered's first round for: {string.Join("; ", differing)}.");
         return sb.ToString();
     }
 
+    /// <summary>The first token index where any of <paramref name="runs"/> leaves <paramref name="reference"/>.</summary>
+    private static int FirstDifference(List<RunResult> runs, IReadOnlyList<int> reference) =>
+        runs.Where(r => !r.Tokens.SequenceEqual(reference)).Min(r =>
+        {
+            var common = Math.Min(r.Tokens.Count, reference.Count);
+            return Enumerable.Range(0, common).FirstOrDefault(k => r.Tokens[k] != reference[k], common);
+        });
+
     /// <summary>
-    /// Writes the random checkpoint and exports it with this build's exporter (every run: a folder kept from an older
-    /// build would measure that build's graphs).
+    /// Writes the random checkpoint and exports it with this build's exporter, and as a GGUF for llama.cpp (every run:
+    /// a folder kept from an older build would measure that build's graphs).
     /// </summary>
     private static void Prepare(string modelDir, string tokenizer, TextWriter log)
     {
@@ -165,6 +184,8 @@ public static class SyntheticModelComparison
             CheckpointPath = checkpoint, TokenizerPath = tokenizer, OutputDirectory = modelDir,
             ModelName = "synthetic-100m", CopySources = false, Description = "random weights for benchmarks",
         }, line => log.WriteLine(line));
+        log.WriteLine($"writing the same weights as {GgufFileName} for llama.cpp");
+        LlamaGguf.WriteLlama2c(checkpoint, tokenizer, Path.Combine(modelDir, GgufFileName));
         File.Delete(checkpoint);
         File.Copy(tokenizer, Path.Combine(modelDir, Path.GetFileName(tokenizer)));
     }

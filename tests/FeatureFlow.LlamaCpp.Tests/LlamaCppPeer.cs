@@ -5,8 +5,8 @@ using LLama.Native;
 namespace FeatureFlow.LlamaCpp.Tests;
 
 /// <summary>
-/// llama.cpp (through LLamaSharp) on the shipped weights as GGUF: greedy decoding on one thread, from token ids
-/// we give it, with or without a control vector.
+/// llama.cpp (through LLamaSharp) on a GGUF: greedy decoding on one thread, from token ids we give it, with or
+/// without a control vector; its logits, tokenizer and the shape it read from the file.
 /// </summary>
 public sealed class LlamaCppPeer : IDisposable
 {
@@ -29,6 +29,36 @@ public sealed class LlamaCppPeer : IDisposable
     public int Bos => (int)_weights.Vocab.BOS!.Value;
     public int Eos => (int)_weights.Vocab.EOS!.Value;
     public bool AddsBos => _weights.Vocab.ShouldAddBOS;
+    public int VocabSize => _weights.Vocab.Count;
+    public int Heads => _weights.NativeHandle.HeadCount;
+    public int KvHeads => _weights.NativeHandle.KVHeadCount;
+    public int TrainedContext => _weights.NativeHandle.ContextSize;
+    public LLamaRopeType RopeType => _weights.NativeHandle.RopeType;
+    public float RopeFrequency => _weights.NativeHandle.RopeFrequency;
+
+    /// <summary>llama.cpp's tokenizer on <paramref name="text"/>, BOS first, no special-token parsing.</summary>
+    public int[] Tokenize(string text) =>
+        _weights.Tokenize(text, add_bos: true, special: false, System.Text.Encoding.UTF8).Select(t => (int)t).ToArray();
+
+    /// <summary>
+    /// The logits after every token of <paramref name="ids"/> (used verbatim), from one batch, computed in float32
+    /// throughout: llama.cpp's defaults (a float16 KV cache, and flash attention, which works in float16 on the CPU)
+    /// would each put ~1e-3 of rounding into the logits.
+    /// </summary>
+    public float[][] Logits(int[] ids)
+    {
+        var float32 = new ModelParams(_params.ModelPath)
+        {
+            ContextSize = _params.ContextSize, GpuLayerCount = 0, Threads = 1, BatchThreads = 1,
+            TypeK = GGMLType.GGML_TYPE_F32, TypeV = GGMLType.GGML_TYPE_F32, FlashAttention = false,
+        };
+        using var context = _weights.CreateContext(float32);
+        var batch = new LLamaBatch();
+        for (var i = 0; i < ids.Length; i++) batch.Add(ids[i], i, LLamaSeqId.Zero, logits: true);
+        var result = context.NativeHandle.Decode(batch);
+        if (result != DecodeResult.Ok) throw new InvalidOperationException($"llama_decode failed: {result}");
+        return Enumerable.Range(0, ids.Length).Select(i => context.NativeHandle.GetLogitsIth(i).ToArray()).ToArray();
+    }
 
     /// <summary>
     /// Greedy tokens after <paramref name="promptIds"/> (used verbatim, BOS included), with the control vector

@@ -55,6 +55,12 @@ public sealed class Llama2cTokenizer : ITokenizer
 
     public string Piece(int id) => Encoding.UTF8.GetString(_pieces[id]);
 
+    /// <summary>The piece as tok*.bin stores its bytes (byte-fallback pieces spelled "&lt;0xHH&gt;").</summary>
+    public ReadOnlySpan<byte> RawPiece(int id) => _pieces[id];
+
+    /// <summary>The merge score run.c's encode() ranks this piece by.</summary>
+    public float Score(int id) => _scores[id];
+
     public int[] Encode(string text, bool addBos)
     {
         var tokens = new List<int>(text.Length + 2);
@@ -100,12 +106,16 @@ public sealed class Llama2cTokenizer : ITokenizer
         return previous == BosId && piece.Length > 0 && piece[0] == (byte)' ' ? piece.AsSpan(1) : piece;
     }
 
-    private static byte[] DecodeRaw(byte[] piece)
+    /// <summary>Whether the token is a byte-fallback token (one raw byte, spelled "&lt;0xHH&gt;").</summary>
+    public bool IsByteFallback(int id) => TryParseByteFallback(_pieces[id], out _);
+
+    private static byte[] DecodeRaw(byte[] piece) => TryParseByteFallback(piece, out var b) ? [b] : piece;
+
+    private static bool TryParseByteFallback(byte[] piece, out byte value)
     {
-        // Byte-fallback pieces are spelled "<0xHH>".
-        if (piece.Length == 6 && piece[0] == '<' && piece[1] == '0' && piece[2] == 'x' && piece[5] == '>'
-            && byte.TryParse(Encoding.ASCII.GetString(piece, 3, 2), System.Globalization.NumberStyles.HexNumber, null, out var b))
-            return [b];
-        return piece;
+        value = 0;
+        return piece.Length == 6 && piece[0] == '<' && piece[1] == '0' && piece[2] == 'x' && piece[5] == '>'
+            && byte.TryParse(Encoding.ASCII.GetString(piece, 3, 2), System.Globalization.NumberStyles.HexNumber,
+                null, out value);
     }
 }
