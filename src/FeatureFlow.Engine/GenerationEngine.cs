@@ -23,6 +23,7 @@ public sealed class GenerationEngine : IDisposable
         Folder = folder;
         Options = options;
         Tokenizer = folder.LoadTokenizer();
+        LongestPieceBytes = Tokenizer.LongestPieceBytes();
         // Folders without the batched graph (hooked third-party graphs) are served row by row.
         Runner = folder.BatchedGraphPath is { } graph
             ? new ModelRunner(graph, folder.BatchedPlainGraphPath, folder.Manifest.Architecture, options,
@@ -39,6 +40,8 @@ public sealed class GenerationEngine : IDisposable
     public ModelFolder Folder { get; }
     public EngineOptions Options { get; }
     public ITokenizer Tokenizer { get; }
+    /// <summary>The most text bytes one token stands for.</summary>
+    public int LongestPieceBytes { get; }
     /// <summary>The batched graph's runner: execution provider, steering shape, KV cache. Owned by the scheduler's loop.</summary>
     public IModelRunner Runner { get; }
     public ModelArchitecture Architecture => Folder.Manifest.Architecture;
@@ -98,7 +101,8 @@ public sealed class GenerationEngine : IDisposable
         {
             Validate(requests[i]);
             var plan = Compiler.Compile(requests[i].Steering);
-            sequences[i] = new Sequence(Interlocked.Increment(ref _nextId), requests[i], plan, Tokenizer, Architecture.VocabSize, Architecture.DModel);
+            sequences[i] = new Sequence(Interlocked.Increment(ref _nextId), requests[i], plan, Tokenizer,
+                LongestPieceBytes, Architecture.VocabSize, Architecture.DModel);
         }
         _scheduler.Enqueue(sequences);
         return sequences.Select(s => new Generation(s, _scheduler)).ToArray();

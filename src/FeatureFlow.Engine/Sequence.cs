@@ -18,7 +18,8 @@ namespace FeatureFlow.Engine;
 /// </remarks>
 internal sealed class Sequence
 {
-    private const int InitialLogCapacity = 1024, InitialCharsPerToken = 4;
+    // Up to this many tokens and characters per token, the log and the text buffer never grow.
+    private const int InitialLogCapacity = 1024, MaxInitialCharsPerToken = 16;
     private readonly Sampler _sampler;
     private readonly TextStream _text;
     private readonly ITokenizer _tokenizer;
@@ -38,7 +39,8 @@ internal sealed class Sequence
     // Why Accept ended the row, reported when the scheduler has freed it.
     private Exception? _failure;
 
-    public Sequence(long id, GenerationRequest request, SteeringPlan plan, ITokenizer tokenizer, int vocab, int dModel)
+    public Sequence(long id, GenerationRequest request, SteeringPlan plan, ITokenizer tokenizer, int longestPieceBytes,
+        int vocab, int dModel)
     {
         Id = id;
         Request = request;
@@ -46,7 +48,9 @@ internal sealed class Sequence
         _tokenizer = tokenizer;
         _sampler = new Sampler(request.Sampling);
         var tokens = Math.Min(request.MaxTokens, InitialLogCapacity);
-        _text = new TextStream(tokenizer, request.PromptIds[^1], request.Stop, tokens * InitialCharsPerToken);
+        // A UTF-8 byte decodes to at most one character, so a token's bytes bound the characters it adds.
+        _text = new TextStream(tokenizer, request.PromptIds[^1], request.Stop,
+            tokens * Math.Min(longestPieceBytes, MaxInitialCharsPerToken) + 4);
         _log = new TokenEvent[tokens + 1];
         _scratch = new float[vocab];
         ReadoutValues = new float[request.Readout.Count * dModel];

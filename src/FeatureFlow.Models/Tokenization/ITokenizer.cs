@@ -15,3 +15,10 @@ public interface ITokenizer
     /// </summary>
     ReadOnlySpan<byte> DecodePiece(int previous, int token);
 }
+
+public static class TokenizerExtensions
+{
+    /// <summary>The most text bytes one token stands for (at least 1), which bounds the characters it can add.</summary>
+    public static int LongestPieceBytes(this ITokenizer tokenizer) =>
+        Enumerable.Range(0, tokenizer.VocabSize).Max(t => Math.Max(1, tokenizer.DecodePiece(0, t).Length));
+}

@@ -20,9 +20,7 @@ public sealed class RequestLimits
         _limits = limits;
         MaxPromptTokens = limits.MaxPromptTokens ?? engine.Architecture.ContextLength - 1;
         // The most text bytes one token stands for: it bounds a prompt's token count from below without encoding it.
-        var tokenizer = engine.Tokenizer;
-        _maxPieceBytes = Enumerable.Range(0, tokenizer.VocabSize)
-            .Max(t => Math.Max(1, tokenizer.DecodePiece(0, t).Length));
+        _maxPieceBytes = engine.LongestPieceBytes;
     }
 
     public int MaxPromptTokens { get; }
