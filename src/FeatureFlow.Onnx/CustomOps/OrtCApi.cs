@@ -30,8 +30,6 @@ internal static unsafe class OrtCApi
     private const int AddCustomOpDomainIndex = 28;
     private const int GetTensorMutableDataIndex = 51;
     private const int KernelInfoGetAttributeInt64Index = 86;
-    private const int KernelContextGetInputCountIndex = 88;
-    private const int KernelContextGetOutputCountIndex = 89;
     private const int KernelContextGetInputIndex = 90;
     private const int KernelContextGetOutputIndex = 91;
     private const int ReleaseStatusIndex = 93;
@@ -105,14 +103,6 @@ internal static unsafe class OrtCApi
     /// <summary>An int attribute of the node a kernel is created for; returns the failed status (0 on success).</summary>
     public static nint KernelInfoGetAttributeInt64(nint info, byte* name, long* value) =>
         ((delegate* unmanaged<nint, byte*, long*, nint>)Table[KernelInfoGetAttributeInt64Index])(info, name, value);
-
-    public static nint KernelContextGetInputCount(nint context, nuint* count) =>
-        ((delegate* unmanaged[SuppressGCTransition]<nint, nuint*, nint>)Table[KernelContextGetInputCountIndex])(
-            context, count);
-
-    public static nint KernelContextGetOutputCount(nint context, nuint* count) =>
-        ((delegate* unmanaged[SuppressGCTransition]<nint, nuint*, nint>)Table[KernelContextGetOutputCountIndex])(
-            context, count);
 
     public static nint KernelContextGetInput(nint context, nuint index, nint* value) =>
         ((delegate* unmanaged[SuppressGCTransition]<nint, nuint, nint*, nint>)Table[KernelContextGetInputIndex])(
