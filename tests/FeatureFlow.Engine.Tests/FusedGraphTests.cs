@@ -354,7 +354,8 @@ public class FusedGraphTests(FusedGraphFixture f, ITestOutputHelper output) : IC
                     Assert.True(rel <= Tolerance, $"{what}, row {r}, token {i}: relative L2 {rel:E2}");
                     Assert.Equal(ArgMaxAt(reference, r * t + i), ArgMaxAt(custom, r * t + i));
                     worst = Math.Max(worst, rel);
-                    effect = Math.Min(effect, Numerics.RelativeL2(reference.AsSpan(at, Vocab), unsteered.AsSpan(at, Vocab)));
+                    effect = Math.Min(effect,
+                        Numerics.RelativeL2(reference.AsSpan(at, Vocab), unsteered.AsSpan(at, Vocab)));
                 }
             return reference;
         }

@@ -133,7 +133,8 @@ public class ModelFolderTests
         // each of the 5 resid_post sums, which the hook-free graph forms inside its norms, one Add.
         Assert.Equal(15, hooked.Graph.Node.Count(n => n.Domain == SteeringHookOp.Domain
             && n.OpType == SteeringHookOp.OpType));
-        Assert.DoesNotContain(hooked.Graph.Node, n => n.OpType == "Split" && n.Input[0].StartsWith("steering.", StringComparison.Ordinal));
+        Assert.DoesNotContain(hooked.Graph.Node,
+            n => n.OpType == "Split" && n.Input[0].StartsWith("steering.", StringComparison.Ordinal));
         Assert.Equal(plain.Graph.Node.Count + 15 + 5, hooked.Graph.Node.Count);
         Assert.Contains(hooked.OpsetImport, o => o.Domain == SteeringHookOp.Domain
             && o.Version == SteeringHookOp.DomainVersion);

@@ -78,7 +78,7 @@ public class SteeringHookOpTests
         return outputs[0].GetTensorDataAsSpan<float>().ToArray();
     }
 
-    /// <summary>The hook written from its definition: (h + add) + Σ_k (α_k·JumpReLU_θk(e_k·h + b_k) + β_k)·v_k.</summary>
+    /// <summary>The hook from its definition: (h + add) + Σ_k (α_k·JumpReLU_θk(e_k·h + b_k) + β_k)·v_k.</summary>
     private static float[] Expected(float[] h, int tokens, Steering s, int site, bool increment) =>
         Expected(h, tokens, s, site, increment, out _);
 

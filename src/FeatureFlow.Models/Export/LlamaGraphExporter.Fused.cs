@@ -71,9 +71,9 @@ public static partial class LlamaGraphExporter
         var attention = layout == KvCacheLayout.SharedBuffer
             ? RotaryInsideAttention(arch) ? "GroupQueryAttention with rotary" : "RotaryEmbedding, GroupQueryAttention"
             : "RotaryEmbedding, MultiHeadAttention";
+        var customHook = $"{SteeringHookOp.Domain}.{SteeringHookOp.OpType}";
         var hooks = steering is null ? "no hooks" : steering.AddOnly ? "with add-only FeatureFlow steering hooks (h + add)"
-            : steering.Stacked is not null ? $"with FeatureFlow steering hooks at every site, each one {SteeringHookOp.Domain}."
-                + $"{SteeringHookOp.OpType} node"
+            : steering.Stacked is not null ? $"with FeatureFlow steering hooks at every site, each one {customHook} node"
             : "with FeatureFlow steering hooks at every site";
         var doc = $"Llama decoder ({hooks}) "
             + "in ONNX Runtime's fused operators: SimplifiedLayerNormalization, SkipSimplifiedLayerNormalization, "

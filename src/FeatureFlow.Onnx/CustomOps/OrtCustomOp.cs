@@ -35,7 +35,8 @@ internal struct OrtCustomOp
     public nint GetVariadicInputHomogeneity;   // int (const OrtCustomOp*)
     public nint GetVariadicOutputMinArity;     // int (const OrtCustomOp*)
     public nint GetVariadicOutputHomogeneity;  // int (const OrtCustomOp*)
-    public nint CreateKernelV2;                // OrtStatus* (const OrtCustomOp*, const OrtApi*, const OrtKernelInfo*, void**)
+    public nint CreateKernelV2;                // OrtStatus* (const OrtCustomOp*, const OrtApi*, const OrtKernelInfo*,
+                                               //             void** kernel)
     public nint KernelComputeV2;               // OrtStatus* (void* kernel, OrtKernelContext*)
     public nint InferOutputShapeFn;            // OrtStatus* (const OrtCustomOp*, OrtShapeInferContext*)
     public nint GetStartVersion;               // int (const OrtCustomOp*)
