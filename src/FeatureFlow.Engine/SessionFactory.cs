@@ -1,3 +1,4 @@
+using FeatureFlow.Onnx.CustomOps;
 using Microsoft.ML.OnnxRuntime;
 
 namespace FeatureFlow.Engine;
@@ -30,6 +31,9 @@ public static class SessionFactory
     private static SessionOptions NewSessionOptions(EngineOptions options, out ExecutionProviderInfo provider)
     {
         var sessionOptions = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
+        // Every session may meet the SteeringHook operator (the batched hooked graph's hooks); graphs without it
+        // are unaffected.
+        FeatureFlowOps.Register(sessionOptions);
         if (options.IntraOpThreads > 0) sessionOptions.IntraOpNumThreads = options.IntraOpThreads;
         // ONNX Runtime's per-operator profile (a Chrome trace JSON), for finding where a step's time goes.
         if (Environment.GetEnvironmentVariable("FEATUREFLOW_ORT_PROFILE") is { Length: > 0 } prefix)

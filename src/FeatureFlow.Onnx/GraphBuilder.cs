@@ -90,6 +90,11 @@ public sealed class GraphBuilder
     public string Op(string opType, string[] inputs, params AttributeProto[] attributes) =>
         Node(opType, inputs, [NewName(opType, claim: false)], attributes)[0];
 
+    /// <summary>As <see cref="Op(string, string[], AttributeProto[])"/> for an operator outside the default domain.
+    /// </summary>
+    public string DomainOp(string domain, string opType, string[] inputs, params AttributeProto[] attributes) =>
+        DomainNode(domain, opType, inputs, [NewName(opType, claim: false)], attributes)[0];
+
     /// <summary>Adds a node with several outputs.</summary>
     public string[] Op(string opType, string[] inputs, int outputCount, params AttributeProto[] attributes) =>
         Node(opType, inputs, Enumerable.Range(0, outputCount).Select(_ => NewName(opType, claim: false)).ToArray(), attributes);

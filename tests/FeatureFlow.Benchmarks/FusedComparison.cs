@@ -7,6 +7,7 @@ using FeatureFlow.Models.Export;
 using FeatureFlow.Models.Folder;
 using FeatureFlow.Models.Llama2c;
 using FeatureFlow.Onnx;
+using FeatureFlow.Onnx.CustomOps;
 using FeatureFlow.Onnx.Ir;
 using Microsoft.ML.OnnxRuntime;
 
@@ -183,7 +184,10 @@ public static class FusedComparison
                 // Its warning that an ORT_ENABLE_ALL model is machine-specific holds, and does not matter for a count.
                 LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR,
             })
-            using (new InferenceSession(OnnxModelFile.Serialize(model), sessionOptions)) { }
+            {
+                FeatureFlowOps.Register(sessionOptions);
+                using (new InferenceSession(OnnxModelFile.Serialize(model), sessionOptions)) { }
+            }
             return OnnxModelFile.Read(path).Graph.Node
                 .GroupBy(n => n.Domain is "" or "ai.onnx" ? n.OpType : $"{n.Domain}.{n.OpType}")
                 .ToDictionary(g => g.Key, g => g.Count());

@@ -2,6 +2,7 @@ using FeatureFlow.Models;
 using FeatureFlow.Models.Export;
 using FeatureFlow.Models.Folder;
 using FeatureFlow.Models.Llama2c;
+using FeatureFlow.Onnx.CustomOps;
 using FeatureFlow.Steering;
 using Microsoft.ML.OnnxRuntime;
 using Xunit.Abstractions;
@@ -308,6 +309,7 @@ public sealed class BatchedGraphFixture : IDisposable
     private static InferenceSession Open(string path)
     {
         using var options = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
+        FeatureFlowOps.Register(options); // decoder_hooked_batched.onnx's hooks are the SteeringHook operator
         return new InferenceSession(path, options);
     }
 

@@ -3,6 +3,7 @@ using FeatureFlow.Models.Export;
 using FeatureFlow.Models.Folder;
 using FeatureFlow.Models.Llama2c;
 using FeatureFlow.Onnx;
+using FeatureFlow.Onnx.CustomOps;
 using FeatureFlow.Onnx.Ir;
 using Microsoft.ML.OnnxRuntime;
 using Xunit.Abstractions;
@@ -318,6 +319,160 @@ public class FusedGraphTests(FusedGraphFixture f, ITestOutputHelper output) : IC
     }
 
     /// <summary>
+    /// The batched graph's two hook forms, fused and SharedBuffer both: one ai.featureflow.SteeringHook node per hook
+    /// against the eleven ONNX operators, for the heaviest steering (every site: add and all eight slots, each row
+    /// its own): three fresh rows of different lengths prefilled together, a fourth alone into its slot, then 10
+    /// decode steps of all four at their own lengths; and one row alone (B = 1). Same logits within 1e-4 relative L2
+    /// at every real position, same greedy tokens, and the steering does change them.
+    /// </summary>
+    [Fact]
+    public void Custom_operator_hooks_equal_the_onnx_operator_hooks_for_heavy_steering_at_every_site()
+    {
+        var options = new HookedGraphOptions { KvLayout = KvCacheLayout.SharedBuffer, Operators = OperatorSet.Fused };
+        using var onnxHooks = new SharedKvDriver(FusedGraphFixture.Open(
+            LlamaGraphExporter.Export(f.Arch, f.Checkpoint.Weights, options, "stories260k")), f.Arch);
+        using var customHooks = new SharedKvDriver(FusedGraphFixture.Open(LlamaGraphExporter.Export(f.Arch,
+            f.Checkpoint.Weights, options with { HookOperators = HookOperators.CustomOperator }, "stories260k")), f.Arch);
+        int[][] prompts = [Prompt, [1, 403], [1, 261, 378, 403, 407, 261, 378, 100, 200], [1, 300, 301]];
+        var steering = prompts.Select((_, r) => HeavySteering(new Random(40 + r))).ToArray();
+        var onnxKv = new SharedKvBuffer(f.Arch, prompts.Length, Capacity, float.NaN);
+        var customKv = new SharedKvBuffer(f.Arch, prompts.Length, Capacity, float.NaN);
+        var unsteeredKv = new SharedKvBuffer(f.Arch, prompts.Length, Capacity, float.NaN);
+        double worst = 0, effect = double.MaxValue;
+        // Each row's real positions: custom vs ONNX-operator hooks, and how far steering moved them.
+        float[] Both(int firstSlot, BatchRow[] rows, string what)
+        {
+            var reference = onnxHooks.Run(onnxKv, firstSlot, rows);
+            var custom = customHooks.Run(customKv, firstSlot, rows);
+            var unsteered = f.FusedShared.Run(unsteeredKv, firstSlot, rows);
+            var t = rows.Max(r => r.Tokens.Length);
+            for (var r = 0; r < rows.Length; r++)
+                for (var i = 0; i < rows[r].Tokens.Length; i++)
+                {
+                    var at = (r * t + i) * Vocab;
+                    var rel = Numerics.RelativeL2(custom.AsSpan(at, Vocab), reference.AsSpan(at, Vocab));
+                    Assert.True(rel <= Tolerance, $"{what}, row {r}, token {i}: relative L2 {rel:E2}");
+                    Assert.Equal(ArgMaxAt(reference, r * t + i), ArgMaxAt(custom, r * t + i));
+                    worst = Math.Max(worst, rel);
+                    effect = Math.Min(effect,
+                        Numerics.RelativeL2(reference.AsSpan(at, Vocab), unsteered.AsSpan(at, Vocab)));
+                }
+            return reference;
+        }
+        var first = prompts[..3];
+        var t = first.Max(p => p.Length);
+        var prefill = Both(0, first.Select((p, r) => new BatchRow(p, 0, steering[r])).ToArray(), "batched prefill");
+        var next = first.Select((p, r) => ArgMaxAt(prefill, r * t + p.Length - 1)).ToList();
+        var last = prompts[3];
+        next.Add(ArgMaxAt(Both(3, [new BatchRow(last, 0, steering[3])], "single prefill"), last.Length - 1));
+        for (var step = 0; step < 10; step++)
+        {
+            var rows = prompts.Select((p, r) => new BatchRow([next[r]], p.Length + step, steering[r])).ToArray();
+            var logits = Both(0, rows, $"decode step {step}");
+            for (var r = 0; r < rows.Length; r++) next[r] = ArgMaxAt(logits, r);
+        }
+        Assert.True(effect > 1e-2, $"steering moved some position's logits by only {effect:E2}");
+        output.WriteLine($"custom vs ONNX-operator hooks, heavy steering: max relative L2 {worst:E2}; "
+            + $"steered vs unsteered: at least {effect:E2}");
+    }
+
+    /// <summary>
+    /// With all-zero steering the custom-operator hooks are h + 0 + 0 and the increments +0, so the batched graph
+    /// gives the hook-free graph's logits bit for bit (the engine switches between the two per step): rows of
+    /// different lengths, prefill and 8 decode steps.
+    /// </summary>
+    [Fact]
+    public void Custom_operator_hooks_with_zero_steering_are_bit_identical_to_the_graph_without_hooks()
+    {
+        var options = new HookedGraphOptions
+        {
+            KvLayout = KvCacheLayout.SharedBuffer, Operators = OperatorSet.Fused,
+            HookOperators = HookOperators.CustomOperator,
+        };
+        using var customHooks = new SharedKvDriver(FusedGraphFixture.Open(
+            LlamaGraphExporter.Export(f.Arch, f.Checkpoint.Weights, options, "stories260k")), f.Arch);
+        var zero = new Steering.SteeringTensors(new Steering.SteeringShape(f.Arch.Layers, f.Arch.DModel,
+            options.SlotsPerSite));
+        int[][] prompts = [Prompt, [1, 403], [1, 261, 378, 403, 407, 261, 378, 100, 200]];
+        var hookedKv = new SharedKvBuffer(f.Arch, prompts.Length, Capacity, float.NaN);
+        var plainKv = new SharedKvBuffer(f.Arch, prompts.Length, Capacity, float.NaN);
+        var rows = prompts.Select(p => new BatchRow(p, 0, zero)).ToArray();
+        for (var step = 0; step <= 8; step++)
+        {
+            var hooked = customHooks.Run(hookedKv, 0, rows);
+            var plain = f.FusedShared.Run(plainKv, 0, rows);
+            Assert.Equal(plain.Select(BitConverter.SingleToInt32Bits), hooked.Select(BitConverter.SingleToInt32Bits));
+            var width = rows.Max(row => row.Tokens.Length);
+            rows = rows.Select((row, r) => new BatchRow(
+                [ArgMaxAt(plain, r * width + row.Tokens.Length - 1)], row.Past + row.Tokens.Length, zero)).ToArray();
+        }
+    }
+
+    /// <summary>
+    /// Steering for fewer rows than the batch runs (a caller's bug): ONNX Runtime does not hold the symbolic batch
+    /// dimension to one size across inputs, so the SteeringHook kernel must refuse it, with a message naming both
+    /// shapes, rather than read past the end of the steering tensors.
+    /// </summary>
+    [Fact]
+    public void Steering_for_fewer_rows_than_the_batch_is_refused_with_a_clear_error()
+    {
+        var options = new HookedGraphOptions
+        {
+            KvLayout = KvCacheLayout.SharedBuffer, Operators = OperatorSet.Fused,
+            HookOperators = HookOperators.CustomOperator,
+        };
+        using var session = FusedGraphFixture.Open(
+            LlamaGraphExporter.Export(f.Arch, f.Checkpoint.Weights, options, "stories260k"));
+        var shape = new Steering.SteeringShape(f.Arch.Layers, f.Arch.DModel, options.SlotsPerSite);
+        var kv = new SharedKvBuffer(f.Arch, 2, Capacity);
+        using var values = new OrtRunValues();
+        var inputs = new Dictionary<string, OrtValue>
+        {
+            [GraphNames.InputIds] = values.Over(new long[] { 1, 1 }, 2, 1),
+            [GraphNames.PositionIds] = values.Over(new long[] { 0, 0 }, 2, 1),
+            [GraphNames.SeqlensK] = values.Over(new[] { 0, 0 }, 2),
+            [GraphNames.TotalSequenceLength] = values.Over(new[] { 1 }),
+        };
+        for (var l = 0; l < f.Arch.Layers; l++)
+        {
+            inputs[GraphNames.PastKey(l)] = values.Over(kv.Keys[l], 2, f.Arch.KvHeads, Capacity, f.Arch.HeadSize);
+            inputs[GraphNames.PastValue(l)] = values.Over(kv.Values[l], 2, f.Arch.KvHeads, Capacity, f.Arch.HeadSize);
+        }
+        foreach (var (name, value) in values.Steering([null], shape)) inputs[name] = value;
+        using var runOptions = new RunOptions();
+
+        var e = Assert.Throws<OnnxRuntimeException>(() =>
+            session.Run(runOptions, inputs.Keys.ToArray(), inputs.Values.ToArray(), [GraphNames.Logits]));
+
+        Assert.Contains($"steering.add must be [batch 2, sites, d {f.Arch.DModel}]", e.Message);
+        Assert.Contains($"found [1, {shape.Sites}, {f.Arch.DModel}]", e.Message);
+    }
+
+    /// <summary>
+    /// Every site: an add vector and all slots filled with random features (thresholds around the activations'
+    /// scale, so some fire and some do not; rescale-like α and clamp-like β).
+    /// </summary>
+    private Steering.SteeringTensors HeavySteering(Random rng)
+    {
+        var shape = new Steering.SteeringShape(f.Arch.Layers, f.Arch.DModel, 8);
+        var steering = new Steering.SteeringTensors(shape);
+        foreach (var site in Site.All(f.Arch.Layers))
+        {
+            Numerics.RandomVector(rng, f.Arch.DModel, 0.3f).CopyTo(steering.AddAt(site));
+            for (var slot = 0; slot < shape.SlotsPerSite; slot++)
+            {
+                steering.SetEncoderRow(site, slot, Numerics.RandomVector(rng, f.Arch.DModel, 0.3f));
+                Numerics.RandomVector(rng, f.Arch.DModel, 0.1f).CopyTo(steering.DecoderAt(site, slot));
+                steering.Coefficient(site, GraphNames.CoefficientRow.EncoderBias, slot) = 0.1f * (rng.NextSingle() - 0.5f);
+                steering.Coefficient(site, GraphNames.CoefficientRow.Threshold, slot) = 0.2f * rng.NextSingle();
+                steering.Coefficient(site, GraphNames.CoefficientRow.Alpha, slot) = slot % 2 == 0 ? -0.5f : 0f;
+                steering.Coefficient(site, GraphNames.CoefficientRow.Beta, slot) = slot % 2 == 0 ? 0f : 0.3f;
+            }
+        }
+        return steering;
+    }
+
+    /// <summary>
     /// A random Llama with head size 16, where GroupQueryAttention rotates q and k itself (do_rotary, no
     /// RotaryEmbedding nodes) and MultiHeadAttention folds 2 query heads per KV head: both fused graphs against the
     /// C# reference forward pass. SharedBuffer: two rows prefilled into their own slots, then decoding together at
@@ -454,6 +609,7 @@ public sealed class FusedGraphFixture : IDisposable
     public static InferenceSession Open(ModelProto model)
     {
         using var options = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
+        FeatureFlowOps.Register(options);
         return new InferenceSession(OnnxModelFile.Serialize(model), options);
     }
 

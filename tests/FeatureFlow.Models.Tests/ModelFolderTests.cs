@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using FeatureFlow.Models.Folder;
 using FeatureFlow.Onnx;
+using FeatureFlow.Onnx.CustomOps;
 
 namespace FeatureFlow.Models.Tests;
 
@@ -128,9 +129,20 @@ public class ModelFolderTests
             Describe(plain.Graph.Output));
         Assert.Contains(plain.MetadataProps, p => p.Key == "featureflow.hooks" && p.Value == "false");
         Assert.Contains(plain.MetadataProps, p => p.Key == "featureflow.kv_layout" && p.Value == "shared_buffer");
-        // Each of the 15 hooks is eleven operators, and the steering inputs are split at the top.
-        Assert.True(plain.Graph.Node.Count + 15 * 11 < hooked.Graph.Node.Count,
-            $"{plain.Graph.Node.Count} nodes without hooks, {hooked.Graph.Node.Count} with");
+        // Each of the 15 hooks is one SteeringHook node reading the stacked steering inputs (nothing splits them), and
+        // each of the 5 resid_post sums, which the hook-free graph forms inside its norms, one Add.
+        Assert.Equal(15, hooked.Graph.Node.Count(n => n.Domain == SteeringHookOp.Domain
+            && n.OpType == SteeringHookOp.OpType));
+        Assert.DoesNotContain(hooked.Graph.Node,
+            n => n.OpType == "Split" && n.Input[0].StartsWith("steering.", StringComparison.Ordinal));
+        Assert.Equal(plain.Graph.Node.Count + 15 + 5, hooked.Graph.Node.Count);
+        Assert.Contains(hooked.OpsetImport, o => o.Domain == SteeringHookOp.Domain
+            && o.Version == SteeringHookOp.DomainVersion);
+        Assert.Contains(hooked.MetadataProps, p => p.Key == "featureflow.hook_form" && p.Value == "custom_operator");
+        // The reference Concat graph keeps its hooks in ONNX operators (GenAI runs it, and the tests compare with it).
+        var concat = OnnxModelFile.Read(folder.HookedGraphPath);
+        Assert.DoesNotContain(concat.Graph.Node, n => n.Domain == SteeringHookOp.Domain);
+        Assert.DoesNotContain(concat.OpsetImport, o => o.Domain == SteeringHookOp.Domain);
     }
 
     [Fact]

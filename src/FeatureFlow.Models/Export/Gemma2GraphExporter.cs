@@ -30,6 +30,7 @@ public static class Gemma2GraphExporter
     {
         config.Validate();
         options.RequirePlainOperators("Gemma 2");
+        options.RequireOnnxHooks("the Gemma 2 exporter");
         var arch = config.Architecture;
         var g = new GraphBuilder(modelName, externalData);
         int d = arch.DModel, hs = arch.HeadSize, kvHeads = arch.KvHeads;

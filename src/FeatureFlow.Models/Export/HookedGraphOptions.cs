@@ -1,3 +1,5 @@
+using FeatureFlow.Onnx.CustomOps;
+
 namespace FeatureFlow.Models.Export;
 
 /// <summary>What the exporter puts around the model math.</summary>
@@ -24,6 +26,10 @@ public sealed record HookedGraphOptions
     /// <summary>Which operators carry the model math (<see cref="OperatorSet"/>).</summary>
     public OperatorSet Operators { get; init; } = OperatorSet.Plain;
 
+    /// <summary>How each full steering hook is written (<see cref="HookOperators"/>); add-only hooks are one Add.
+    /// </summary>
+    public HookOperators HookOperators { get; init; } = HookOperators.Onnx;
+
     /// <summary>For exporters without a fused variant: a request for one is refused, not silently ignored.</summary>
     public void RequirePlainOperators(string exporter)
     {
@@ -31,6 +37,31 @@ public sealed record HookedGraphOptions
             throw new ArgumentException($"the {exporter} exporter writes plain operators only; {nameof(Operators)} = "
                 + $"{Operators} is not available for it");
     }
+
+    /// <summary>For graphs whose hooks can only be ONNX operators: a request for the custom operator is refused.</summary>
+    public void RequireOnnxHooks(string graph)
+    {
+        if (Hooks && HookOperators != HookOperators.Onnx)
+            throw new ArgumentException($"{graph} writes its steering hooks in ONNX operators only; "
+                + $"{nameof(HookOperators)} = {HookOperators} is available for fused-operator graphs");
+    }
+}
+
+/// <summary>How a graph's full steering hooks are written.</summary>
+public enum HookOperators
+{
+    /// <summary>
+    /// Eleven standard ONNX operators per hook over per-site slices of the steering inputs, cut once at the top of
+    /// the graph: runs in any ONNX runtime (ONNX Runtime GenAI included); the reference form.
+    /// </summary>
+    Onnx,
+
+    /// <summary>
+    /// One ai.featureflow.SteeringHook node per hook (FeatureFlow.Onnx.CustomOps), reading its site straight out of the
+    /// stacked steering inputs: no slices, and on CPU a fraction of the eleven nodes' dispatch cost. ONNX Runtime only,
+    /// in sessions whose options went through FeatureFlowOps.Register; the engine's batched graph.
+    /// </summary>
+    CustomOperator,
 }
 
 /// <summary>The operators an exported graph is written in.</summary>
@@ -97,8 +128,15 @@ public static class GraphNames
     public static string PresentKey(int layer) => $"present.{layer}.key";
     public static string PresentValue(int layer) => $"present.{layer}.value";
 
-    /// <summary>Rows of <see cref="SteeringCoefficients"/> ([batch, site, row, slot]).</summary>
-    public enum CoefficientRow { EncoderBias = 0, Threshold = 1, Alpha = 2, Beta = 3 }
+    /// <summary>Rows of <see cref="SteeringCoefficients"/> ([batch, site, row, slot]), as the custom operator reads them.
+    /// </summary>
+    public enum CoefficientRow
+    {
+        EncoderBias = SteeringHookOp.EncoderBiasRow,
+        Threshold = SteeringHookOp.ThresholdRow,
+        Alpha = SteeringHookOp.AlphaRow,
+        Beta = SteeringHookOp.BetaRow,
+    }
 
-    public const int CoefficientRows = 4;
+    public const int CoefficientRows = SteeringHookOp.CoefficientRows;
 }

@@ -1,4 +1,5 @@
 using FeatureFlow.Onnx;
+using FeatureFlow.Onnx.CustomOps;
 using FeatureFlow.Onnx.Ir;
 using DataType = FeatureFlow.Onnx.Ir.TensorProto.Types.DataType;
 
@@ -22,7 +23,8 @@ public static partial class LlamaGraphExporter
     /// the sum the next norm would form, so that sum is an Add, and the hook's increment (add + the feature terms,
     /// <see cref="SteeringHook.Increment"/>) enters the next SkipSimplifiedLayerNormalization as its input with the sum
     /// as its skip: with all-zero steering that adds +0 to the same values and normalises them in the same kernel, so
-    /// the hooked graph's logits are the bits of the graph without hooks.
+    /// the hooked graph's logits are the bits of the graph without hooks. With
+    /// <see cref="HookOperators.CustomOperator"/> each hook (and each increment) is one SteeringHook node instead.
     /// </remarks>
     private static ModelProto FusedDecoder(GraphBuilder g, ModelArchitecture arch, LlamaWeights w,
         HookedGraphOptions options, string embedding, string x, DecoderInputs inputs)
@@ -69,7 +71,9 @@ public static partial class LlamaGraphExporter
         var attention = layout == KvCacheLayout.SharedBuffer
             ? RotaryInsideAttention(arch) ? "GroupQueryAttention with rotary" : "RotaryEmbedding, GroupQueryAttention"
             : "RotaryEmbedding, MultiHeadAttention";
+        var customHook = $"{SteeringHookOp.Domain}.{SteeringHookOp.OpType}";
         var hooks = steering is null ? "no hooks" : steering.AddOnly ? "with add-only FeatureFlow steering hooks (h + add)"
+            : steering.Stacked is not null ? $"with FeatureFlow steering hooks at every site, each one {customHook} node"
             : "with FeatureFlow steering hooks at every site";
         var doc = $"Llama decoder ({hooks}) "
             + "in ONNX Runtime's fused operators: SimplifiedLayerNormalization, SkipSimplifiedLayerNormalization, "
@@ -82,12 +86,15 @@ public static partial class LlamaGraphExporter
             new("featureflow.operators", "fused"),
         ];
         if (steering is { AddOnly: true }) metadata.Add(new("featureflow.hook_form", "add_only"));
+        if (steering?.Stacked is not null) metadata.Add(new("featureflow.hook_form", "custom_operator"));
         if (layout == KvCacheLayout.SharedBuffer) metadata.Add(new("featureflow.kv_layout", "shared_buffer"));
+        List<KeyValuePair<string, long>> opsets = [new(MicrosoftDomain, 1)];
+        if (steering?.Stacked is not null) opsets.Add(new(SteeringHookOp.Domain, SteeringHookOp.DomainVersion));
         return g.Build(new OnnxModelOptions
         {
             DocString = doc,
             Metadata = metadata,
-            DomainOpsets = [new(MicrosoftDomain, 1)],
+            DomainOpsets = opsets,
         });
     }
 

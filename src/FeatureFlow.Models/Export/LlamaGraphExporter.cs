@@ -23,6 +23,7 @@ public static partial class LlamaGraphExporter
         ExternalDataFile? externalData = null)
     {
         RequireWritable(arch);
+        if (options.Operators == OperatorSet.Plain) options.RequireOnnxHooks("the plain-operator Llama graph");
         var g = new GraphBuilder(modelName, externalData);
         var inputs = DeclareInputs(g, arch, options);
         var (steering, pastKeys, pastValues) = (inputs.Steering, inputs.PastKeys, inputs.PastValues);
@@ -212,6 +213,9 @@ public static partial class LlamaGraphExporter
     internal static DecoderInputs DeclareInputs(GraphBuilder g, ModelArchitecture arch, HookedGraphOptions options)
     {
         if (options.Hooks && options.SlotsPerSite < 1) throw new ArgumentException("slots per site must be at least 1");
+        if (options is { Hooks: true, AddOnly: true, HookOperators: not HookOperators.Onnx })
+            throw new ArgumentException($"add-only hooks are one Add each, written in ONNX operators; "
+                + $"{nameof(options.HookOperators)} = {options.HookOperators} is for the full hooks");
         int d = arch.DModel, hs = arch.HeadSize, kvHeads = arch.KvHeads, sites = arch.Layers * Site.KindsPerLayer;
         int k = options.SlotsPerSite;
         var shared = options.KvLayout == KvCacheLayout.SharedBuffer;
@@ -230,7 +234,7 @@ public static partial class LlamaGraphExporter
         }
         var steering = !options.Hooks ? null
             : options.AddOnly ? SteeringHook.DeclareAddInput(g, sites, d)
-            : SteeringHook.DeclareInputs(g, sites, d, k);
+            : SteeringHook.DeclareInputs(g, sites, d, k, form: options.HookOperators);
         return new DecoderInputs(inputIds, attentionMask, positionIds, seqlensK, totalLength, pastKeys, pastValues,
             steering);
     }

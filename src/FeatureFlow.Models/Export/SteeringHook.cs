@@ -1,4 +1,6 @@
 using FeatureFlow.Onnx;
+using FeatureFlow.Onnx.CustomOps;
+using FeatureFlow.Onnx.Ir;
 using DataType = FeatureFlow.Onnx.Ir.TensorProto.Types.DataType;
 
 namespace FeatureFlow.Models.Export;
@@ -9,22 +11,30 @@ namespace FeatureFlow.Models.Export;
 /// <see cref="GraphNames.SteeringEncoder"/> [B, sites, d, K], <see cref="GraphNames.SteeringDecoder"/> [B, sites, K, d],
 /// <see cref="GraphNames.SteeringCoefficients"/> [B, sites, 4, K]) cut once at the top of the graph, and the hook
 /// h ← h + add + Σ_k (α_k·a_k(h) + β_k)·v_k with a_k(h) = JumpReLU_θk(e_k·h + b_k) at one site; every steering
-/// input zero makes it the exact identity.
+/// input zero makes it the exact identity. The hook is eleven ONNX operators, or (<see cref="HookOperators"/>) one
+/// ai.featureflow.SteeringHook node that reads its site out of the uncut inputs.
 /// </summary>
 public static class SteeringHook
 {
     private const string B = "batch", T = "sequence_length";
 
     /// <summary>
-    /// Declares the four steering inputs (float32) and splits them into per-site pieces; <paramref name="opset"/> is
-    /// the graph's ai.onnx opset (from 18 on, Split must be told its number of outputs).
+    /// Declares the four steering inputs (float32) and splits them into per-site pieces (for
+    /// <see cref="HookOperators.CustomOperator"/> hooks, which read the stacked inputs, it splits nothing);
+    /// <paramref name="opset"/> is the graph's ai.onnx opset (from 18 on, Split must be told its number of outputs).
     /// </summary>
-    public static SiteSlices DeclareInputs(GraphBuilder g, int sites, int d, int slots, long opset = 17) =>
-        SiteSlices.Split(g, sites, opset,
-            g.Input(GraphNames.SteeringAdd, DataType.Float, B, sites, d),
-            g.Input(GraphNames.SteeringEncoder, DataType.Float, B, sites, d, slots),
-            g.Input(GraphNames.SteeringDecoder, DataType.Float, B, sites, slots, d),
-            g.Input(GraphNames.SteeringCoefficients, DataType.Float, B, sites, GraphNames.CoefficientRows, slots));
+    public static SiteSlices DeclareInputs(GraphBuilder g, int sites, int d, int slots, long opset = 17,
+        HookOperators form = HookOperators.Onnx)
+    {
+        var add = g.Input(GraphNames.SteeringAdd, DataType.Float, B, sites, d);
+        var encoder = g.Input(GraphNames.SteeringEncoder, DataType.Float, B, sites, d, slots);
+        var decoder = g.Input(GraphNames.SteeringDecoder, DataType.Float, B, sites, slots, d);
+        var coefficients = g.Input(GraphNames.SteeringCoefficients, DataType.Float, B, sites,
+            GraphNames.CoefficientRows, slots);
+        return form == HookOperators.CustomOperator
+            ? SiteSlices.Unsplit(new StackedSteering(add, encoder, decoder, coefficients))
+            : SiteSlices.Split(g, sites, opset, add, encoder, decoder, coefficients);
+    }
 
     /// <summary>
     /// An add-only graph's steering: <see cref="GraphNames.SteeringAdd"/> alone, split per site. Its hooks are h + add,
@@ -43,6 +53,11 @@ public static class SteeringHook
     {
         if (steering is null) return h;
         using var _ = g.Scope(Site.HookSuffix(site.Kind));
+        if (steering.Stacked is { } stacked)
+        {
+            var hooked = CustomHook(g, stacked, site, h, increment: false, siteOutput ? site.HookName : null);
+            return siteOutput ? g.Output(hooked, site.HookName, DataType.Float, B, T, d) : hooked;
+        }
         if (steering.AddOnly)
             return siteOutput
                 ? g.Output(g.Node("Add", [h, steering.Add[site.Index]], [site.HookName])[0], site.HookName,
@@ -64,10 +79,29 @@ public static class SteeringHook
     public static string Increment(GraphBuilder g, SiteSlices steering, Site site, string h)
     {
         using var _ = g.Scope(Site.HookSuffix(site.Kind));
+        if (steering.Stacked is { } stacked) return CustomHook(g, stacked, site, h, increment: true);
         // [B, 1, d] add broadcast to h's [B, T, d], the shape a fused norm's input must have.
         if (steering.AddOnly) return g.Op("Expand", [steering.Add[site.Index], g.Op("Shape", [h])]);
         var delta = Delta(g, steering, site, h);
         return g.Op("Add", [steering.Add[site.Index], delta]);
+    }
+
+    /// <summary>
+    /// One <see cref="SteeringHookOp"/> node: the steered h, or with <paramref name="increment"/> what the hook adds
+    /// (add + the feature terms, [B, T, d]); its output is named <paramref name="output"/> or generated.
+    /// </summary>
+    private static string CustomHook(GraphBuilder g, StackedSteering stacked, Site site, string h, bool increment,
+        string? output = null)
+    {
+        string[] inputs = [h, stacked.Add, stacked.Encoder, stacked.Decoder, stacked.Coefficients];
+        AttributeProto[] attributes =
+        [
+            Attr.Int(SteeringHookOp.SiteAttribute, site.Index),
+            Attr.Int(SteeringHookOp.IncrementAttribute, increment ? 1 : 0),
+        ];
+        return output is null
+            ? g.DomainOp(SteeringHookOp.Domain, SteeringHookOp.OpType, inputs, attributes)
+            : g.DomainNode(SteeringHookOp.Domain, SteeringHookOp.OpType, inputs, [output], attributes)[0];
     }
 
     /// <summary>Σ_k (α_k·a_k(h) + β_k)·v_k with a_k(h) = JumpReLU_θk(e_k·h + b_k), [B, T, d].</summary>
@@ -87,12 +121,18 @@ public static class SteeringHook
 
 /// <summary>
 /// The steering inputs cut into per-site pieces once, at the top of the graph, so each hook costs no
-/// gathers: add [B, 1, d], encoder [B, 1, d, K], decoder [B, 1, K, d], coefficient rows [B, 1, 1, K].
+/// gathers: add [B, 1, d], encoder [B, 1, d, K], decoder [B, 1, K, d], coefficient rows [B, 1, 1, K]. Custom-operator
+/// hooks need no pieces: their slices are empty and <see cref="Stacked"/> names the inputs each node reads its site of.
 /// </summary>
 public sealed record SiteSlices(string[] Add, string[] Encoder, string[] Decoder, string[][] Rows)
 {
+    /// <summary>The four stacked inputs, for <see cref="HookOperators.CustomOperator"/> hooks; null otherwise.</summary>
+    public StackedSteering? Stacked { get; init; }
+
     /// <summary>An add-only graph's slices (<see cref="SteeringHook.DeclareAddInput"/>): no encoder, decoder or rows.</summary>
-    public bool AddOnly => Encoder.Length == 0;
+    public bool AddOnly => Stacked is null && Encoder.Length == 0;
+
+    public static SiteSlices Unsplit(StackedSteering stacked) => new([], [], [], []) { Stacked = stacked };
 
     public static SiteSlices SplitAdd(GraphBuilder g, int sites, long opset, string add)
     {
@@ -118,3 +158,6 @@ public sealed record SiteSlices(string[] Add, string[] Encoder, string[] Decoder
             rows.Select(r => Pieces(r, sites, 1)).ToArray());
     }
 }
+
+/// <summary>The graph inputs steering.add, steering.encoder, steering.decoder and steering.coefficients, uncut.</summary>
+public sealed record StackedSteering(string Add, string Encoder, string Decoder, string Coefficients);
