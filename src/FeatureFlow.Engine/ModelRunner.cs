@@ -13,8 +13,9 @@ namespace FeatureFlow.Engine;
 /// </summary>
 /// <remarks>
 /// When the folder has the batched graph without hooks, both graphs run over the same buffers, and a step in
-/// which no row steers (<see cref="SteeringSlots.IsIdentity"/>) and no row reads a site out runs that one: the
-/// hooks are 188 of the hooked graph's 263 operators on stories260K. All-zero steering makes every hook the exact
+/// which no row steers (<see cref="SteeringSlots.IsIdentity"/>) and no row reads a site out runs that one, so
+/// unsteered traffic pays nothing for the hooks (one SteeringHook node per site, plus an Add per block that forms
+/// resid_post, in our exported graphs). All-zero steering makes every hook the exact
 /// identity, so a row's logits are the same bits whichever graph runs a step, and batch invariance holds as rows
 /// come and go.
 /// </remarks>
@@ -32,6 +33,8 @@ public sealed class ModelRunner : IModelRunner
     private readonly long[] _prefillTokens, _prefillPositions;
     private readonly float[] _lastLogits;
     private Graph? _lastStep;
+    // The sites the last decode step read out (null after a prefill, or when its graph reads none).
+    private bool[]? _lastSites;
     // Site outputs, [rows, 1, d] each, made when a row first asks to read that site.
     private readonly RowTensor<float>?[] _sites;
 
@@ -130,6 +133,7 @@ public sealed class ModelRunner : IModelRunner
         foreach (var site in readout) binding.BindOutputToDevice(site.HookName, OrtMemoryInfo.DefaultInstance);
         graph.Session.RunWithBinding(_runOptions, binding);
         _lastStep = graph;
+        _lastSites = null;
         using (var outputs = binding.GetOutputValues())
         {
             var vocab = Architecture.VocabSize;
@@ -165,38 +169,36 @@ public sealed class ModelRunner : IModelRunner
         }
         _total[0] = longest;
         var graph = Choose(Steering.AllIdentity(rows), Steering.AllAddOnly(rows), siteReaders.ContainsAnyExcept(0));
+        var binding = graph.Decode(rows, out var boundSites, out var made);
         var sitesChanged = false;
-        if (graph.BoundSites is { } bound)
-            for (var s = 0; s < bound.Length; s++) sitesChanged |= bound[s] != siteReaders[s] > 0;
-        if (graph.DecodeRows != rows || sitesChanged)
+        if (boundSites is not null)
+            for (var s = 0; s < boundSites.Length; s++) sitesChanged |= boundSites[s] != siteReaders[s] > 0;
+        if (made || sitesChanged)
         {
-            // Views of a prefix are made once per row count, and each graph keeps its own binding, so a binding
-            // changes only when rows join or leave (or read-out sites change), not when the step's graph does.
-            var binding = graph.Decode;
             binding.ClearBoundInputs();
             binding.ClearBoundOutputs();
             Bind(binding, graph, _tokens.Prefix(rows), _positions.Prefix(rows), _seqLens.Prefix(rows),
                 Cache.Prefix(rows), Steering.Prefix(rows), _logits.Prefix(rows));
-            if (graph.BoundSites is { } sites)
-                for (var s = 0; s < sites.Length; s++)
+            if (boundSites is not null)
+                for (var s = 0; s < boundSites.Length; s++)
                 {
-                    sites[s] = siteReaders[s] > 0;
-                    if (sites[s])
+                    boundSites[s] = siteReaders[s] > 0;
+                    if (boundSites[s])
                     {
                         _sites[s] ??= new RowTensor<float>(Rows, 1, Architecture.DModel);
                         binding.BindOutput(Site.FromIndex(s).HookName, _sites[s]!.Prefix(rows));
                     }
                 }
-            graph.DecodeRows = rows;
         }
-        graph.Session.RunWithBinding(_runOptions, graph.Decode);
+        graph.Session.RunWithBinding(_runOptions, binding);
         _lastStep = graph;
+        _lastSites = boundSites;
         for (var i = 0; i < rows; i++) Cache.Ledger.Advance(i, 1);
         return _logits.Leading(rows);
     }
 
     /// <summary>The value at <paramref name="site"/> of the row in <paramref name="slot"/> from the last decode step.</summary>
-    public ReadOnlySpan<float> SiteValue(Site site, int slot) => _lastStep?.BoundSites?[site.Index] == true
+    public ReadOnlySpan<float> SiteValue(Site site, int slot) => _lastSites?[site.Index] == true
         ? _sites[site.Index]!.Row(slot)
         : throw new InvalidOperationException($"{site} was not read out");
 
@@ -216,7 +218,7 @@ public sealed class ModelRunner : IModelRunner
             session.Dispose();
             throw new InvalidDataException($"{path}: not {expected}");
         }
-        return (new Graph(session), provider);
+        return (new Graph(session, cpu.MaxBatchRows), provider);
     }
 
     /// <summary>
@@ -270,23 +272,45 @@ public sealed class ModelRunner : IModelRunner
     }
 
     /// <summary>One graph's session, with its own decode and prefill bindings over the runner's buffers.</summary>
-    private sealed class Graph(InferenceSession session) : IDisposable
+    /// <remarks>
+    /// One decode binding per row count, bound on first use: rows joining or leaving switch to another binding
+    /// instead of binding again (which costs every input's name in managed bytes and a few microseconds), so once
+    /// each batch size has run, decoding allocates nothing however rows come and go.
+    /// </remarks>
+    private sealed class Graph(InferenceSession session, int rows) : IDisposable
     {
-        public InferenceSession Session { get; } = session;
-        public OrtIoBinding Decode { get; } = session.CreateIoBinding();
-        public OrtIoBinding Prefill { get; } = session.CreateIoBinding();
-        /// <summary>The row count <see cref="Decode"/> holds views for; −1 until its first step.</summary>
-        public int DecodeRows { get; set; } = -1;
-        /// <summary>Per site, whether <see cref="Decode"/> binds its output; null for the graph without hooks.</summary>
-        public bool[]? BoundSites { get; private set; }
+        private readonly OrtIoBinding?[] _decode = new OrtIoBinding?[rows + 1];
+        private readonly bool[]?[] _boundSites = new bool[]?[rows + 1];
+        private int _sites;
 
-        public void ReadsSites(int sites) => BoundSites = new bool[sites];
+        public InferenceSession Session { get; } = session;
+        public OrtIoBinding Prefill { get; } = session.CreateIoBinding();
+
+        /// <summary>The graph has site outputs that decode steps may read.</summary>
+        public void ReadsSites(int sites) => _sites = sites;
+
+        /// <summary>
+        /// The decode binding for <paramref name="rows"/> rows; <paramref name="boundSites"/> says per site whether it
+        /// binds that site's output (null for a graph without site outputs); <paramref name="made"/> when it is new and
+        /// holds nothing yet.
+        /// </summary>
+        public OrtIoBinding Decode(int rows, out bool[]? boundSites, out bool made)
+        {
+            made = _decode[rows] is null;
+            if (made)
+            {
+                _decode[rows] = Session.CreateIoBinding();
+                if (_sites > 0) _boundSites[rows] = new bool[_sites];
+            }
+            boundSites = _boundSites[rows];
+            return _decode[rows]!;
+        }
 
         public void Dispose()
         {
             if (Environment.GetEnvironmentVariable("FEATUREFLOW_ORT_PROFILE") is { Length: > 0 })
                 Session.EndProfiling();
-            Decode.Dispose();
+            foreach (var binding in _decode) binding?.Dispose();
             Prefill.Dispose();
             Session.Dispose();
         }
