@@ -1,5 +1,6 @@
 using FeatureFlow.Models;
 using FeatureFlow.Models.Export;
+using FeatureFlow.Steering;
 using Microsoft.ML.OnnxRuntime;
 
 namespace FeatureFlow.Benchmarks;
@@ -37,9 +38,14 @@ public sealed class SharedBufferStepper : IDecodeStepper
     private readonly RunOptions _runOptions = new();
     private int _past;
 
-    public SharedBufferStepper(InferenceSession session, ModelArchitecture arch, int capacity)
+    private readonly SteeringTensors? _steering;
+
+    /// <param name="steering">The row's steering, bound to a hooked graph's four steering inputs; null for a graph
+    /// without hooks.</param>
+    public SharedBufferStepper(InferenceSession session, ModelArchitecture arch, int capacity,
+        SteeringTensors? steering = null)
     {
-        (_session, _arch, _capacity) = (session, arch, capacity);
+        (_session, _arch, _capacity, _steering) = (session, arch, capacity, steering);
         _keys = Enumerable.Range(0, arch.Layers).Select(_ => Pinned<float>(arch.KvDim * capacity)).ToArray();
         _values = Enumerable.Range(0, arch.Layers).Select(_ => Pinned<float>(arch.KvDim * capacity)).ToArray();
         _logits = Pinned<float>(arch.VocabSize);
@@ -103,6 +109,13 @@ public sealed class SharedBufferStepper : IDecodeStepper
             binding.BindOutput(GraphNames.PresentValue(l), value);
         }
         binding.BindOutput(GraphNames.Logits, Over(logits, 1, t, _arch.VocabSize));
+        if (_steering is not { Shape: var shape } steering) return;
+        int sites = shape.Sites, d = shape.DModel, k = shape.SlotsPerSite;
+        binding.BindInput(GraphNames.SteeringAdd, Over(steering.Add, 1, sites, d));
+        binding.BindInput(GraphNames.SteeringEncoder, Over(steering.Encoder, 1, sites, d, k));
+        binding.BindInput(GraphNames.SteeringDecoder, Over(steering.Decoder, 1, sites, k, d));
+        binding.BindInput(GraphNames.SteeringCoefficients,
+            Over(steering.Coefficients, 1, sites, GraphNames.CoefficientRows, k));
     }
 
     private static T[] Pinned<T>(int length) => GC.AllocateArray<T>(length, pinned: true);

@@ -69,7 +69,8 @@ public static class FusedComparison
                         : new ConcatStepper(session, arch, capacity);
                     variants.Add(new Variant(layout, operators, model, stepper));
                 }
-            var (times, bytes, agreement) = Measure(options, variants, prompt, log);
+            var (times, bytes, agreement) = Measure(options.Rounds, options.WarmUps, options.Steps,
+                variants.Select(v => (v.Name, v.Stepper)).ToList(), prompt, log);
             output.Write(Report(options, variants, times, bytes, agreement, engineOptions));
             return 0;
         }
@@ -81,17 +82,21 @@ public static class FusedComparison
 
     /// <summary>Per variant every measured step's time (µs) and allocated bytes; and whether the greedy ids agreed.
     /// </summary>
-    private static (List<double>[] Times, List<long>[] Bytes, string Agreement) Measure(Options options,
-        List<Variant> variants, int[] prompt, TextWriter log)
+    /// <remarks>Also what <see cref="HookComparison"/> measures with: any single-row steppers, in lockstep.</remarks>
+    /// <param name="firstAgreeing">Variants from this one on must give the same greedy ids (earlier ones, e.g. an
+    /// unsteered graph beside steered ones, need not).</param>
+    internal static (List<double>[] Times, List<long>[] Bytes, string Agreement) Measure(int rounds, int warmUps,
+        int steps, IReadOnlyList<(string Name, IDecodeStepper Stepper)> variants, int[] prompt, TextWriter log,
+        int firstAgreeing = 0)
     {
-        var times = variants.Select(_ => new List<double>(options.Rounds * options.Steps)).ToArray();
-        var bytes = variants.Select(_ => new List<long>(options.Rounds * options.Steps)).ToArray();
+        var times = variants.Select(_ => new List<double>(rounds * steps)).ToArray();
+        var bytes = variants.Select(_ => new List<long>(rounds * steps)).ToArray();
         string? disagreement = null;
         var n = variants.Count;
-        for (var round = -options.WarmUps; round < options.Rounds; round++)
+        for (var round = -warmUps; round < rounds; round++)
         {
             var tokens = variants.Select(v => new List<int> { v.Stepper.Prefill(prompt) }).ToArray();
-            for (var step = 0; step < options.Steps; step++)
+            for (var step = 0; step < steps; step++)
                 for (var k = 0; k < n; k++)
                 {
                     var i = (k + step) % n; // rotate who goes first, so no variant always runs right after another
@@ -105,14 +110,16 @@ public static class FusedComparison
                     times[i].Add(elapsed.TotalMicroseconds);
                     bytes[i].Add(allocated);
                 }
-            for (var i = 1; i < n && disagreement is null; i++)
-                if (!tokens[i].SequenceEqual(tokens[0]))
-                    disagreement = $"Greedy ids DISAGREE: {variants[i].Name} departs from {variants[0].Name} at " +
-                        $"generated token {tokens[i].Zip(tokens[0]).TakeWhile(p => p.First == p.Second).Count()}.";
-            log.WriteLine(round < 0 ? "warm-up round done" : $"round {round + 1}/{options.Rounds} done");
+            var first = firstAgreeing;
+            for (var i = first + 1; i < n && disagreement is null; i++)
+                if (!tokens[i].SequenceEqual(tokens[first]))
+                    disagreement = $"Greedy ids DISAGREE: {variants[i].Name} departs from {variants[first].Name} at " +
+                        $"generated token {tokens[i].Zip(tokens[first]).TakeWhile(p => p.First == p.Second).Count()}.";
+            log.WriteLine(round < 0 ? "warm-up round done" : $"round {round + 1}/{rounds} done");
         }
-        return (times, bytes, disagreement ?? $"Greedy ids: all four variants gave the same {options.Steps + 1} "
-            + "token ids in every round.");
+        var agreed = string.Join(", ", variants.Skip(firstAgreeing).Select(v => v.Name));
+        return (times, bytes, disagreement ?? $"Greedy ids: {agreed} gave the same {steps + 1} token ids in every "
+            + "round.");
     }
 
     private static string Report(Options options, List<Variant> variants, List<double>[] times, List<long>[] bytes,
@@ -170,7 +177,7 @@ public static class FusedComparison
 
     /// <summary>Operator type counts of the graph ONNX Runtime runs after its optimizer, read back from the file
     /// it writes.</summary>
-    private static Dictionary<string, int> OptimizedOperators(ModelProto model)
+    internal static Dictionary<string, int> OptimizedOperators(ModelProto model)
     {
         var directory = Directory.CreateTempSubdirectory("featureflow-fused-");
         try
@@ -198,10 +205,10 @@ public static class FusedComparison
         }
     }
 
-    private static double Median(IEnumerable<double> values) => Percentile(values.Order().ToArray(), 0.5);
+    internal static double Median(IEnumerable<double> values) => Percentile(values.Order().ToArray(), 0.5);
 
     /// <summary>The p-quantile of sorted values, interpolating between neighbours.</summary>
-    private static double Percentile(double[] sorted, double p)
+    internal static double Percentile(double[] sorted, double p)
     {
         var at = p * (sorted.Length - 1);
         var low = (int)Math.Floor(at);

@@ -5,8 +5,9 @@ using FeatureFlow.Benchmarks;
 CultureInfo.DefaultThreadCurrentCulture = CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
 const string usage = "usage: engines [--rounds N] [--warm-ups N] [--pack NAME] [--write FILE]\n"
     + "       synthetic [--rounds N] [--warm-ups N] [--threads N] [--write FILE]\n"
-    + "       fused [--rounds N] [--warm-ups N] [--prompt TOKENS] [--steps N]";
-if (args.Length == 0 || args[0] is not ("engines" or "synthetic" or "fused"))
+    + "       fused [--rounds N] [--warm-ups N] [--prompt TOKENS] [--steps N]\n"
+    + "       hooks [--rounds N] [--warm-ups N] [--prompt TOKENS] [--steps N] [--write FILE]";
+if (args.Length == 0 || args[0] is not ("engines" or "synthetic" or "fused" or "hooks"))
 {
     Console.Error.WriteLine(usage);
     return 2;
@@ -27,6 +28,8 @@ Func<Task<int>> run = args[0] switch
         Flag("--pack", "sun-flow"), write)),
     "synthetic" => RunSynthetic(new SyntheticModelComparison.Options(Int("--rounds", 5), Int("--warm-ups", 1),
         Int("--threads", 1), write)),
+    "hooks" => RunHooks(new HookComparison.Options(Int("--rounds", 20), Int("--warm-ups", 2), Int("--prompt", 128),
+        Int("--steps", 256), write)),
     _ when write is not null => throw new ArgumentException($"fused prints its table and writes no file; {usage}"),
     _ => RunFused(new FusedComparison.Options(Int("--rounds", 20), Int("--warm-ups", 2), Int("--prompt", 128),
         Int("--steps", 256))),
@@ -39,3 +42,4 @@ static Func<Task<int>> RunEngines(EngineComparison.Options o) => () => EngineCom
 static Func<Task<int>> RunSynthetic(SyntheticModelComparison.Options o) =>
     () => SyntheticModelComparison.RunAsync(o, Console.Out, Console.Error);
 static Func<Task<int>> RunFused(FusedComparison.Options o) => () => Task.FromResult(FusedComparison.Run(o, Console.Out, Console.Error));
+static Func<Task<int>> RunHooks(HookComparison.Options o) => () => Task.FromResult(HookComparison.Run(o, Console.Out, Console.Error));
