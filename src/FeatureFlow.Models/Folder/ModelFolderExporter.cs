@@ -218,9 +218,10 @@ public static class ModelFolderExporter
     /// <param name="concatOperators">The Concat graphs' operators: plain (the reference, and what GenAI runs), fused
     /// for float16 folders.</param>
     /// <param name="batchedOperators">The batched graphs' operators: <see cref="OperatorSet.Fused"/> where the exporter
-    /// has them (the engine's steps run 0.6× as long on stories260K, docs/benchmarks.md), and then the full hooks of
-    /// decoder_hooked_batched.onnx are the SteeringHook custom operator (one node per hook instead of eleven); the
-    /// Concat graphs stay plain operators with ONNX-operator hooks, the reference and what GenAI runs.</param>
+    /// has them (the engine's steps run 0.6× as long on stories260K, docs/benchmarks.md). Whatever they are, the hooks
+    /// of decoder_hooked_batched.onnx are the SteeringHook custom operator (one node per hook instead of eleven; only
+    /// the engine runs that graph); the Concat graphs keep ONNX-operator hooks, the reference and what GenAI runs.
+    /// </param>
     private static HookedGraphOptions WriteGraphs(FolderFiles folder, HookedGraphOptions requested, bool batched,
         OperatorSet concatOperators, OperatorSet batchedOperators, Func<HookedGraphOptions, Onnx.Ir.ModelProto> export)
     {
@@ -230,7 +231,7 @@ public static class ModelFolderExporter
         {
             KvLayout = KvCacheLayout.SharedBuffer,
             Operators = batchedOperators,
-            HookOperators = batchedOperators == OperatorSet.Fused ? HookOperators.CustomOperator : HookOperators.Onnx,
+            HookOperators = HookOperators.CustomOperator,
         };
         var sharedPlain = shared with { Hooks = false, SiteOutputs = false, HookOperators = HookOperators.Onnx };
         var sharedAdd = shared with { AddOnly = true, HookOperators = HookOperators.Onnx };
