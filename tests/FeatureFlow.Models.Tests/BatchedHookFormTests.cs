@@ -75,7 +75,8 @@ public class BatchedHookFormTests : IDisposable
         Assert.Equal(arch.Layers * Site.KindsPerLayer,
             customModel.Graph.Node.Count(n => n.Domain == SteeringHookOp.Domain && n.OpType == SteeringHookOp.OpType));
         Assert.Contains(customModel.OpsetImport, o => o.Domain == SteeringHookOp.Domain);
-        Assert.Contains(customModel.MetadataProps, p => p.Key == "featureflow.hook_form" && p.Value == "custom_operator");
+        Assert.Contains(customModel.MetadataProps,
+            p => p.Key == "featureflow.hook_form" && p.Value == "custom_operator");
 
         int[][] prompts = [[1, 17, 42, 5, 60], [1, 50], [3, 9, 27, 61, 2, 44, 30, 13]];
         var shape = new SteeringShape(arch.Layers, arch.DModel, options.SlotsPerSite);

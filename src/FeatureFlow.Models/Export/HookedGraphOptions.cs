@@ -8,12 +8,6 @@ public sealed record HookedGraphOptions
     /// <summary>Insert the steering hook at every site (false writes the plain graph, for comparison and GenAI).</summary>
     public bool Hooks { get; init; } = true;
 
-    /// <summary>
-    /// Hooks of the form h + add only, and steering.add as the only steering input: the graph the engine runs for
-    /// steps whose rows steer with add vectors alone (bit-identical to the full hooks for them, far fewer operators).
-    /// </summary>
-    public bool AddOnly { get; init; }
-
     /// <summary>Feature slots per site: how many rescale/clamp terms one request can place at one site.</summary>
     public int SlotsPerSite { get; init; } = 8;
 

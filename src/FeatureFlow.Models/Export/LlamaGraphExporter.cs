@@ -213,9 +213,6 @@ public static partial class LlamaGraphExporter
     internal static DecoderInputs DeclareInputs(GraphBuilder g, ModelArchitecture arch, HookedGraphOptions options)
     {
         if (options.Hooks && options.SlotsPerSite < 1) throw new ArgumentException("slots per site must be at least 1");
-        if (options is { Hooks: true, AddOnly: true, HookOperators: not HookOperators.Onnx })
-            throw new ArgumentException($"add-only hooks are one Add each, written in ONNX operators; "
-                + $"{nameof(options.HookOperators)} = {options.HookOperators} is for the full hooks");
         int d = arch.DModel, hs = arch.HeadSize, kvHeads = arch.KvHeads, sites = arch.Layers * Site.KindsPerLayer;
         int k = options.SlotsPerSite;
         var shared = options.KvLayout == KvCacheLayout.SharedBuffer;
@@ -232,9 +229,7 @@ public static partial class LlamaGraphExporter
             pastKeys[l] = g.Input(GraphNames.PastKey(l), DataType.Float, B, kvHeads, shared ? M : P, hs);
             pastValues[l] = g.Input(GraphNames.PastValue(l), DataType.Float, B, kvHeads, shared ? M : P, hs);
         }
-        var steering = !options.Hooks ? null
-            : options.AddOnly ? SteeringHook.DeclareAddInput(g, sites, d)
-            : SteeringHook.DeclareInputs(g, sites, d, k, form: options.HookOperators);
+        var steering = options.Hooks ? SteeringHook.DeclareInputs(g, sites, d, k, form: options.HookOperators) : null;
         return new DecoderInputs(inputIds, attentionMask, positionIds, seqlensK, totalLength, pastKeys, pastValues,
             steering);
     }

@@ -69,7 +69,6 @@ public static class ModelFolderExporter
     public const string PlainGraphFile = "decoder.onnx";
     public const string BatchedGraphFile = "decoder_hooked_batched.onnx";
     public const string BatchedPlainGraphFile = "decoder_batched.onnx";
-    public const string BatchedAddGraphFile = "decoder_add_batched.onnx";
     /// <summary>
     /// ONNX Runtime's CPU GroupQueryAttention refuses other head sizes ("head_size must be a multiple of 8"), so a
     /// model with such heads gets no batched graphs: the reference runner serves it, the batching engine cannot.
@@ -107,8 +106,7 @@ public static class ModelFolderExporter
             Name = request.ModelName,
             Architecture = arch,
             Tokenizer = new TokenizerEntry("llama2c", tokenizerFile, tokenizer.BosId, tokenizer.EosId),
-            Graphs = new GraphEntry(HookedGraphFile, PlainGraphFile, BatchedGraphFile, BatchedPlainGraphFile,
-                BatchedAddGraphFile),
+            Graphs = new GraphEntry(HookedGraphFile, PlainGraphFile, BatchedGraphFile, BatchedPlainGraphFile),
             Steering = new SteeringLayout(hooked.SlotsPerSite, Site.All(arch.Layers).Select(s => s.HookName).ToArray(), hooked.SiteOutputs),
             Provenance = new Provenance(request.Description, request.License,
                 new SourceFile(checkpointFile, checkpoint.Sha256),
@@ -187,8 +185,7 @@ public static class ModelFolderExporter
                 Architecture = arch,
                 Tokenizer = new TokenizerEntry("hf", HfTokenizerFiles.Main, model.BosId, model.EosId),
                 Graphs = batched
-                    ? new GraphEntry(HookedGraphFile, PlainGraphFile, BatchedGraphFile, BatchedPlainGraphFile,
-                        BatchedAddGraphFile)
+                    ? new GraphEntry(HookedGraphFile, PlainGraphFile, BatchedGraphFile, BatchedPlainGraphFile)
                     : new GraphEntry(HookedGraphFile, PlainGraphFile),
                 Steering = new SteeringLayout(hooked.SlotsPerSite, Site.All(arch.Layers).Select(s => s.HookName).ToArray(),
                     hooked.SiteOutputs),
@@ -212,7 +209,7 @@ public static class ModelFolderExporter
 
     /// <summary>
     /// The hooked Concat graph, the plain one, and (if <paramref name="batched"/>) both again with the shared KV
-    /// buffer and the shared-buffer graph with add-only hooks, in that order. Returns the hooked graph's options (decoder_hooked.onnx is the Concat graph whatever
+    /// buffer, in that order. Returns the hooked graph's options (decoder_hooked.onnx is the Concat graph whatever
     /// the request says: GenAI and the engine read it).
     /// </summary>
     /// <param name="concatOperators">The Concat graphs' operators: plain (the reference, and what GenAI runs), fused
@@ -234,12 +231,11 @@ public static class ModelFolderExporter
             HookOperators = HookOperators.CustomOperator,
         };
         var sharedPlain = shared with { Hooks = false, SiteOutputs = false, HookOperators = HookOperators.Onnx };
-        var sharedAdd = shared with { AddOnly = true, HookOperators = HookOperators.Onnx };
         foreach (var (file, options) in new[]
                  {
                      (HookedGraphFile, hooked), (PlainGraphFile, plain), (BatchedGraphFile, shared),
-                     (BatchedPlainGraphFile, sharedPlain), (BatchedAddGraphFile, sharedAdd),
-                 }.Take(batched ? 5 : 2))
+                     (BatchedPlainGraphFile, sharedPlain),
+                 }.Take(batched ? 4 : 2))
             folder.Write(file, OnnxModelFile.Serialize(export(options)));
         return hooked;
     }
