@@ -222,7 +222,11 @@ public static class ModelFolderExporter
     private static HookedGraphOptions WriteGraphs(FolderFiles folder, HookedGraphOptions requested, bool batched,
         OperatorSet concatOperators, OperatorSet batchedOperators, Func<HookedGraphOptions, Onnx.Ir.ModelProto> export)
     {
-        var hooked = requested with { Hooks = true, KvLayout = KvCacheLayout.Concat, Operators = concatOperators };
+        var hooked = requested with
+        {
+            Hooks = true, KvLayout = KvCacheLayout.Concat, Operators = concatOperators,
+            HookOperators = HookOperators.Onnx,
+        };
         var plain = hooked with { Hooks = false, SiteOutputs = false };
         var shared = hooked with
         {
