@@ -64,7 +64,6 @@ public sealed class ConcatModelRunner : IModelRunner
     public KvLedger Kv { get; }
     public SteeringSlots Steering { get; }
     public bool LastStepPlain { get; private set; }
-    public bool LastStepAddOnly => false;
 
     public void SetNextToken(int slot, int token) => _next[slot] = token;
 

@@ -18,8 +18,6 @@ public sealed record EngineFigures
     public long PlainPrefillSteps { get; init; }
     /// <summary>Decode steps that ran the graph without hooks (no row steered or read out a site).</summary>
     public long PlainDecodeSteps { get; init; }
-    /// <summary>Decode steps that ran the graph with add-only hooks (every row steering with add vectors alone).</summary>
-    public long AddOnlyDecodeSteps { get; init; }
     /// <summary>Rows summed over decode steps: ÷ <see cref="DecodeSteps"/> is the mean batch size.</summary>
     public long DecodeRows { get; init; }
     public long GeneratedTokens { get; init; }

@@ -26,8 +26,7 @@ public sealed class GenerationEngine : IDisposable
         LongestPieceBytes = Tokenizer.LongestPieceBytes();
         // Folders without the batched graph (hooked third-party graphs) are served row by row.
         Runner = folder.BatchedGraphPath is { } graph
-            ? new ModelRunner(graph, folder.BatchedPlainGraphPath, folder.Manifest.Architecture, options,
-                folder.BatchedAddGraphPath)
+            ? new ModelRunner(graph, folder.BatchedPlainGraphPath, folder.Manifest.Architecture, options)
             : new ConcatModelRunner(folder.HookedGraphPath, folder.PlainGraphPath, folder.Manifest.Architecture, options);
         Compiler = new SteeringCompiler(Runner.SteeringShape);
         _scheduler = new Scheduler(Runner, options);

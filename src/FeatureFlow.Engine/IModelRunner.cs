@@ -20,8 +20,6 @@ public interface IModelRunner : IDisposable
     SteeringSlots Steering { get; }
     /// <summary>Whether the last prefill or decode step ran the graph without hooks.</summary>
     bool LastStepPlain { get; }
-    /// <summary>Whether the last prefill or decode step ran the graph with add-only hooks.</summary>
-    bool LastStepAddOnly { get; }
 
     /// <summary>The token the row in <paramref name="slot"/> feeds at the next decode step.</summary>
     void SetNextToken(int slot, int token);

@@ -23,7 +23,6 @@ public sealed class ModelRunner : IModelRunner
 {
     private readonly Graph _hooked;
     private readonly Graph? _plain;
-    private readonly Graph? _addOnly;
     private readonly RunOptions _runOptions = new();
     private readonly RowTensor<long> _tokens, _positions;
     private readonly RowTensor<int> _seqLens;
@@ -40,10 +39,7 @@ public sealed class ModelRunner : IModelRunner
 
     /// <param name="graphPath">The batched hooked graph.</param>
     /// <param name="plainGraphPath">The batched graph without hooks; null runs every step on the hooked one.</param>
-    /// <param name="addOnlyGraphPath">The batched graph with add-only hooks (steering.add alone); null runs steps that
-    /// steer with add vectors only on the hooked graph.</param>
-    public ModelRunner(string graphPath, string? plainGraphPath, ModelArchitecture architecture, EngineOptions options,
-        string? addOnlyGraphPath = null)
+    public ModelRunner(string graphPath, string? plainGraphPath, ModelArchitecture architecture, EngineOptions options)
     {
         Architecture = architecture;
         // The KV cache, steering slots and logits live in pinned host memory, bound in place. On CUDA, ONNX Runtime
@@ -52,18 +48,14 @@ public sealed class ModelRunner : IModelRunner
         if (options.ExecutionProvider == ExecutionProviderPreference.Cuda)
             throw new InvalidOperationException("the batching engine runs on CPU for now (its KV cache is host memory); use --provider Cpu or Auto");
         var cpu = options with { ExecutionProvider = ExecutionProviderPreference.Cpu };
-        (_hooked, var provider) = OpenBatched(graphPath, cpu, add: true, features: true,
+        (_hooked, var provider) = OpenBatched(graphPath, cpu, steering: true,
             "a batched hooked graph (it needs seqlens_k and the steering inputs; re-export the model folder)");
         Provider = options.ExecutionProvider == ExecutionProviderPreference.Auto
             ? provider with { Reason = "the batching engine's KV cache is host memory, so it runs on CPU (CUDA support is pending)" }
             : provider;
         if (plainGraphPath is not null)
-            _plain = OpenBatched(plainGraphPath, cpu, add: false, features: false,
+            _plain = OpenBatched(plainGraphPath, cpu, steering: false,
                 $"a batched graph without hooks (it needs {GraphNames.SeqlensK} and no steering inputs)").Graph;
-        if (addOnlyGraphPath is not null)
-            _addOnly = OpenBatched(addOnlyGraphPath, cpu, add: true, features: false,
-                $"a batched graph with add-only hooks (it needs {GraphNames.SeqlensK} and {GraphNames.SteeringAdd}, "
-                + "and no other steering input)").Graph;
         var inputs = _hooked.Session.InputMetadata;
         SteeringShape = new SteeringShape(architecture.Layers, architecture.DModel, inputs[GraphNames.SteeringDecoder].Dimensions[2]);
         Rows = options.MaxBatchRows;
@@ -78,7 +70,7 @@ public sealed class ModelRunner : IModelRunner
         _prefillPositions = GC.AllocateArray<long>(architecture.ContextLength, pinned: true);
         _lastLogits = new float[architecture.VocabSize];
         _sites = new RowTensor<float>?[SteeringShape.Sites];
-        foreach (var graph in new[] { _hooked, _addOnly }) graph?.ReadsSites(SteeringShape.Sites);
+        _hooked.ReadsSites(SteeringShape.Sites);
     }
 
     public ModelArchitecture Architecture { get; }
@@ -91,8 +83,6 @@ public sealed class ModelRunner : IModelRunner
     public SteeringSlots Steering { get; }
     /// <summary>Whether the last prefill or decode step ran the graph without hooks.</summary>
     public bool LastStepPlain => _plain is not null && _lastStep == _plain;
-    /// <summary>Whether the last prefill or decode step ran the graph with add-only hooks.</summary>
-    public bool LastStepAddOnly => _addOnly is not null && _lastStep == _addOnly;
 
     /// <summary>The token the row in <paramref name="slot"/> feeds at the next decode step.</summary>
     public void SetNextToken(int slot, int token) => _tokens.Row(slot)[0] = token;
@@ -125,7 +115,7 @@ public sealed class ModelRunner : IModelRunner
         _total[0] = count;
         using var ids = OrtValue.CreateTensorValueFromMemory(OrtMemoryInfo.DefaultInstance, new Memory<long>(_prefillTokens, 0, count), [1, count]);
         using var positions = OrtValue.CreateTensorValueFromMemory(OrtMemoryInfo.DefaultInstance, new Memory<long>(_prefillPositions, 0, count), [1, count]);
-        var graph = Choose(Steering.IsIdentity(slot), Steering.IsAddOnly(slot), readout.Count > 0);
+        var graph = Choose(Steering.IsIdentity(slot), readout.Count > 0);
         var binding = graph.Prefill;
         // Prefill logits [1, T, vocab] vary in size: ONNX Runtime allocates them (once per request, not per token).
         binding.BindOutputToDevice(GraphNames.Logits, OrtMemoryInfo.DefaultInstance);
@@ -168,7 +158,7 @@ public sealed class ModelRunner : IModelRunner
             longest = Math.Max(longest, past + 1);
         }
         _total[0] = longest;
-        var graph = Choose(Steering.AllIdentity(rows), Steering.AllAddOnly(rows), siteReaders.ContainsAnyExcept(0));
+        var graph = Choose(Steering.AllIdentity(rows), siteReaders.ContainsAnyExcept(0));
         var binding = graph.Decode(rows, out var boundSites, out var made);
         var sitesChanged = false;
         if (boundSites is not null)
@@ -203,17 +193,22 @@ public sealed class ModelRunner : IModelRunner
         : throw new InvalidOperationException($"{site} was not read out");
 
     /// <summary>
-    /// Opens a batched graph and checks that it takes <see cref="GraphNames.SeqlensK"/> and exactly the steering inputs
-    /// its role needs (<paramref name="add"/>: steering.add; <paramref name="features"/>: the encoder, decoder and
-    /// coefficients); refuses it naming the file and <paramref name="expected"/>, and closes it, otherwise.
+    /// Opens a batched graph and checks that it takes <see cref="GraphNames.SeqlensK"/> and, as its role needs, all
+    /// four steering inputs (<paramref name="steering"/>) or none; refuses it naming the file and
+    /// <paramref name="expected"/>, and closes it, otherwise.
     /// </summary>
-    private static (Graph Graph, ExecutionProviderInfo Provider) OpenBatched(string path, EngineOptions cpu, bool add,
-        bool features, string expected)
+    private static (Graph Graph, ExecutionProviderInfo Provider) OpenBatched(string path, EngineOptions cpu,
+        bool steering, string expected)
     {
         var (session, provider) = SessionFactory.Create(path, cpu);
         var inputs = session.InputMetadata;
-        if (!inputs.ContainsKey(GraphNames.SeqlensK) || inputs.ContainsKey(GraphNames.SteeringAdd) != add
-            || inputs.ContainsKey(GraphNames.SteeringEncoder) != features)
+        string[] steeringInputs =
+        [
+            GraphNames.SteeringAdd, GraphNames.SteeringEncoder, GraphNames.SteeringDecoder,
+            GraphNames.SteeringCoefficients,
+        ];
+        if (!inputs.ContainsKey(GraphNames.SeqlensK)
+            || steeringInputs.Any(name => inputs.ContainsKey(name) != steering))
         {
             session.Dispose();
             throw new InvalidDataException($"{path}: not {expected}");
@@ -222,17 +217,14 @@ public sealed class ModelRunner : IModelRunner
     }
 
     /// <summary>
-    /// The graph for a step: without hooks when nothing steers or is read, with add-only hooks when the rows steer with
-    /// add vectors alone, otherwise the full hooks. All give a row the same bits (all-zero steering is each hook's
-    /// identity; zero feature slots make the full hook h + add + 0).
+    /// The graph for a step: without hooks when nothing steers or is read, otherwise the hooked one. Both give a row
+    /// the same bits (all-zero steering is each hook's identity). Rows that steer with add vectors alone run the
+    /// hooked graph too: its SteeringHook kernel skips the feature terms of rows whose α and β are zero.
     /// </summary>
-    private Graph Choose(bool identity, bool addOnly, bool reading) =>
-        _plain is not null && identity && !reading ? _plain
-        : _addOnly is not null && addOnly ? _addOnly
-        : _hooked;
+    private Graph Choose(bool identity, bool reading) => _plain is not null && identity && !reading ? _plain : _hooked;
 
-    /// <summary>Binds a step's inputs and outputs: the steering inputs <paramref name="graph"/> takes (none, add
-    /// alone, or all four).</summary>
+    /// <summary>Binds a step's inputs and outputs: the steering inputs <paramref name="graph"/> takes (none, or all
+    /// four).</summary>
     private void Bind(OrtIoBinding binding, Graph graph, OrtValue ids, OrtValue positions, OrtValue seqLens,
         OrtValue[] kv, OrtValue[] steering, OrtValue? logits)
     {
@@ -248,9 +240,9 @@ public sealed class ModelRunner : IModelRunner
             binding.BindOutput(GraphNames.PresentKey(l), kv[2 * l]);
             binding.BindOutput(GraphNames.PresentValue(l), kv[2 * l + 1]);
         }
-        if (graph != _plain) binding.BindInput(GraphNames.SteeringAdd, steering[0]);
         if (graph == _hooked)
         {
+            binding.BindInput(GraphNames.SteeringAdd, steering[0]);
             binding.BindInput(GraphNames.SteeringEncoder, steering[1]);
             binding.BindInput(GraphNames.SteeringDecoder, steering[2]);
             binding.BindInput(GraphNames.SteeringCoefficients, steering[3]);
@@ -262,7 +254,6 @@ public sealed class ModelRunner : IModelRunner
     {
         _hooked.Dispose();
         _plain?.Dispose();
-        _addOnly?.Dispose();
         _runOptions.Dispose();
         _totalValue.Dispose();
         Cache.Dispose();

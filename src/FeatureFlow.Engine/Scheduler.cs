@@ -30,8 +30,7 @@ internal sealed class Scheduler : IDisposable
     private long _queuedTokens;
     private volatile bool _stopping;
     private Exception? _endAll;
-    private long _prefillSteps, _decodeSteps, _plainPrefillSteps, _plainDecodeSteps, _addOnlyDecodeSteps, _decodeRows,
-        _generated;
+    private long _prefillSteps, _decodeSteps, _plainPrefillSteps, _plainDecodeSteps, _decodeRows, _generated;
 
     private long _decodeAllocated, _decodeTicks, _loopTicks;
     private int _runningRows;
@@ -124,7 +123,6 @@ internal sealed class Scheduler : IDisposable
             DecodeSteps = Volatile.Read(ref _decodeSteps),
             PlainPrefillSteps = Volatile.Read(ref _plainPrefillSteps),
             PlainDecodeSteps = Volatile.Read(ref _plainDecodeSteps),
-            AddOnlyDecodeSteps = Volatile.Read(ref _addOnlyDecodeSteps),
             DecodeRows = Volatile.Read(ref _decodeRows),
             GeneratedTokens = Volatile.Read(ref _generated),
             DecodeAllocatedBytes = Volatile.Read(ref _decodeAllocated),
@@ -235,7 +233,6 @@ internal sealed class Scheduler : IDisposable
         }
         _decodeSteps++;
         if (_runner.LastStepPlain) _plainDecodeSteps++;
-        if (_runner.LastStepAddOnly) _addOnlyDecodeSteps++;
         _decodeRows += rows;
         _finished.Clear();
         for (var i = 0; i < rows; i++)

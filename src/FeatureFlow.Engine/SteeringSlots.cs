@@ -17,7 +17,6 @@ public sealed class SteeringSlots : IDisposable
     private readonly OrtValue[]?[] _rows;
     private readonly BoundSteering?[] _bound;
     private readonly bool[] _identity;
-    private readonly bool[] _addOnly;
 
     public SteeringSlots(SteeringShape shape, int rows)
     {
@@ -32,8 +31,6 @@ public sealed class SteeringSlots : IDisposable
         _bound = new BoundSteering?[rows];
         _identity = new bool[rows];
         Array.Fill(_identity, true); // the buffers start zero
-        _addOnly = new bool[rows];
-        Array.Fill(_addOnly, true);
     }
 
     public SteeringShape Shape { get; }
@@ -48,7 +45,6 @@ public sealed class SteeringSlots : IDisposable
         tensors.Decoder.CopyTo(_decoder.Row(slot));
         tensors.Coefficients.CopyTo(_coefficients.Row(slot));
         _identity[slot] = tensors.IsIdentity;
-        _addOnly[slot] = tensors.IsAddOnly;
     }
 
     /// <summary>Whether the row in <paramref name="slot"/> steers nothing.</summary>
@@ -59,17 +55,10 @@ public sealed class SteeringSlots : IDisposable
     /// </summary>
     public bool AllIdentity(int rows) => !_identity.AsSpan(0, rows).Contains(false);
 
-    /// <summary>Whether the row in <paramref name="slot"/> steers with add vectors alone (<see cref="SteeringTensors.IsAddOnly"/>).</summary>
-    public bool IsAddOnly(int slot) => _addOnly[slot];
-
-    /// <summary>Whether every row 0..<paramref name="rows"/>−1 steers with add vectors alone.</summary>
-    public bool AllAddOnly(int rows) => !_addOnly.AsSpan(0, rows).Contains(false);
-
     public void Move(int from, int to)
     {
         foreach (var part in Parts) part.Copy(from, to);
         _identity[to] = _identity[from];
-        _addOnly[to] = _addOnly[from];
     }
 
     /// <summary>add, encoder, decoder, coefficients of rows 0..<paramref name="rows"/>−1.</summary>

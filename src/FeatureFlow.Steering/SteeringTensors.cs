@@ -36,15 +36,8 @@ public sealed class SteeringTensors
     /// may stand in for it. Zero add and decoder alone would not do: an overflowing encoder activation times a
     /// zero decoder is NaN.
     /// </summary>
-    public bool IsIdentity => IsAddOnly && !Add.AsSpan().ContainsAnyExcept(0f);
-
-    /// <summary>
-    /// Whether only the add vectors steer: encoder, decoder and coefficients all zero, so each hook's feature term is
-    /// (0·ReLU(0) + 0)·0 = 0 exactly (a non-zero encoder could overflow, and 0·∞ is NaN), and a graph whose hooks are
-    /// h + add alone gives the same bits.
-    /// </summary>
-    public bool IsAddOnly => !Decoder.AsSpan().ContainsAnyExcept(0f) && !Encoder.AsSpan().ContainsAnyExcept(0f)
-        && !Coefficients.AsSpan().ContainsAnyExcept(0f);
+    public bool IsIdentity => !Add.AsSpan().ContainsAnyExcept(0f) && !Decoder.AsSpan().ContainsAnyExcept(0f)
+        && !Encoder.AsSpan().ContainsAnyExcept(0f) && !Coefficients.AsSpan().ContainsAnyExcept(0f);
 
     public Span<float> AddAt(Site site) => Add.AsSpan(site.Index * Shape.DModel, Shape.DModel);
 

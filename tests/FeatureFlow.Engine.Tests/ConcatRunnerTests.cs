@@ -16,7 +16,7 @@ public sealed class ConcatRunnerTests(EngineFixture f) : IClassFixture<EngineFix
     {
         var manifest = f.Folder.Manifest with
         {
-            Graphs = f.Folder.Manifest.Graphs with { Batched = null, BatchedPlain = null, BatchedAdd = null },
+            Graphs = f.Folder.Manifest.Graphs with { Batched = null, BatchedPlain = null },
         };
         File.WriteAllText(Path.Combine(_dir, ModelManifest.FileName), manifest.ToJson());
         foreach (var file in new[] { manifest.Graphs.Hooked, manifest.Graphs.Plain, manifest.Tokenizer.File })

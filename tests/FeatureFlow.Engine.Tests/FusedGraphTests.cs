@@ -448,29 +448,10 @@ public class FusedGraphTests(FusedGraphFixture f, ITestOutputHelper output) : IC
         Assert.Contains($"found [1, {shape.Sites}, {f.Arch.DModel}]", e.Message);
     }
 
-    /// <summary>
-    /// Every site: an add vector and all slots filled with random features (thresholds around the activations'
-    /// scale, so some fire and some do not; rescale-like α and clamp-like β).
+    /// <summary>The heaviest steering (<see cref="Testing.HeavySteering"/>) for stories260K with 8 slots per site.
     /// </summary>
-    private Steering.SteeringTensors HeavySteering(Random rng)
-    {
-        var shape = new Steering.SteeringShape(f.Arch.Layers, f.Arch.DModel, 8);
-        var steering = new Steering.SteeringTensors(shape);
-        foreach (var site in Site.All(f.Arch.Layers))
-        {
-            Numerics.RandomVector(rng, f.Arch.DModel, 0.3f).CopyTo(steering.AddAt(site));
-            for (var slot = 0; slot < shape.SlotsPerSite; slot++)
-            {
-                steering.SetEncoderRow(site, slot, Numerics.RandomVector(rng, f.Arch.DModel, 0.3f));
-                Numerics.RandomVector(rng, f.Arch.DModel, 0.1f).CopyTo(steering.DecoderAt(site, slot));
-                steering.Coefficient(site, GraphNames.CoefficientRow.EncoderBias, slot) = 0.1f * (rng.NextSingle() - 0.5f);
-                steering.Coefficient(site, GraphNames.CoefficientRow.Threshold, slot) = 0.2f * rng.NextSingle();
-                steering.Coefficient(site, GraphNames.CoefficientRow.Alpha, slot) = slot % 2 == 0 ? -0.5f : 0f;
-                steering.Coefficient(site, GraphNames.CoefficientRow.Beta, slot) = slot % 2 == 0 ? 0f : 0.3f;
-            }
-        }
-        return steering;
-    }
+    private Steering.SteeringTensors HeavySteering(Random rng) =>
+        Testing.HeavySteering.Random(new Steering.SteeringShape(f.Arch.Layers, f.Arch.DModel, 8), rng);
 
     /// <summary>
     /// A random Llama with head size 16, where GroupQueryAttention rotates q and k itself (do_rotary, no

@@ -52,6 +52,7 @@ public class ModelFolderTests
             var written = Directory.GetFiles(outDir).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToArray();
             Assert.Contains(ModelFolderExporter.BatchedGraphFile, written);
             Assert.Contains(ModelFolderExporter.BatchedPlainGraphFile, written);
+            Assert.DoesNotContain("decoder_add_batched.onnx", written);
             Assert.Equal(m.Files.Keys.Append(ModelManifest.FileName).Order(StringComparer.Ordinal), written);
             foreach (var file in written)
             {
@@ -151,7 +152,6 @@ public class ModelFolderTests
         var manifestPath = Path.Combine(RepoPaths.Stories260kModel, ModelManifest.FileName);
         var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(manifestPath))!;
         json["graphs"]!.AsObject().Remove("batched_plain");
-        json["graphs"]!.AsObject().Remove("batched_add");
         var dir = Directory.CreateTempSubdirectory().FullName;
         try
         {
@@ -177,7 +177,6 @@ public class ModelFolderTests
         var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(manifestPath))!;
         json["graphs"]!.AsObject().Remove("batched");
         json["graphs"]!.AsObject().Remove("batched_plain");
-        json["graphs"]!.AsObject().Remove("batched_add");
         var dir = Directory.CreateTempSubdirectory().FullName;
         try
         {
@@ -188,6 +187,36 @@ public class ModelFolderTests
             var folder = ModelFolder.Open(dir);
             Assert.Null(folder.Manifest.Graphs.Batched);
             Assert.Null(folder.BatchedGraphPath);
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
+
+    /// <summary>
+    /// Folders exported while the engine had a third batched graph (add-only hooks) name it as graphs.batched_add: the
+    /// entry is ignored, so such a folder opens, even without that file, and is served by its other batched graphs.
+    /// </summary>
+    [Fact]
+    public void A_folder_exported_with_the_add_only_batched_graph_still_opens_and_ignores_it()
+    {
+        var manifestPath = Path.Combine(RepoPaths.Stories260kModel, ModelManifest.FileName);
+        var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(manifestPath))!;
+        json["graphs"]!.AsObject().Add("batched_add", "decoder_add_batched.onnx");
+        var dir = Directory.CreateTempSubdirectory().FullName;
+        try
+        {
+            File.WriteAllText(Path.Combine(dir, ModelManifest.FileName), json.ToJsonString());
+            string[] files =
+            [
+                ModelFolderExporter.HookedGraphFile, ModelFolderExporter.BatchedGraphFile,
+                ModelFolderExporter.BatchedPlainGraphFile, "tok512.bin",
+            ];
+            foreach (var file in files) File.WriteAllBytes(Path.Combine(dir, file), []);
+            var folder = ModelFolder.Open(dir);
+            Assert.Equal(ModelFolder.Open(RepoPaths.Stories260kModel).Manifest.Graphs, folder.Manifest.Graphs);
+            Assert.DoesNotContain("batched_add", folder.Manifest.ToJson(), StringComparison.Ordinal);
         }
         finally
         {

@@ -94,8 +94,8 @@ public class MetricsTests(HttpServerFixture f) : IClassFixture<HttpServerFixture
         Assert.True(Delta("featureflow_decode_steps") > 0);
         // The unsteered completion runs alone: its decode steps need no hooks.
         Assert.True(Delta("featureflow_plain_decode_steps") > 0);
-        // The happy pack promotes with add vectors alone: its steps run the graph with add-only hooks.
-        Assert.True(Delta("featureflow_add_only_decode_steps") > 0);
+        // The happy pack steers (add vectors alone): its steps run the hooked graph.
+        Assert.True(Delta("featureflow_decode_steps") > Delta("featureflow_plain_decode_steps"));
         Assert.Equal(0, after.Value("featureflow_running_rows"));
         Assert.Equal(0, after.Value("featureflow_queue_depth"));
         Assert.True(after.Value("featureflow_kv_token_budget") > 0);

@@ -53,7 +53,7 @@ public static class ServerTestKit
         string[] files =
         [
             ModelManifest.FileName, graphs.Hooked, graphs.Plain, graphs.Batched!, graphs.BatchedPlain!,
-            graphs.BatchedAdd!, source.Manifest.Tokenizer.File,
+            source.Manifest.Tokenizer.File,
         ];
         foreach (var file in files)
             File.Copy(Path.Combine(source.Directory, file), Path.Combine(folder, file));

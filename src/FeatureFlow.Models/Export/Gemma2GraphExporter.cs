@@ -30,7 +30,6 @@ public static class Gemma2GraphExporter
     {
         config.Validate();
         options.RequirePlainOperators("Gemma 2");
-        options.RequireOnnxHooks("the Gemma 2 exporter");
         var arch = config.Architecture;
         var g = new GraphBuilder(modelName, externalData);
         int d = arch.DModel, hs = arch.HeadSize, kvHeads = arch.KvHeads;
@@ -82,25 +81,10 @@ public static class Gemma2GraphExporter
         if (config.FinalLogitSoftcap is { } cap) logits = SoftCap(g, logits, cap);
         g.Output(logits, GraphNames.Logits, DataType.Float, B, T, arch.VocabSize);
 
-        var doc = (options.Hooks
+        return BuildPlain(g, options, options.Hooks
             ? "Gemma 2 decoder with FeatureFlow steering hooks at every attn_out, mlp_out and resid_post site"
                 + " (attn_out and mlp_out after their post-norms: what each branch adds to the residual stream)."
-            : "Gemma 2 decoder (no hooks).")
-            + (shared ? " KV cache: one [batch, kv_heads, max_sequence_length, head_size] buffer per layer, bound as"
-                + " past and present and written in place by com.microsoft.GroupQueryAttention at seqlens_k." : "");
-        List<KeyValuePair<string, string>> metadata =
-        [
-            new("featureflow.hooks", options.Hooks ? "true" : "false"),
-            new("featureflow.slots_per_site",
-                options.Hooks ? options.SlotsPerSite.ToString(System.Globalization.CultureInfo.InvariantCulture) : "0"),
-        ];
-        if (shared) metadata.Add(new("featureflow.kv_layout", "shared_buffer"));
-        return g.Build(new OnnxModelOptions
-        {
-            DocString = doc,
-            Metadata = metadata,
-            DomainOpsets = shared ? [new(MicrosoftDomain, 1)] : [],
-        });
+            : "Gemma 2 decoder (no hooks).");
     }
 
     /// <summary>Gemma's RMSNorm multiplies by (1 + w); the initializer holds 1 + w, computed in float32 as transformers

@@ -19,7 +19,6 @@ public static class Gpt2GraphExporter
     {
         RequireWritable(arch);
         options.RequirePlainOperators("GPT-2");
-        options.RequireOnnxHooks("the GPT-2 exporter");
         var g = new GraphBuilder(modelName, externalData);
         var inputs = LlamaGraphExporter.DeclareInputs(g, arch, options);
         int d = arch.DModel;

@@ -8,12 +8,6 @@ public sealed record HookedGraphOptions
     /// <summary>Insert the steering hook at every site (false writes the plain graph, for comparison and GenAI).</summary>
     public bool Hooks { get; init; } = true;
 
-    /// <summary>
-    /// Hooks of the form h + add only, and steering.add as the only steering input: the graph the engine runs for
-    /// steps whose rows steer with add vectors alone (bit-identical to the full hooks for them, far fewer operators).
-    /// </summary>
-    public bool AddOnly { get; init; }
-
     /// <summary>Feature slots per site: how many rescale/clamp terms one request can place at one site.</summary>
     public int SlotsPerSite { get; init; } = 8;
 
@@ -26,8 +20,7 @@ public sealed record HookedGraphOptions
     /// <summary>Which operators carry the model math (<see cref="OperatorSet"/>).</summary>
     public OperatorSet Operators { get; init; } = OperatorSet.Plain;
 
-    /// <summary>How each full steering hook is written (<see cref="HookOperators"/>); add-only hooks are one Add.
-    /// </summary>
+    /// <summary>How each steering hook is written (<see cref="HookOperators"/>).</summary>
     public HookOperators HookOperators { get; init; } = HookOperators.Onnx;
 
     /// <summary>For exporters without a fused variant: a request for one is refused, not silently ignored.</summary>
@@ -37,17 +30,9 @@ public sealed record HookedGraphOptions
             throw new ArgumentException($"the {exporter} exporter writes plain operators only; {nameof(Operators)} = "
                 + $"{Operators} is not available for it");
     }
-
-    /// <summary>For graphs whose hooks can only be ONNX operators: a request for the custom operator is refused.</summary>
-    public void RequireOnnxHooks(string graph)
-    {
-        if (Hooks && HookOperators != HookOperators.Onnx)
-            throw new ArgumentException($"{graph} writes its steering hooks in ONNX operators only; "
-                + $"{nameof(HookOperators)} = {HookOperators} is available for fused-operator graphs");
-    }
 }
 
-/// <summary>How a graph's full steering hooks are written.</summary>
+/// <summary>How a graph's steering hooks are written.</summary>
 public enum HookOperators
 {
     /// <summary>
@@ -58,8 +43,10 @@ public enum HookOperators
 
     /// <summary>
     /// One ai.featureflow.SteeringHook node per hook (FeatureFlow.Onnx.CustomOps), reading its site straight out of the
-    /// stacked steering inputs: no slices, and on CPU a fraction of the eleven nodes' dispatch cost. ONNX Runtime only,
-    /// in sessions whose options went through FeatureFlowOps.Register; the engine's batched graph.
+    /// stacked steering inputs: no slices, and on CPU a fraction of the eleven nodes' dispatch cost; its kernel skips
+    /// the feature terms of rows whose α and β are all zero, so add-only steering costs little more than h + add.
+    /// ONNX Runtime only, in sessions whose options went through FeatureFlowOps.Register; every exporter writes it,
+    /// and the engine's batched graphs use it.
     /// </summary>
     CustomOperator,
 }

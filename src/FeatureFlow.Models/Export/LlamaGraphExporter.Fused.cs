@@ -72,7 +72,7 @@ public static partial class LlamaGraphExporter
             ? RotaryInsideAttention(arch) ? "GroupQueryAttention with rotary" : "RotaryEmbedding, GroupQueryAttention"
             : "RotaryEmbedding, MultiHeadAttention";
         var customHook = $"{SteeringHookOp.Domain}.{SteeringHookOp.OpType}";
-        var hooks = steering is null ? "no hooks" : steering.AddOnly ? "with add-only FeatureFlow steering hooks (h + add)"
+        var hooks = steering is null ? "no hooks"
             : steering.Stacked is not null ? $"with FeatureFlow steering hooks at every site, each one {customHook} node"
             : "with FeatureFlow steering hooks at every site";
         var doc = $"Llama decoder ({hooks}) "
@@ -81,11 +81,10 @@ public static partial class LlamaGraphExporter
         List<KeyValuePair<string, string>> metadata =
         [
             new("featureflow.hooks", steering is null ? "false" : "true"),
-            new("featureflow.slots_per_site", steering is null || steering.AddOnly ? "0"
+            new("featureflow.slots_per_site", steering is null ? "0"
                 : options.SlotsPerSite.ToString(System.Globalization.CultureInfo.InvariantCulture)),
             new("featureflow.operators", "fused"),
         ];
-        if (steering is { AddOnly: true }) metadata.Add(new("featureflow.hook_form", "add_only"));
         if (steering?.Stacked is not null) metadata.Add(new("featureflow.hook_form", "custom_operator"));
         if (layout == KvCacheLayout.SharedBuffer) metadata.Add(new("featureflow.kv_layout", "shared_buffer"));
         List<KeyValuePair<string, long>> opsets = [new(MicrosoftDomain, 1)];

@@ -1,4 +1,5 @@
 using FeatureFlow.Onnx;
+using FeatureFlow.Onnx.CustomOps;
 using FeatureFlow.Onnx.Ir;
 using DataType = FeatureFlow.Onnx.Ir.TensorProto.Types.DataType;
 
@@ -23,7 +24,6 @@ public static partial class LlamaGraphExporter
         ExternalDataFile? externalData = null)
     {
         RequireWritable(arch);
-        if (options.Operators == OperatorSet.Plain) options.RequireOnnxHooks("the plain-operator Llama graph");
         var g = new GraphBuilder(modelName, externalData);
         var inputs = DeclareInputs(g, arch, options);
         var (steering, pastKeys, pastValues) = (inputs.Steering, inputs.PastKeys, inputs.PastValues);
@@ -213,9 +213,6 @@ public static partial class LlamaGraphExporter
     internal static DecoderInputs DeclareInputs(GraphBuilder g, ModelArchitecture arch, HookedGraphOptions options)
     {
         if (options.Hooks && options.SlotsPerSite < 1) throw new ArgumentException("slots per site must be at least 1");
-        if (options is { Hooks: true, AddOnly: true, HookOperators: not HookOperators.Onnx })
-            throw new ArgumentException($"add-only hooks are one Add each, written in ONNX operators; "
-                + $"{nameof(options.HookOperators)} = {options.HookOperators} is for the full hooks");
         int d = arch.DModel, hs = arch.HeadSize, kvHeads = arch.KvHeads, sites = arch.Layers * Site.KindsPerLayer;
         int k = options.SlotsPerSite;
         var shared = options.KvLayout == KvCacheLayout.SharedBuffer;
@@ -232,9 +229,7 @@ public static partial class LlamaGraphExporter
             pastKeys[l] = g.Input(GraphNames.PastKey(l), DataType.Float, B, kvHeads, shared ? M : P, hs);
             pastValues[l] = g.Input(GraphNames.PastValue(l), DataType.Float, B, kvHeads, shared ? M : P, hs);
         }
-        var steering = !options.Hooks ? null
-            : options.AddOnly ? SteeringHook.DeclareAddInput(g, sites, d)
-            : SteeringHook.DeclareInputs(g, sites, d, k, form: options.HookOperators);
+        var steering = options.Hooks ? SteeringHook.DeclareInputs(g, sites, d, k, form: options.HookOperators) : null;
         return new DecoderInputs(inputIds, attentionMask, positionIds, seqlensK, totalLength, pastKeys, pastValues,
             steering);
     }
@@ -244,28 +239,41 @@ public static partial class LlamaGraphExporter
         string family)
     {
         g.Output(logits, GraphNames.Logits, DataType.Float, B, T, arch.VocabSize);
-        var shared = options.KvLayout == KvCacheLayout.SharedBuffer;
-        var doc = options.Hooks
+        return BuildPlain(g, options, options.Hooks
             ? $"{family} decoder with FeatureFlow steering hooks at every attn_out, mlp_out and resid_post site."
-            : $"{family} decoder (no hooks).";
+            : $"{family} decoder (no hooks).");
+    }
+
+    /// <summary>
+    /// Builds a plain-operator graph with the metadata the engine reads, its doc string opened by
+    /// <paramref name="description"/>; what the KV layout and the hook form add is declared here, once for every
+    /// exporter.
+    /// </summary>
+    internal static ModelProto BuildPlain(GraphBuilder g, HookedGraphOptions options, string description)
+    {
+        var shared = options.KvLayout == KvCacheLayout.SharedBuffer;
+        var customHooks = options is { Hooks: true, HookOperators: HookOperators.CustomOperator };
+        var doc = description;
         List<KeyValuePair<string, string>> metadata =
         [
             new("featureflow.hooks", options.Hooks ? "true" : "false"),
             new("featureflow.slots_per_site",
                 options.Hooks ? options.SlotsPerSite.ToString(System.Globalization.CultureInfo.InvariantCulture) : "0"),
         ];
-        // Only the new layout adds anything, so Concat graphs keep their committed bytes.
+        List<KeyValuePair<string, long>> opsets = shared ? [new(MicrosoftDomain, 1)] : [];
+        // Only the batched graphs' layout and hook form add anything, so Concat graphs keep their committed bytes.
+        if (customHooks)
+        {
+            doc += $" Each steering hook is one {SteeringHookOp.Domain}.{SteeringHookOp.OpType} node.";
+            metadata.Add(new("featureflow.hook_form", "custom_operator"));
+            opsets.Add(new(SteeringHookOp.Domain, SteeringHookOp.DomainVersion));
+        }
         if (shared)
         {
             doc += " KV cache: one [batch, kv_heads, max_sequence_length, head_size] buffer per layer, bound as past and"
                 + " present and written in place by com.microsoft.GroupQueryAttention at seqlens_k.";
             metadata.Add(new("featureflow.kv_layout", "shared_buffer"));
         }
-        return g.Build(new OnnxModelOptions
-        {
-            DocString = doc,
-            Metadata = metadata,
-            DomainOpsets = shared ? [new(MicrosoftDomain, 1)] : [],
-        });
+        return g.Build(new OnnxModelOptions { DocString = doc, Metadata = metadata, DomainOpsets = opsets });
     }
 }

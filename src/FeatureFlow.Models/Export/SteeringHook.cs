@@ -37,14 +37,6 @@ public static class SteeringHook
     }
 
     /// <summary>
-    /// An add-only graph's steering: <see cref="GraphNames.SteeringAdd"/> alone, split per site. Its hooks are h + add,
-    /// the same bits as the full hook for rows whose other steering inputs are zero
-    /// (<c>SteeringTensors.IsAddOnly</c>), at one operator per site instead of eleven.
-    /// </summary>
-    public static SiteSlices DeclareAddInput(GraphBuilder g, int sites, int d, long opset = 17) =>
-        SiteSlices.SplitAdd(g, sites, opset, g.Input(GraphNames.SteeringAdd, DataType.Float, B, sites, d));
-
-    /// <summary>
     /// The hook at <paramref name="site"/> on the float32 value <paramref name="h"/> [B, T, d]; returns the steered
     /// value (named after the site and declared a graph output when <paramref name="siteOutput"/>), or
     /// <paramref name="h"/> itself when the graph has no steering.
@@ -58,11 +50,6 @@ public static class SteeringHook
             var hooked = CustomHook(g, stacked, site, h, increment: false, siteOutput ? site.HookName : null);
             return siteOutput ? g.Output(hooked, site.HookName, DataType.Float, B, T, d) : hooked;
         }
-        if (steering.AddOnly)
-            return siteOutput
-                ? g.Output(g.Node("Add", [h, steering.Add[site.Index]], [site.HookName])[0], site.HookName,
-                    DataType.Float, B, T, d)
-                : g.Op("Add", [h, steering.Add[site.Index]]);
         var delta = Delta(g, steering, site, h);
         var shifted = g.Op("Add", [h, steering.Add[site.Index]]);
         if (!siteOutput) return g.Op("Add", [shifted, delta]);
@@ -80,8 +67,6 @@ public static class SteeringHook
     {
         using var _ = g.Scope(Site.HookSuffix(site.Kind));
         if (steering.Stacked is { } stacked) return CustomHook(g, stacked, site, h, increment: true);
-        // [B, 1, d] add broadcast to h's [B, T, d], the shape a fused norm's input must have.
-        if (steering.AddOnly) return g.Op("Expand", [steering.Add[site.Index], g.Op("Shape", [h])]);
         var delta = Delta(g, steering, site, h);
         return g.Op("Add", [steering.Add[site.Index], delta]);
     }
@@ -129,19 +114,7 @@ public sealed record SiteSlices(string[] Add, string[] Encoder, string[] Decoder
     /// <summary>The four stacked inputs, for <see cref="HookOperators.CustomOperator"/> hooks; null otherwise.</summary>
     public StackedSteering? Stacked { get; init; }
 
-    /// <summary>An add-only graph's slices (<see cref="SteeringHook.DeclareAddInput"/>): no encoder, decoder or rows.</summary>
-    public bool AddOnly => Stacked is null && Encoder.Length == 0;
-
     public static SiteSlices Unsplit(StackedSteering stacked) => new([], [], [], []) { Stacked = stacked };
-
-    public static SiteSlices SplitAdd(GraphBuilder g, int sites, long opset, string add)
-    {
-        using var _ = g.Scope("steering");
-        var pieces = opset >= 18
-            ? g.Op("Split", [add], sites, Attr.Int("axis", 1), Attr.Int("num_outputs", sites))
-            : g.Op("Split", [add], sites, Attr.Int("axis", 1));
-        return new SiteSlices(pieces, [], [], []);
-    }
 
     public static SiteSlices Split(GraphBuilder g, int sites, long opset, string add, string encoder, string decoder,
         string coefficients)

@@ -20,9 +20,6 @@ public sealed class ModelFolder
     /// <summary>The shared-KV-buffer graph without hooks; null when the folder has none.</summary>
     public string? BatchedPlainGraphPath =>
         Manifest.Graphs.BatchedPlain is { } file ? Path.Combine(Directory, file) : null;
-    /// <summary>The batched graph with add-only hooks; null when the folder has none.</summary>
-    public string? BatchedAddGraphPath =>
-        Manifest.Graphs.BatchedAdd is { } file ? Path.Combine(Directory, file) : null;
     public string TokenizerPath => Path.Combine(Directory, Manifest.Tokenizer.File);
 
     public static ModelFolder Open(string directory)
@@ -34,8 +31,7 @@ public sealed class ModelFolder
         var manifest = ModelManifest.Parse(File.ReadAllText(manifestPath), manifestPath);
         var folder = new ModelFolder(full, manifest);
         string?[] needed =
-            [folder.HookedGraphPath, folder.TokenizerPath, folder.BatchedGraphPath, folder.BatchedPlainGraphPath,
-                folder.BatchedAddGraphPath];
+            [folder.HookedGraphPath, folder.TokenizerPath, folder.BatchedGraphPath, folder.BatchedPlainGraphPath];
         foreach (var path in needed.OfType<string>())
             if (!File.Exists(path)) throw new FileNotFoundException($"model folder {full}: {Path.GetFileName(path)} named in the manifest is missing", path);
         return folder;

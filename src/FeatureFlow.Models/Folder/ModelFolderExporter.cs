@@ -69,7 +69,6 @@ public static class ModelFolderExporter
     public const string PlainGraphFile = "decoder.onnx";
     public const string BatchedGraphFile = "decoder_hooked_batched.onnx";
     public const string BatchedPlainGraphFile = "decoder_batched.onnx";
-    public const string BatchedAddGraphFile = "decoder_add_batched.onnx";
     /// <summary>
     /// ONNX Runtime's CPU GroupQueryAttention refuses other head sizes ("head_size must be a multiple of 8"), so a
     /// model with such heads gets no batched graphs: the reference runner serves it, the batching engine cannot.
@@ -107,8 +106,7 @@ public static class ModelFolderExporter
             Name = request.ModelName,
             Architecture = arch,
             Tokenizer = new TokenizerEntry("llama2c", tokenizerFile, tokenizer.BosId, tokenizer.EosId),
-            Graphs = new GraphEntry(HookedGraphFile, PlainGraphFile, BatchedGraphFile, BatchedPlainGraphFile,
-                BatchedAddGraphFile),
+            Graphs = new GraphEntry(HookedGraphFile, PlainGraphFile, BatchedGraphFile, BatchedPlainGraphFile),
             Steering = new SteeringLayout(hooked.SlotsPerSite, Site.All(arch.Layers).Select(s => s.HookName).ToArray(), hooked.SiteOutputs),
             Provenance = new Provenance(request.Description, request.License,
                 new SourceFile(checkpointFile, checkpoint.Sha256),
@@ -187,8 +185,7 @@ public static class ModelFolderExporter
                 Architecture = arch,
                 Tokenizer = new TokenizerEntry("hf", HfTokenizerFiles.Main, model.BosId, model.EosId),
                 Graphs = batched
-                    ? new GraphEntry(HookedGraphFile, PlainGraphFile, BatchedGraphFile, BatchedPlainGraphFile,
-                        BatchedAddGraphFile)
+                    ? new GraphEntry(HookedGraphFile, PlainGraphFile, BatchedGraphFile, BatchedPlainGraphFile)
                     : new GraphEntry(HookedGraphFile, PlainGraphFile),
                 Steering = new SteeringLayout(hooked.SlotsPerSite, Site.All(arch.Layers).Select(s => s.HookName).ToArray(),
                     hooked.SiteOutputs),
@@ -212,33 +209,37 @@ public static class ModelFolderExporter
 
     /// <summary>
     /// The hooked Concat graph, the plain one, and (if <paramref name="batched"/>) both again with the shared KV
-    /// buffer and the shared-buffer graph with add-only hooks, in that order. Returns the hooked graph's options (decoder_hooked.onnx is the Concat graph whatever
+    /// buffer, in that order. Returns the hooked graph's options (decoder_hooked.onnx is the Concat graph whatever
     /// the request says: GenAI and the engine read it).
     /// </summary>
     /// <param name="concatOperators">The Concat graphs' operators: plain (the reference, and what GenAI runs), fused
     /// for float16 folders.</param>
     /// <param name="batchedOperators">The batched graphs' operators: <see cref="OperatorSet.Fused"/> where the exporter
-    /// has them (the engine's steps run 0.6× as long on stories260K, docs/benchmarks.md), and then the full hooks of
-    /// decoder_hooked_batched.onnx are the SteeringHook custom operator (one node per hook instead of eleven); the
-    /// Concat graphs stay plain operators with ONNX-operator hooks, the reference and what GenAI runs.</param>
+    /// has them (the engine's steps run 0.6× as long on stories260K, docs/benchmarks.md). Whatever they are, the hooks
+    /// of decoder_hooked_batched.onnx are the SteeringHook custom operator (one node per hook instead of eleven; only
+    /// the engine runs that graph); the Concat graphs keep ONNX-operator hooks, the reference and what GenAI runs.
+    /// </param>
     private static HookedGraphOptions WriteGraphs(FolderFiles folder, HookedGraphOptions requested, bool batched,
         OperatorSet concatOperators, OperatorSet batchedOperators, Func<HookedGraphOptions, Onnx.Ir.ModelProto> export)
     {
-        var hooked = requested with { Hooks = true, KvLayout = KvCacheLayout.Concat, Operators = concatOperators };
+        var hooked = requested with
+        {
+            Hooks = true, KvLayout = KvCacheLayout.Concat, Operators = concatOperators,
+            HookOperators = HookOperators.Onnx,
+        };
         var plain = hooked with { Hooks = false, SiteOutputs = false };
         var shared = hooked with
         {
             KvLayout = KvCacheLayout.SharedBuffer,
             Operators = batchedOperators,
-            HookOperators = batchedOperators == OperatorSet.Fused ? HookOperators.CustomOperator : HookOperators.Onnx,
+            HookOperators = HookOperators.CustomOperator,
         };
         var sharedPlain = shared with { Hooks = false, SiteOutputs = false, HookOperators = HookOperators.Onnx };
-        var sharedAdd = shared with { AddOnly = true, HookOperators = HookOperators.Onnx };
         foreach (var (file, options) in new[]
                  {
                      (HookedGraphFile, hooked), (PlainGraphFile, plain), (BatchedGraphFile, shared),
-                     (BatchedPlainGraphFile, sharedPlain), (BatchedAddGraphFile, sharedAdd),
-                 }.Take(batched ? 5 : 2))
+                     (BatchedPlainGraphFile, sharedPlain),
+                 }.Take(batched ? 4 : 2))
             folder.Write(file, OnnxModelFile.Serialize(export(options)));
         return hooked;
     }

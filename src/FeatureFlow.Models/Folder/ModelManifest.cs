@@ -55,11 +55,11 @@ public sealed record TokenizerEntry(string Format, string File, int BosId, int E
 /// The hooked graph the server runs, the same model without hooks (for comparison and ONNX Runtime GenAI), and
 /// optionally the hooked graph with a shared, preallocated KV buffer for continuous batching
 /// (<see cref="Export.KvCacheLayout.SharedBuffer"/>) and that graph without hooks, which the engine runs for steps
-/// that steer and read out nothing, and the batched graph whose hooks are h + add alone, which it runs for steps whose
-/// rows steer with add vectors only. Each optional graph is absent from folders exported before it existed.
+/// that steer and read out nothing. Each optional graph is absent from folders exported before it existed. Folders
+/// exported while the engine had a third batched graph (add-only hooks, <c>batched_add</c>) still open: the entry is
+/// ignored, since the hooked batched graph gives add-only rows the same bits.
 /// </summary>
-public sealed record GraphEntry(string Hooked, string Plain, string? Batched = null, string? BatchedPlain = null,
-    string? BatchedAdd = null);
+public sealed record GraphEntry(string Hooked, string Plain, string? Batched = null, string? BatchedPlain = null);
 
 public sealed record SteeringLayout(int SlotsPerSite, IReadOnlyList<string> Sites, bool SiteOutputs);
 

@@ -34,8 +34,6 @@ public sealed class ServerMetrics
         var steps = factory.CreateGauge("featureflow_decode_steps", "Decode steps run (a counter read from the engine).");
         var plainSteps = factory.CreateGauge("featureflow_plain_decode_steps",
             "Decode steps that ran the graph without hooks: no row steered or read a site out (a counter).");
-        var addOnlySteps = factory.CreateGauge("featureflow_add_only_decode_steps",
-            "Decode steps that ran the graph with add-only hooks: every row steered with add vectors alone (a counter).");
         var rows = factory.CreateGauge("featureflow_decode_rows", "Rows summed over decode steps; rate(rows) / rate(steps) is the batch size.");
         Registry.AddBeforeCollectCallback(() =>
         {
@@ -48,7 +46,6 @@ public sealed class ServerMetrics
             kvBudget.Set(f.KvTokenBudget);
             steps.Set(f.DecodeSteps);
             plainSteps.Set(f.PlainDecodeSteps);
-            addOnlySteps.Set(f.AddOnlyDecodeSteps);
             rows.Set(f.DecodeRows);
         });
         engine.TokenTimed += (first, seconds) =>

@@ -27,7 +27,11 @@ public sealed class Gemma2Fixture : IDisposable
     public static EngineOptions Cpu { get; } = new() { ExecutionProvider = ExecutionProviderPreference.Cpu };
     public static HookedGraphOptions Hooked { get; } = new() { SlotsPerSite = 4 };
     public static HookedGraphOptions Plain { get; } = new() { Hooks = false };
-    public static HookedGraphOptions HookedBatched { get; } = Hooked with { KvLayout = KvCacheLayout.SharedBuffer };
+    /// <summary>The batched graph as model folders ship it: its hooks are SteeringHook nodes.</summary>
+    public static HookedGraphOptions HookedBatched { get; } = Hooked with
+    {
+        KvLayout = KvCacheLayout.SharedBuffer, HookOperators = HookOperators.CustomOperator,
+    };
     public static HookedGraphOptions PlainBatched { get; } = Plain with { KvLayout = KvCacheLayout.SharedBuffer };
 
     public Gemma2Checkpoint Checkpoint { get; }
