@@ -31,7 +31,8 @@ public static class SteeringHookOp
 
     /// <summary>
     /// Int attribute of <see cref="OpType"/>: 0 writes the steered value h + add + delta; 1 writes add + delta alone
-    /// (broadcast to h's shape), for a graph that adds it to the residual stream inside a fused operator.
+    /// (broadcast to h's shape), for a graph that adds it to the residual stream inside a fused operator (as batched
+    /// graphs exported before <see cref="PairOpType"/> do for resid_post).
     /// </summary>
     public const string IncrementAttribute = "increment";
 
