@@ -23,9 +23,6 @@ internal static unsafe class SteeringHookKernel
     /// <summary>Feature slots up to this many keep their per-token coefficients on the stack.</summary>
     private const int StackSlots = 256;
 
-    /// <summary>OrtCustomOpInputOutputCharacteristic.INPUT_OUTPUT_OPTIONAL.</summary>
-    private const int Optional = 1;
-
     private static readonly byte* Name = NativeString(SteeringHookOp.OpType);
     private static readonly byte* PairName = NativeString(SteeringHookOp.PairOpType);
     private static readonly byte* SiteName = NativeString(SteeringHookOp.SiteAttribute);
@@ -103,7 +100,8 @@ internal static unsafe class SteeringHookKernel
     /// <summary>Only SteeringHookPair has a second output, its sublayer site's value, which a node may leave out.
     /// </summary>
     [UnmanagedCallersOnly]
-    private static int GetOutputCharacteristic(nint op, nuint index) => index == 0 ? OrtCustomOp.Required : Optional;
+    private static int GetOutputCharacteristic(nint op, nuint index) =>
+        index == 0 ? OrtCustomOp.Required : OrtCustomOp.Optional;
 
     [UnmanagedCallersOnly]
     private static int GetMemoryType(nint op, nuint index) => OrtCustomOp.DefaultMemory;
@@ -123,17 +121,14 @@ internal static unsafe class SteeringHookKernel
             if (status != 0)
                 return Refuse(pair, status,
                     pair ? SteeringHookOp.ResidualSiteAttribute : SteeringHookOp.IncrementAttribute);
-            var problem = pair
-                ? site < 0 || residualSite < 0
-                    ? $"attributes {SteeringHookOp.SiteAttribute} and {SteeringHookOp.ResidualSiteAttribute} must be "
-                        + $"≥ 0; found {site} and {residualSite}"
-                    : null
-                : site < 0 || increment is not (0 or 1)
-                    ? $"attributes {SteeringHookOp.SiteAttribute} must be ≥ 0 and {SteeringHookOp.IncrementAttribute} "
-                        + $"0 or 1; found {site} and {increment}"
-                    : null;
-            if (problem is not null)
-                return OrtCApi.CreateStatus(OrtCApi.OrtInvalidArgument, $"{OpType(pair)}: {problem}");
+            if (pair && (site < 0 || residualSite < 0))
+                return OrtCApi.CreateStatus(OrtCApi.OrtInvalidArgument, $"{SteeringHookOp.PairOpType}: attributes "
+                    + $"{SteeringHookOp.SiteAttribute} and {SteeringHookOp.ResidualSiteAttribute} must be ≥ 0; "
+                    + $"found {site} and {residualSite}");
+            if (!pair && (site < 0 || increment is not (0 or 1)))
+                return OrtCApi.CreateStatus(OrtCApi.OrtInvalidArgument, $"{SteeringHookOp.OpType}: attributes "
+                    + $"{SteeringHookOp.SiteAttribute} must be ≥ 0 and {SteeringHookOp.IncrementAttribute} 0 or 1; "
+                    + $"found {site} and {increment}");
             var state = (Kernel*)NativeMemory.Alloc((nuint)sizeof(Kernel));
             *state = new Kernel { Pair = pair, Site = site, Increment = increment == 1, ResidualSite = residualSite };
             *kernel = state;
