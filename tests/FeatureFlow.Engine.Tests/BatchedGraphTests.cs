@@ -401,7 +401,13 @@ internal sealed class SharedKvDriver(InferenceSession session, ModelArchitecture
     private readonly SteeringShape? _shape = OrtRunValues.SteeringShapeOf(session, arch);
 
     /// <summary>Runs <paramref name="rows"/> in slots firstSlot …; returns logits [rows, T, vocab].</summary>
-    public float[] Run(SharedKvBuffer kv, int firstSlot, IReadOnlyList<BatchRow> rows)
+    public float[] Run(SharedKvBuffer kv, int firstSlot, IReadOnlyList<BatchRow> rows) =>
+        Run(kv, firstSlot, rows, []).Logits;
+
+    /// <summary>As <see cref="Run(SharedKvBuffer, int, IReadOnlyList{BatchRow})"/>, also reading out the graph's site
+    /// outputs of <paramref name="readout"/>, each [rows, T, d].</summary>
+    public (float[] Logits, float[][] Sites) Run(SharedKvBuffer kv, int firstSlot, IReadOnlyList<BatchRow> rows,
+        IReadOnlyList<Site> readout)
     {
         int n = rows.Count, t = rows.Max(r => r.Tokens.Length);
         if (firstSlot + n > kv.Rows)
@@ -444,9 +450,12 @@ internal sealed class SharedKvDriver(InferenceSession session, ModelArchitecture
                 binding.BindInput(name, value);
         var logits = new float[n * t * arch.VocabSize];
         binding.BindOutput(GraphNames.Logits, values.Over(logits, n, t, arch.VocabSize));
+        var sites = readout.Select(_ => new float[n * t * arch.DModel]).ToArray();
+        for (var i = 0; i < readout.Count; i++)
+            binding.BindOutput(readout[i].HookName, values.Over(sites[i], n, t, arch.DModel));
         using var runOptions = new RunOptions();
         session.RunWithBinding(runOptions, binding);
-        return logits;
+        return (logits, sites);
     }
 
     public void Dispose() => session.Dispose();

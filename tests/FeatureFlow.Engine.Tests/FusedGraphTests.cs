@@ -319,10 +319,11 @@ public class FusedGraphTests(FusedGraphFixture f, ITestOutputHelper output) : IC
     }
 
     /// <summary>
-    /// The batched graph's two hook forms, fused and SharedBuffer both: one ai.featureflow.SteeringHook node per hook
-    /// against the eleven ONNX operators, for the heaviest steering (every site: add and all eight slots, each row
-    /// its own): three fresh rows of different lengths prefilled together, a fourth alone into its slot, then 10
-    /// decode steps of all four at their own lengths; and one row alone (B = 1). Same logits within 1e-4 relative L2
+    /// The batched graph's two hook forms, fused and SharedBuffer both: the custom operators (per block one
+    /// ai.featureflow.SteeringHook node and one SteeringHookPair node) against the eleven ONNX operators per hook, for
+    /// the heaviest steering (every site: add and all eight slots, each row its own): three fresh rows of different
+    /// lengths prefilled together, a fourth alone into its slot, then 10 decode steps of all four at their own
+    /// lengths; and one row alone (B = 1). Same logits and same values at every site output within 1e-4 relative L2
     /// at every real position, same greedy tokens, and the steering does change them.
     /// </summary>
     [Fact]
@@ -338,12 +339,14 @@ public class FusedGraphTests(FusedGraphFixture f, ITestOutputHelper output) : IC
         var onnxKv = new SharedKvBuffer(f.Arch, prompts.Length, Capacity, float.NaN);
         var customKv = new SharedKvBuffer(f.Arch, prompts.Length, Capacity, float.NaN);
         var unsteeredKv = new SharedKvBuffer(f.Arch, prompts.Length, Capacity, float.NaN);
-        double worst = 0, effect = double.MaxValue;
+        double worst = 0, worstSite = 0, effect = double.MaxValue;
+        var sites = Site.All(f.Arch.Layers).ToArray();
+        int d = f.Arch.DModel;
         // Each row's real positions: custom vs ONNX-operator hooks, and how far steering moved them.
         float[] Both(int firstSlot, BatchRow[] rows, string what)
         {
-            var reference = onnxHooks.Run(onnxKv, firstSlot, rows);
-            var custom = customHooks.Run(customKv, firstSlot, rows);
+            var (reference, referenceSites) = onnxHooks.Run(onnxKv, firstSlot, rows, sites);
+            var (custom, customSites) = customHooks.Run(customKv, firstSlot, rows, sites);
             var unsteered = f.FusedShared.Run(unsteeredKv, firstSlot, rows);
             var t = rows.Max(r => r.Tokens.Length);
             for (var r = 0; r < rows.Length; r++)
@@ -356,6 +359,14 @@ public class FusedGraphTests(FusedGraphFixture f, ITestOutputHelper output) : IC
                     worst = Math.Max(worst, rel);
                     effect = Math.Min(effect,
                         Numerics.RelativeL2(reference.AsSpan(at, Vocab), unsteered.AsSpan(at, Vocab)));
+                    for (var s = 0; s < sites.Length; s++)
+                    {
+                        var value = (r * t + i) * d;
+                        var siteRel = Numerics.RelativeL2(customSites[s].AsSpan(value, d),
+                            referenceSites[s].AsSpan(value, d));
+                        Assert.True(siteRel <= Tolerance, $"{what}, row {r}, token {i}, {sites[s]}: {siteRel:E2}");
+                        worstSite = Math.Max(worstSite, siteRel);
+                    }
                 }
             return reference;
         }
@@ -372,8 +383,8 @@ public class FusedGraphTests(FusedGraphFixture f, ITestOutputHelper output) : IC
             for (var r = 0; r < rows.Length; r++) next[r] = ArgMaxAt(logits, r);
         }
         Assert.True(effect > 1e-2, $"steering moved some position's logits by only {effect:E2}");
-        output.WriteLine($"custom vs ONNX-operator hooks, heavy steering: max relative L2 {worst:E2}; "
-            + $"steered vs unsteered: at least {effect:E2}");
+        output.WriteLine($"custom vs ONNX-operator hooks, heavy steering: max relative L2 {worst:E2} (logits), "
+            + $"{worstSite:E2} (site outputs); steered vs unsteered: at least {effect:E2}");
     }
 
     /// <summary>

@@ -130,13 +130,16 @@ public class ModelFolderTests
             Describe(plain.Graph.Output));
         Assert.Contains(plain.MetadataProps, p => p.Key == "featureflow.hooks" && p.Value == "false");
         Assert.Contains(plain.MetadataProps, p => p.Key == "featureflow.kv_layout" && p.Value == "shared_buffer");
-        // Each of the 15 hooks is one SteeringHook node reading the stacked steering inputs (nothing splits them), and
-        // each of the 5 resid_post sums, which the hook-free graph forms inside its norms, one Add.
-        Assert.Equal(15, hooked.Graph.Node.Count(n => n.Domain == SteeringHookOp.Domain
-            && n.OpType == SteeringHookOp.OpType));
+        // The hooks read the stacked steering inputs (nothing splits them): per block, attn_out's is one SteeringHook
+        // node, mlp_out's and resid_post's one SteeringHookPair node, and nothing else is added (the resid_post sum
+        // stays inside the next norm, as in the hook-free graph).
+        int Count(string opType) =>
+            hooked.Graph.Node.Count(n => n.Domain == SteeringHookOp.Domain && n.OpType == opType);
+        Assert.Equal(5, Count(SteeringHookOp.OpType));
+        Assert.Equal(5, Count(SteeringHookOp.PairOpType));
         Assert.DoesNotContain(hooked.Graph.Node,
             n => n.OpType == "Split" && n.Input[0].StartsWith("steering.", StringComparison.Ordinal));
-        Assert.Equal(plain.Graph.Node.Count + 15 + 5, hooked.Graph.Node.Count);
+        Assert.Equal(plain.Graph.Node.Count + 5 + 5, hooked.Graph.Node.Count);
         Assert.Contains(hooked.OpsetImport, o => o.Domain == SteeringHookOp.Domain
             && o.Version == SteeringHookOp.DomainVersion);
         Assert.Contains(hooked.MetadataProps, p => p.Key == "featureflow.hook_form" && p.Value == "custom_operator");

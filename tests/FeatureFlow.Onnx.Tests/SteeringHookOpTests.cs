@@ -34,21 +34,40 @@ public class SteeringHookOpTests
     private static byte[] HookGraph(int sites, int d, int slots, long site, long increment,
         bool withAttributes = true)
     {
+        AttributeProto[] attributes = withAttributes
+            ? [Attr.Int(SteeringHookOp.SiteAttribute, site), Attr.Int(SteeringHookOp.IncrementAttribute, increment)]
+            : [];
+        return Graph(SteeringHookOp.OpType, sites, d, attributes, residual: false, outputs: ["y"]);
+    }
+
+    /// <summary>
+    /// A graph of one SteeringHookPair node: inputs h, the four steering inputs and residual; outputs y and, with
+    /// <paramref name="hookedOutput"/>, hooked (h at <paramref name="site"/> after its hook).
+    /// </summary>
+    private static byte[] PairGraph(int sites, int d, long site, long residualSite, bool hookedOutput,
+        bool withResidualSite = true)
+    {
+        List<AttributeProto> attributes = [Attr.Int(SteeringHookOp.SiteAttribute, site)];
+        if (withResidualSite) attributes.Add(Attr.Int(SteeringHookOp.ResidualSiteAttribute, residualSite));
+        return Graph(SteeringHookOp.PairOpType, sites, d, [.. attributes], residual: true,
+            outputs: hookedOutput ? ["y", "hooked"] : ["y"]);
+    }
+
+    private static byte[] Graph(string opType, int sites, int d, AttributeProto[] attributes, bool residual,
+        string[] outputs)
+    {
         var g = new GraphBuilder("hook");
-        var h = g.Input("h", DataType.Float, "batch", "tokens", d);
-        string[] inputs =
+        List<string> inputs =
         [
-            h,
+            g.Input("h", DataType.Float, "batch", "tokens", d),
             g.Input("add", DataType.Float, "batch", sites, d),
             g.Input("encoder", DataType.Float, "batch", sites, "d", "slots"),
             g.Input("decoder", DataType.Float, "batch", sites, "slots", "d"),
             g.Input("coefficients", DataType.Float, "batch", sites, "rows", "slots"),
         ];
-        AttributeProto[] attributes = withAttributes
-            ? [Attr.Int(SteeringHookOp.SiteAttribute, site), Attr.Int(SteeringHookOp.IncrementAttribute, increment)]
-            : [];
-        var y = g.DomainNode(SteeringHookOp.Domain, SteeringHookOp.OpType, inputs, ["y"], attributes)[0];
-        g.Output(y, "y", DataType.Float, "batch", "tokens", d);
+        if (residual) inputs.Add(g.Input("residual", DataType.Float, "batch", "tokens", d));
+        foreach (var output in g.DomainNode(SteeringHookOp.Domain, opType, [.. inputs], outputs, attributes))
+            g.Output(output, output, DataType.Float, "batch", "tokens", d);
         return OnnxModelFile.Serialize(g.Build(new OnnxModelOptions
         {
             DomainOpsets = [new(SteeringHookOp.Domain, SteeringHookOp.DomainVersion)],
@@ -63,30 +82,50 @@ public class SteeringHookOpTests
     }
 
     private static float[] Run(InferenceSession session, float[] h, int tokens, Steering s,
-        long[]? encoderShape = null)
+        long[]? encoderShape = null) => Run(session, h, tokens, s, null, ["y"], encoderShape)[0];
+
+    /// <summary>Runs the graph with <paramref name="residual"/> as its sixth input when given; returns the outputs
+    /// named.</summary>
+    private static float[][] Run(InferenceSession session, float[] h, int tokens, Steering s, float[]? residual,
+        string[] outputNames, long[]? encoderShape = null, long[]? residualShape = null)
     {
-        using var hValue = OrtValue.CreateTensorValueFromMemory(h, [s.Batch, tokens, s.D]);
-        using var add = OrtValue.CreateTensorValueFromMemory(s.Add, [s.Batch, s.Sites, s.D]);
-        using var encoder = OrtValue.CreateTensorValueFromMemory(s.Encoder,
-            encoderShape ?? [s.Batch, s.Sites, s.D, s.Slots]);
-        using var decoder = OrtValue.CreateTensorValueFromMemory(s.Decoder, [s.Batch, s.Sites, s.Slots, s.D]);
-        using var coefficients = OrtValue.CreateTensorValueFromMemory(s.Coefficients,
-            [s.Batch, s.Sites, SteeringHookOp.CoefficientRows, s.Slots]);
-        using var runOptions = new RunOptions();
-        using var outputs = session.Run(runOptions, ["h", "add", "encoder", "decoder", "coefficients"],
-            [hValue, add, encoder, decoder, coefficients], ["y"]);
-        return outputs[0].GetTensorDataAsSpan<float>().ToArray();
+        long[] shape = [s.Batch, tokens, s.D];
+        List<OrtValue> values =
+        [
+            OrtValue.CreateTensorValueFromMemory(h, shape),
+            OrtValue.CreateTensorValueFromMemory(s.Add, [s.Batch, s.Sites, s.D]),
+            OrtValue.CreateTensorValueFromMemory(s.Encoder, encoderShape ?? [s.Batch, s.Sites, s.D, s.Slots]),
+            OrtValue.CreateTensorValueFromMemory(s.Decoder, [s.Batch, s.Sites, s.Slots, s.D]),
+            OrtValue.CreateTensorValueFromMemory(s.Coefficients,
+                [s.Batch, s.Sites, SteeringHookOp.CoefficientRows, s.Slots]),
+        ];
+        List<string> names = ["h", "add", "encoder", "decoder", "coefficients"];
+        if (residual is not null)
+        {
+            values.Add(OrtValue.CreateTensorValueFromMemory(residual, residualShape ?? shape));
+            names.Add("residual");
+        }
+        try
+        {
+            using var runOptions = new RunOptions();
+            using var outputs = session.Run(runOptions, names, values, outputNames);
+            return outputs.Select(o => o.GetTensorDataAsSpan<float>().ToArray()).ToArray();
+        }
+        finally
+        {
+            foreach (var value in values) value.Dispose();
+        }
     }
 
-    /// <summary>The hook from its definition: (h + add) + Σ_k (α_k·JumpReLU_θk(e_k·h + b_k) + β_k)·v_k.</summary>
-    private static float[] Expected(float[] h, int tokens, Steering s, int site, bool increment) =>
-        Expected(h, tokens, s, site, increment, out _);
-
+    /// <summary>
+    /// (kept + add) + Σ_k (α_k·JumpReLU_θk(e_k·x + b_k) + β_k)·v_k at <paramref name="site"/>, add + Σ when
+    /// <paramref name="kept"/> is null; the feature terms summed in double.
+    /// </summary>
     /// <param name="fired">How many (row, token, slot) activations passed their threshold.</param>
-    private static float[] Expected(float[] h, int tokens, Steering s, int site, bool increment, out int fired)
+    private static float[] Hook(float[] x, float[]? kept, int tokens, Steering s, int site, out int fired)
     {
         fired = 0;
-        var y = new float[h.Length];
+        var y = new float[x.Length];
         for (var b = 0; b < s.Batch; b++)
             for (var t = 0; t < tokens; t++)
             {
@@ -95,7 +134,7 @@ public class SteeringHookOpTests
                 {
                     double pre = s.Coefficient(b, site, SteeringHookOp.EncoderBiasRow, k);
                     for (var i = 0; i < s.D; i++)
-                        pre += h[(b * tokens + t) * s.D + i] * s.Encoder[((b * s.Sites + site) * s.D + i) * s.Slots + k];
+                        pre += x[(b * tokens + t) * s.D + i] * s.Encoder[((b * s.Sites + site) * s.D + i) * s.Slots + k];
                     var fires = pre > s.Coefficient(b, site, SteeringHookOp.ThresholdRow, k);
                     if (fires) fired++;
                     var activation = fires ? pre : 0;
@@ -106,8 +145,8 @@ public class SteeringHookOpTests
                 }
                 for (var i = 0; i < s.D; i++)
                 {
-                    var x = (b * tokens + t) * s.D + i;
-                    y[x] = (float)((increment ? 0 : h[x]) + s.Add[(b * s.Sites + site) * s.D + i] + delta[i]);
+                    var at = (b * tokens + t) * s.D + i;
+                    y[at] = (float)((kept is null ? 0 : kept[at]) + s.Add[(b * s.Sites + site) * s.D + i] + delta[i]);
                 }
             }
         return y;
@@ -128,7 +167,7 @@ public class SteeringHookOpTests
 
         var y = Run(session, h, tokens, steering);
 
-        var expected = Expected(h, tokens, steering, site, increment == 1, out var fired);
+        var expected = Hook(h, increment == 1 ? null : h, tokens, steering, site, out var fired);
         Assert.True(Numerics.RelativeL2(y, expected) < 1e-6, $"relative L2 {Numerics.RelativeL2(y, expected)}");
         // Both branches of the JumpReLU were taken.
         Assert.InRange(fired, 1, batch * tokens * slots - 1);
@@ -164,7 +203,7 @@ public class SteeringHookOpTests
         var y = Run(session, h, tokens, steering);
 
         Assert.Equal(Enumerable.Range(0, d).Select(i => h[i] + steering.Add[site * d + i]), y[..d]);
-        var expected = Expected(h, tokens, steering, site, increment: false);
+        var expected = Hook(h, h, tokens, steering, site, out _);
         Assert.True(Numerics.RelativeL2(y[d..], expected[d..]) < 1e-6);
         var row1AddOnly = Enumerable.Range(0, d).Select(i => h[d + i] + steering.Add[(1 * sites + site) * d + i]);
         Assert.True(Numerics.RelativeL2(y[d..], row1AddOnly.ToArray()) > 1e-3);
@@ -203,6 +242,97 @@ public class SteeringHookOpTests
         var e = Assert.ThrowsAny<OnnxRuntimeException>(() => Session(HookGraph(2, 8, 4, 0, 0, withAttributes: false)));
 
         Assert.Contains($"needs the int attribute '{SteeringHookOp.SiteAttribute}'", e.Message);
+    }
+
+    /// <summary>
+    /// SteeringHookPair from its definition: h' = the hook at the sublayer site on h, r = h' + residual (a float sum),
+    /// y = (h' + add_r) + the feature terms of r at the residual site. With or without the optional second output
+    /// (h'), y is the same bits.
+    /// </summary>
+    [Theory]
+    [InlineData(16, 8)] // whole vectors of channels and slots
+    [InlineData(13, 5)] // a tail of channels and of slots
+    [InlineData(64, 8)]
+    public void Pair_node_computes_the_sublayer_hook_then_the_residual_stream_hook(int d, int slots)
+    {
+        var rng = new Random(d * 10 + slots);
+        const int batch = 3, sites = 4, site = 1, residualSite = 2, tokens = 2;
+        var steering = Steering.Random(rng, batch, sites, d, slots);
+        var h = Numerics.RandomVector(rng, batch * tokens * d, 2f);
+        var residual = Numerics.RandomVector(rng, batch * tokens * d, 2f);
+        using var withHooked = Session(PairGraph(sites, d, site, residualSite, hookedOutput: true));
+        using var yAlone = Session(PairGraph(sites, d, site, residualSite, hookedOutput: false));
+
+        var both = Run(withHooked, h, tokens, steering, residual, ["y", "hooked"]);
+        var y = Run(yAlone, h, tokens, steering, residual, ["y"])[0];
+
+        var hooked = Hook(h, h, tokens, steering, site, out var firedAtSite);
+        var stream = hooked.Select((v, i) => v + residual[i]).ToArray();
+        var expected = Hook(stream, hooked, tokens, steering, residualSite, out var firedAtResidual);
+        Assert.True(Numerics.RelativeL2(both[1], hooked) < 1e-6, $"h': {Numerics.RelativeL2(both[1], hooked):E2}");
+        Assert.True(Numerics.RelativeL2(both[0], expected) < 1e-6, $"y: {Numerics.RelativeL2(both[0], expected):E2}");
+        Assert.Equal(both[0].Select(BitConverter.SingleToInt32Bits), y.Select(BitConverter.SingleToInt32Bits));
+        // Both branches of the JumpReLU were taken at both sites.
+        Assert.InRange(firedAtSite, 1, batch * tokens * slots - 1);
+        Assert.InRange(firedAtResidual, 1, batch * tokens * slots - 1);
+        // The residual stream's hook did read residual: without it the result differs.
+        var withoutResidual = Hook(hooked, hooked, tokens, steering, residualSite, out _);
+        Assert.True(Numerics.RelativeL2(both[0], withoutResidual) > 1e-3);
+    }
+
+    /// <summary>
+    /// With all-zero steering a pair node writes h's own bits to both outputs, so a fused norm over (y, residual) is
+    /// the norm over (h, residual) of the graph without hooks.
+    /// </summary>
+    [Fact]
+    public void Pair_node_with_all_zero_steering_gives_h_bit_for_bit()
+    {
+        var rng = new Random(8);
+        const int batch = 2, sites = 3, d = 24, slots = 8, tokens = 3;
+        var h = Numerics.RandomVector(rng, batch * tokens * d, 3f);
+        var residual = Numerics.RandomVector(rng, batch * tokens * d, 3f);
+        using var session = Session(PairGraph(sites, d, 0, 1, hookedOutput: true));
+
+        var outputs = Run(session, h, tokens, new Steering(batch, sites, d, slots), residual, ["y", "hooked"]);
+
+        Assert.Equal(h.Select(BitConverter.SingleToInt32Bits), outputs[0].Select(BitConverter.SingleToInt32Bits));
+        Assert.Equal(h.Select(BitConverter.SingleToInt32Bits), outputs[1].Select(BitConverter.SingleToInt32Bits));
+    }
+
+    [Fact]
+    public void A_pair_node_s_residual_of_another_shape_is_an_error_naming_both_shapes()
+    {
+        var rng = new Random(9);
+        const int sites = 2, d = 8, slots = 4;
+        using var session = Session(PairGraph(sites, d, 0, 1, hookedOutput: false));
+
+        var e = Assert.Throws<OnnxRuntimeException>(() => Run(session, new float[2 * d], 2,
+            Steering.Random(rng, 1, sites, d, slots), new float[2 * d], ["y"], residualShape: [2, 1, d]));
+
+        Assert.Contains($"{SteeringHookOp.PairOpType} at sites 0 and 1: residual must have h's shape [1, 2, 8]; "
+            + "found [2, 1, 8]", e.Message);
+    }
+
+    [Fact]
+    public void A_pair_node_s_residual_site_beyond_the_stacked_inputs_is_an_error()
+    {
+        const int sites = 2, d = 8, slots = 4;
+        using var session = Session(PairGraph(sites, d, 0, residualSite: 2, hookedOutput: false));
+
+        var e = Assert.Throws<OnnxRuntimeException>(() =>
+            Run(session, new float[d], 1, new Steering(1, sites, d, slots), new float[d], ["y"]));
+
+        Assert.Contains("the residual site index is 2 but steering.add has 2 sites", e.Message);
+    }
+
+    [Fact]
+    public void A_pair_node_without_its_residual_site_is_refused_when_the_session_is_created()
+    {
+        var e = Assert.ThrowsAny<OnnxRuntimeException>(() =>
+            Session(PairGraph(2, 8, 0, 1, hookedOutput: false, withResidualSite: false)));
+
+        Assert.Contains($"{SteeringHookOp.PairOpType} needs the int attribute "
+            + $"'{SteeringHookOp.ResidualSiteAttribute}'", e.Message);
     }
 
     [Fact]

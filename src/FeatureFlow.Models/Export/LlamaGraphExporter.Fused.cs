@@ -24,7 +24,12 @@ public static partial class LlamaGraphExporter
     /// <see cref="SteeringHook.Increment"/>) enters the next SkipSimplifiedLayerNormalization as its input with the sum
     /// as its skip: with all-zero steering that adds +0 to the same values and normalises them in the same kernel, so
     /// the hooked graph's logits are the bits of the graph without hooks. With
-    /// <see cref="HookOperators.CustomOperator"/> each hook (and each increment) is one SteeringHook node instead.
+    /// <see cref="HookOperators.CustomOperator"/> attn_out's hook is one SteeringHook node, and mlp_out's and
+    /// resid_post's one SteeringHookPair node per block without the Add: it steers the MLP output to m', then writes
+    /// m' + resid_post's add and feature terms of m' + residual, which enters the norm with the residual itself as
+    /// skip, so the norm's sum is the steered stream (rounded as (m' + Δ) + residual rather than (m' + residual) + Δ)
+    /// and zero steering gives the norm over (m, residual) of the graph without hooks. The add-only graph rounds as
+    /// the pair node does, (m' + add) + residual, so an add-only row's bits do not depend on which graph runs it.
     /// </remarks>
     private static ModelProto FusedDecoder(GraphBuilder g, ModelArchitecture arch, LlamaWeights w,
         HookedGraphOptions options, string embedding, string x, DecoderInputs inputs)
@@ -46,7 +51,7 @@ public static partial class LlamaGraphExporter
             attn = SteeringHook.Apply(g, steering, new Site(l, SiteKind.AttnOut), attn, options.SiteOutputs, d);
             (xn, residual) = SkipRmsNorm(g, attn, residual, $"blocks.{l}.ln_2", w.RmsFfn[l], arch.NormEpsilon);
             var mlp = SwiGlu(g, arch, l, w, xn);
-            mlp = SteeringHook.Apply(g, steering, new Site(l, SiteKind.MlpOut), mlp, options.SiteOutputs, d);
+            var mlpSite = new Site(l, SiteKind.MlpOut);
             var last = l + 1 == arch.Layers;
             var (norm, weight) = last ? ("ln_f", w.RmsFinal) : ($"blocks.{l + 1}.ln_1", w.RmsAttention[l + 1]);
             if (steering is null)
@@ -56,9 +61,19 @@ public static partial class LlamaGraphExporter
                 continue;
             }
             var site = new Site(l, SiteKind.ResidPost);
-            var sum = g.Op("Add", [mlp, residual]);
-            var increment = SteeringHook.Increment(g, steering, site, sum);
-            (xn, residual) = SkipRmsNorm(g, increment, sum, norm, weight, arch.NormEpsilon,
+            string input, skip;
+            if (steering.Stacked is { } stacked)
+            {
+                input = SteeringHook.ApplyWithStream(g, stacked, mlpSite, site, mlp, residual, options.SiteOutputs, d);
+                skip = residual;
+            }
+            else
+            {
+                mlp = SteeringHook.Apply(g, steering, mlpSite, mlp, options.SiteOutputs, d);
+                skip = g.Op("Add", [mlp, residual]);
+                input = SteeringHook.Increment(g, steering, site, skip);
+            }
+            (xn, residual) = SkipRmsNorm(g, input, skip, norm, weight, arch.NormEpsilon,
                 withSum: !last || options.SiteOutputs, sumName: options.SiteOutputs ? site.HookName : null);
             if (options.SiteOutputs) g.Output(residual, site.HookName, DataType.Float, B, T, d);
         }
@@ -73,7 +88,9 @@ public static partial class LlamaGraphExporter
             : "RotaryEmbedding, MultiHeadAttention";
         var customHook = $"{SteeringHookOp.Domain}.{SteeringHookOp.OpType}";
         var hooks = steering is null ? "no hooks"
-            : steering.Stacked is not null ? $"with FeatureFlow steering hooks at every site, each one {customHook} node"
+            : steering.Stacked is not null ? "with FeatureFlow steering hooks at every site: attn_out's one "
+                + $"{customHook} node, mlp_out's and resid_post's together one "
+                + $"{SteeringHookOp.Domain}.{SteeringHookOp.PairOpType} node per block"
             : "with FeatureFlow steering hooks at every site";
         var doc = $"Llama decoder ({hooks}) "
             + "in ONNX Runtime's fused operators: SimplifiedLayerNormalization, SkipSimplifiedLayerNormalization, "

@@ -47,7 +47,7 @@ public static class SteeringHook
         using var _ = g.Scope(Site.HookSuffix(site.Kind));
         if (steering.Stacked is { } stacked)
         {
-            var hooked = CustomHook(g, stacked, site, h, increment: false, siteOutput ? site.HookName : null);
+            var hooked = CustomHook(g, stacked, site, h, siteOutput ? site.HookName : null);
             return siteOutput ? g.Output(hooked, site.HookName, DataType.Float, B, T, d) : hooked;
         }
         var delta = Delta(g, steering, site, h);
@@ -63,26 +63,46 @@ public static class SteeringHook
     /// graph that adds it to the residual stream inside a fused operator (SkipSimplifiedLayerNormalization). All-zero
     /// steering makes it +0, and h + 0 is h's own bits.
     /// </summary>
+    /// <remarks>For hooks in ONNX operators; custom-operator graphs use <see cref="ApplyWithStream"/>.</remarks>
     public static string Increment(GraphBuilder g, SiteSlices steering, Site site, string h)
     {
         using var _ = g.Scope(Site.HookSuffix(site.Kind));
-        if (steering.Stacked is { } stacked) return CustomHook(g, stacked, site, h, increment: true);
         var delta = Delta(g, steering, site, h);
         return g.Op("Add", [steering.Add[site.Index], delta]);
     }
 
     /// <summary>
-    /// One <see cref="SteeringHookOp"/> node: the steered h, or with <paramref name="increment"/> what the hook adds
-    /// (add + the feature terms, [B, T, d]); its output is named <paramref name="output"/> or generated.
+    /// The hook at <paramref name="site"/> on a sublayer's output <paramref name="h"/> and the hook at
+    /// <paramref name="streamSite"/> on the residual stream h' + <paramref name="residual"/>, as one
+    /// SteeringHookPair node (<see cref="SteeringHookOp.PairOpType"/>), for a fused norm that forms the stream itself:
+    /// returns the norm's input, to go in beside <paramref name="residual"/> as its skip. With
+    /// <paramref name="siteOutput"/> the node's second output is h', named after <paramref name="site"/> and declared
+    /// a graph output (the stream's value is the norm's sum, which the caller names).
     /// </summary>
-    private static string CustomHook(GraphBuilder g, StackedSteering stacked, Site site, string h, bool increment,
-        string? output = null)
+    public static string ApplyWithStream(GraphBuilder g, StackedSteering stacked, Site site, Site streamSite, string h,
+        string residual, bool siteOutput, int d)
+    {
+        using var _ = g.Scope(Site.HookSuffix(site.Kind));
+        var input = $"{streamSite.HookName}/norm_input";
+        string[] outputs = siteOutput ? [input, site.HookName] : [input];
+        var written = g.DomainNode(SteeringHookOp.Domain, SteeringHookOp.PairOpType,
+            [h, stacked.Add, stacked.Encoder, stacked.Decoder, stacked.Coefficients, residual], outputs,
+            Attr.Int(SteeringHookOp.SiteAttribute, site.Index),
+            Attr.Int(SteeringHookOp.ResidualSiteAttribute, streamSite.Index));
+        if (siteOutput) g.Output(written[1], site.HookName, DataType.Float, B, T, d);
+        return written[0];
+    }
+
+    /// <summary>
+    /// One <see cref="SteeringHookOp"/> node: the steered h, its output named <paramref name="output"/> or generated.
+    /// </summary>
+    private static string CustomHook(GraphBuilder g, StackedSteering stacked, Site site, string h, string? output)
     {
         string[] inputs = [h, stacked.Add, stacked.Encoder, stacked.Decoder, stacked.Coefficients];
         AttributeProto[] attributes =
         [
             Attr.Int(SteeringHookOp.SiteAttribute, site.Index),
-            Attr.Int(SteeringHookOp.IncrementAttribute, increment ? 1 : 0),
+            Attr.Int(SteeringHookOp.IncrementAttribute, 0),
         ];
         return output is null
             ? g.DomainOp(SteeringHookOp.Domain, SteeringHookOp.OpType, inputs, attributes)

@@ -27,10 +27,9 @@ public static unsafe class FeatureFlowOps
 
     private static nint CreateDomain()
     {
-        var op = (OrtCustomOp*)NativeMemory.AllocZeroed((nuint)sizeof(OrtCustomOp));
-        SteeringHookKernel.Describe(op);
         var domain = OrtCApi.CreateCustomOpDomain(SteeringHookOp.Domain);
-        OrtCApi.CustomOpDomainAdd(domain, op);
+        OrtCApi.CustomOpDomainAdd(domain, SteeringHookKernel.Describe(pair: false));
+        OrtCApi.CustomOpDomainAdd(domain, SteeringHookKernel.Describe(pair: true));
         return domain;
     }
 }

@@ -46,8 +46,8 @@ internal struct OrtCustomOp
     public nint GetAliasMap;                   // size_t (int**, int**)
     public nint ReleaseAliasMap;               // void (int*, int*)
 
-    /// <summary>OrtCustomOpInputOutputCharacteristic.INPUT_OUTPUT_REQUIRED.</summary>
-    public const int Required = 0;
+    /// <summary>OrtCustomOpInputOutputCharacteristic.INPUT_OUTPUT_REQUIRED and INPUT_OUTPUT_OPTIONAL.</summary>
+    public const int Required = 0, Optional = 1;
 
     /// <summary>OrtMemType.OrtMemTypeDefault: the execution provider's own memory (CPU here).</summary>
     public const int DefaultMemory = 0;

@@ -5,17 +5,18 @@ using System.Runtime.InteropServices;
 namespace FeatureFlow.Onnx.CustomOps;
 
 /// <summary>
-/// The CPU kernel of <see cref="SteeringHookOp"/>, as ONNX Runtime callbacks. Per batch row b and token t, at the
-/// node's site s: pre_k = e_k·h + b_k, a_k = pre_k &gt; θ_k ? pre_k : 0, c_k = α_k·a_k + β_k,
-/// delta = Σ_k c_k·v_k (summed from +0), and the output is (h + add) + delta, or add + delta for an increment node,
-/// the same operations in the same order as the ONNX-operator hook (SteeringHook.Delta) up to the summation order
-/// inside the two dot products.
+/// The CPU kernel of <see cref="SteeringHookOp"/>'s two operators, as ONNX Runtime callbacks. Per batch row b and
+/// token t, at a site s: pre_k = e_k·x + b_k, a_k = pre_k &gt; θ_k ? pre_k : 0, c_k = α_k·a_k + β_k,
+/// delta = Σ_k c_k·v_k (summed from +0), and the hook writes (kept + add) + delta: for SteeringHook x = kept = h (or
+/// no kept value for an increment node); for SteeringHookPair first x = kept = h at the sublayer site, giving h', then
+/// x = h' + residual and kept = h' at the residual site. These are the same operations in the same order as the
+/// ONNX-operator hook (SteeringHook.Delta) up to the summation order inside the two dot products.
 /// </summary>
 /// <remarks>
-/// A row whose α and β are all zero at this site gets delta = +0 without the feature terms: every c_k is then ±0
+/// A row whose α and β are all zero at a site gets delta = +0 without the feature terms: every c_k is then ±0
 /// (for finite activations), so the full sum would be +0 as well, and the output keeps exactly the bits it would
 /// have had. In particular all-zero steering gives h + 0 + 0, h's own bits, as the ONNX-operator hook does.
-/// Nothing is allocated per call on the managed heap (the output tensor comes from ONNX Runtime's allocator).
+/// Nothing is allocated per call on the managed heap (the outputs come from ONNX Runtime's allocator).
 /// </remarks>
 internal static unsafe class SteeringHookKernel
 {
@@ -23,35 +24,62 @@ internal static unsafe class SteeringHookKernel
     private const int StackSlots = 256;
 
     private static readonly byte* Name = NativeString(SteeringHookOp.OpType);
+    private static readonly byte* PairName = NativeString(SteeringHookOp.PairOpType);
     private static readonly byte* SiteName = NativeString(SteeringHookOp.SiteAttribute);
     private static readonly byte* IncrementName = NativeString(SteeringHookOp.IncrementAttribute);
+    private static readonly byte* ResidualSiteName = NativeString(SteeringHookOp.ResidualSiteAttribute);
 
-    /// <summary>What one node's kernel knows: its attributes.</summary>
-    private struct Kernel
+    /// <summary>
+    /// An operator's callbacks followed by which of the two operators it is: ONNX Runtime passes every callback the
+    /// pointer it was registered with, so the shared callbacks read the kind back from there.
+    /// </summary>
+    [StructLayout(LayoutKind.Sequential)]
+    private struct Operator
     {
-        public long Site;
-        public bool Increment;
+        public OrtCustomOp Callbacks;
+        public bool Pair;
     }
 
-    public static void Describe(OrtCustomOp* op)
+    /// <summary>What one node's kernel knows: its operator and attributes.</summary>
+    private struct Kernel
     {
+        public bool Pair;
+        public long Site;
+        public bool Increment;
+        public long ResidualSite;
+
+        public readonly string Describe() => Pair
+            ? $"{SteeringHookOp.PairOpType} at sites {Site} and {ResidualSite}"
+            : $"{SteeringHookOp.OpType} at site {Site}";
+    }
+
+    /// <summary>
+    /// A native description of SteeringHook (or with <paramref name="pair"/> SteeringHookPair) for a custom-op domain;
+    /// never freed, as ONNX Runtime keeps pointing at it.
+    /// </summary>
+    public static OrtCustomOp* Describe(bool pair)
+    {
+        var described = (Operator*)NativeMemory.AllocZeroed((nuint)sizeof(Operator));
+        described->Pair = pair;
+        var op = &described->Callbacks;
         op->Version = OrtCustomOp.SupportedVersion;
-        op->GetName = (nint)(delegate* unmanaged<nint, byte*>)&GetName;
+        op->GetName = (nint)(delegate* unmanaged<Operator*, byte*>)&GetName;
         op->GetExecutionProviderType = (nint)(delegate* unmanaged<nint, byte*>)&GetExecutionProviderType;
         op->GetInputType = (nint)(delegate* unmanaged<nint, nuint, int>)&GetTensorType;
-        op->GetInputTypeCount = (nint)(delegate* unmanaged<nint, nuint>)&GetInputCount;
+        op->GetInputTypeCount = (nint)(delegate* unmanaged<Operator*, nuint>)&GetInputCount;
         op->GetOutputType = (nint)(delegate* unmanaged<nint, nuint, int>)&GetTensorType;
-        op->GetOutputTypeCount = (nint)(delegate* unmanaged<nint, nuint>)&GetOutputCount;
+        op->GetOutputTypeCount = (nint)(delegate* unmanaged<Operator*, nuint>)&GetOutputCount;
         op->KernelDestroy = (nint)(delegate* unmanaged<Kernel*, void>)&Destroy;
-        op->GetInputCharacteristic = (nint)(delegate* unmanaged<nint, nuint, int>)&GetCharacteristic;
-        op->GetOutputCharacteristic = (nint)(delegate* unmanaged<nint, nuint, int>)&GetCharacteristic;
+        op->GetInputCharacteristic = (nint)(delegate* unmanaged<nint, nuint, int>)&GetInputCharacteristic;
+        op->GetOutputCharacteristic = (nint)(delegate* unmanaged<nint, nuint, int>)&GetOutputCharacteristic;
         op->GetInputMemoryType = (nint)(delegate* unmanaged<nint, nuint, int>)&GetMemoryType;
-        op->CreateKernelV2 = (nint)(delegate* unmanaged<nint, nint, nint, Kernel**, nint>)&Create;
+        op->CreateKernelV2 = (nint)(delegate* unmanaged<Operator*, nint, nint, Kernel**, nint>)&Create;
         op->KernelComputeV2 = (nint)(delegate* unmanaged<Kernel*, nint, nint>)&Compute;
+        return op;
     }
 
     [UnmanagedCallersOnly]
-    private static byte* GetName(nint op) => Name;
+    private static byte* GetName(Operator* op) => op->Pair ? PairName : Name;
 
     [UnmanagedCallersOnly]
     private static byte* GetExecutionProviderType(nint op) => null;
@@ -60,47 +88,66 @@ internal static unsafe class SteeringHookKernel
     private static int GetTensorType(nint op, nuint index) => OrtCApi.ElementFloat;
 
     [UnmanagedCallersOnly]
-    private static nuint GetInputCount(nint op) => SteeringHookOp.InputCount;
+    private static nuint GetInputCount(Operator* op) =>
+        (nuint)(op->Pair ? SteeringHookOp.PairInputCount : SteeringHookOp.InputCount);
 
     [UnmanagedCallersOnly]
-    private static nuint GetOutputCount(nint op) => 1;
+    private static nuint GetOutputCount(Operator* op) => (nuint)(op->Pair ? SteeringHookOp.PairOutputCount : 1);
 
     [UnmanagedCallersOnly]
-    private static int GetCharacteristic(nint op, nuint index) => OrtCustomOp.Required;
+    private static int GetInputCharacteristic(nint op, nuint index) => OrtCustomOp.Required;
+
+    /// <summary>Only SteeringHookPair has a second output, its sublayer site's value, which a node may leave out.
+    /// </summary>
+    [UnmanagedCallersOnly]
+    private static int GetOutputCharacteristic(nint op, nuint index) =>
+        index == 0 ? OrtCustomOp.Required : OrtCustomOp.Optional;
 
     [UnmanagedCallersOnly]
     private static int GetMemoryType(nint op, nuint index) => OrtCustomOp.DefaultMemory;
 
     [UnmanagedCallersOnly]
-    private static nint Create(nint op, nint api, nint info, Kernel** kernel)
+    private static nint Create(Operator* op, nint api, nint info, Kernel** kernel)
     {
+        var pair = op->Pair;
         try
         {
-            long site, increment;
+            long site, increment = 0, residualSite = -1;
             var status = OrtCApi.KernelInfoGetAttributeInt64(info, SiteName, &site);
-            if (status != 0) return Refuse(status, $"needs the int attribute '{SteeringHookOp.SiteAttribute}'");
-            status = OrtCApi.KernelInfoGetAttributeInt64(info, IncrementName, &increment);
-            if (status != 0) return Refuse(status, $"needs the int attribute '{SteeringHookOp.IncrementAttribute}'");
-            if (site < 0 || increment is not (0 or 1))
+            if (status != 0) return Refuse(pair, status, SteeringHookOp.SiteAttribute);
+            status = pair
+                ? OrtCApi.KernelInfoGetAttributeInt64(info, ResidualSiteName, &residualSite)
+                : OrtCApi.KernelInfoGetAttributeInt64(info, IncrementName, &increment);
+            if (status != 0)
+                return Refuse(pair, status,
+                    pair ? SteeringHookOp.ResidualSiteAttribute : SteeringHookOp.IncrementAttribute);
+            if (pair && (site < 0 || residualSite < 0))
+                return OrtCApi.CreateStatus(OrtCApi.OrtInvalidArgument, $"{SteeringHookOp.PairOpType}: attributes "
+                    + $"{SteeringHookOp.SiteAttribute} and {SteeringHookOp.ResidualSiteAttribute} must be ≥ 0; "
+                    + $"found {site} and {residualSite}");
+            if (!pair && (site < 0 || increment is not (0 or 1)))
                 return OrtCApi.CreateStatus(OrtCApi.OrtInvalidArgument, $"{SteeringHookOp.OpType}: attributes "
                     + $"{SteeringHookOp.SiteAttribute} must be ≥ 0 and {SteeringHookOp.IncrementAttribute} 0 or 1; "
                     + $"found {site} and {increment}");
             var state = (Kernel*)NativeMemory.Alloc((nuint)sizeof(Kernel));
-            *state = new Kernel { Site = site, Increment = increment == 1 };
+            *state = new Kernel { Pair = pair, Site = site, Increment = increment == 1, ResidualSite = residualSite };
             *kernel = state;
             return 0;
         }
         catch (Exception e)
         {
-            return OrtCApi.CreateStatus(OrtCApi.OrtFail, $"{SteeringHookOp.OpType}: {e.Message}");
+            return OrtCApi.CreateStatus(OrtCApi.OrtFail, $"{OpType(pair)}: {e.Message}");
         }
     }
 
-    /// <summary>Replaces ONNX Runtime's own (released) status by one that says what the operator needs.</summary>
-    private static nint Refuse(nint status, string need)
+    private static string OpType(bool pair) => pair ? SteeringHookOp.PairOpType : SteeringHookOp.OpType;
+
+    /// <summary>Replaces ONNX Runtime's own (released) status by one that names the missing attribute.</summary>
+    private static nint Refuse(bool pair, nint status, string attribute)
     {
         OrtCApi.ReleaseStatus(status);
-        return OrtCApi.CreateStatus(OrtCApi.OrtInvalidArgument, $"{SteeringHookOp.OpType} {need}");
+        return OrtCApi.CreateStatus(OrtCApi.OrtInvalidArgument,
+            $"{OpType(pair)} needs the int attribute '{attribute}'");
     }
 
     [UnmanagedCallersOnly]
@@ -115,7 +162,7 @@ internal static unsafe class SteeringHookKernel
         }
         catch (Exception e)
         {
-            return OrtCApi.CreateStatus(OrtCApi.OrtFail, $"{SteeringHookOp.OpType}: {e.Message}");
+            return OrtCApi.CreateStatus(OrtCApi.OrtFail, $"{kernel->Describe()}: {e.Message}");
         }
     }
 
@@ -131,52 +178,91 @@ internal static unsafe class SteeringHookKernel
         public string Describe() => "[" + string.Join(", ", new ReadOnlySpan<long>(Shape, Rank).ToArray()) + "]";
     }
 
+    /// <summary>One batch row's steering at one site: pointers into the stacked inputs.</summary>
+    private readonly struct SiteSteering
+    {
+        private readonly float* _shift, _encoder, _decoder, _bias, _threshold, _alpha, _beta;
+        private readonly int _slots;
+
+        /// <summary>How many feature terms the hook sums: 0 when every α and β is zero, else all slots.</summary>
+        private readonly int _terms;
+
+        public SiteSteering(in Input add, in Input encoder, in Input decoder, in Input coefficients, long b, long site)
+        {
+            long row = b * add[1] + site, d = add[2];
+            _slots = (int)encoder[3];
+            _shift = add.Data + row * d;
+            _encoder = encoder.Data + row * d * _slots;
+            _decoder = decoder.Data + row * _slots * d;
+            var rows = coefficients.Data + row * SteeringHookOp.CoefficientRows * _slots;
+            _bias = rows + SteeringHookOp.EncoderBiasRow * _slots;
+            _threshold = rows + SteeringHookOp.ThresholdRow * _slots;
+            _alpha = rows + SteeringHookOp.AlphaRow * _slots;
+            _beta = rows + SteeringHookOp.BetaRow * _slots;
+            _terms = IsZero(_alpha, _slots) && IsZero(_beta, _slots) ? 0 : _slots;
+        }
+
+        /// <summary>
+        /// o = (kept + add) + Σ_k c_k·v_k with c_k from the features of x (+ <paramref name="residual"/> when given,
+        /// added channel by channel as a graph's Add would); null <paramref name="kept"/> writes add + Σ alone.
+        /// <paramref name="o"/> may be <paramref name="kept"/> itself.
+        /// </summary>
+        public void Apply(float* x, float* residual, float* kept, int d, Span<float> scratch, float* o)
+        {
+            var c = scratch[.._terms];
+            if (_terms > 0)
+            {
+                Encode(x, residual, _encoder, d, c);
+                for (var k = 0; k < _terms; k++)
+                {
+                    var pre = c[k] + _bias[k];
+                    var activation = pre > _threshold[k] ? pre : 0f;
+                    c[k] = _alpha[k] * activation + _beta[k];
+                }
+            }
+            Steer(kept, _shift, _decoder, c, d, o);
+        }
+    }
+
     private static nint Run(Kernel kernel, nint context)
     {
-        Input h, add, encoder, decoder, coefficients;
+        Input h, add, encoder, decoder, coefficients, residual = default;
         nint status;
         if ((status = Read(context, 0, out h)) != 0 || (status = Read(context, 1, out add)) != 0
             || (status = Read(context, 2, out encoder)) != 0 || (status = Read(context, 3, out decoder)) != 0
-            || (status = Read(context, 4, out coefficients)) != 0)
+            || (status = Read(context, 4, out coefficients)) != 0
+            || (kernel.Pair && (status = Read(context, SteeringHookOp.ResidualInput, out residual)) != 0))
             return status;
-        if (Validate(kernel, h, add, encoder, decoder, coefficients) is { } problem)
-            return OrtCApi.CreateStatus(OrtCApi.OrtInvalidArgument,
-                $"{SteeringHookOp.OpType} at site {kernel.Site}: {problem}");
+        if (Validate(kernel, h, add, encoder, decoder, coefficients, residual) is { } problem)
+            return OrtCApi.CreateStatus(OrtCApi.OrtInvalidArgument, $"{kernel.Describe()}: {problem}");
 
-        nint output;
-        if ((status = OrtCApi.KernelContextGetOutput(context, 0, h.Shape, 3, &output)) != 0) return status;
-        float* o;
-        if ((status = OrtCApi.GetTensorMutableData(output, &o)) != 0) return status;
+        float* o, hooked = null;
+        if ((status = Output(context, 0, h, out o)) != 0) return status;
+        // A pair node's second output, the sublayer site's value, is null when the node leaves it out.
+        if (kernel.Pair && (status = Output(context, 1, h, out hooked)) != 0) return status;
 
-        long batch = h[0], tokens = h[1], d = h[2], sites = add[1];
-        int slots = (int)encoder[3];
+        long batch = h[0], tokens = h[1];
+        int d = (int)h[2], slots = (int)encoder[3];
         var c = slots <= StackSlots ? stackalloc float[slots] : new float[slots];
         for (long b = 0; b < batch; b++)
         {
-            var row = b * sites + kernel.Site;
-            var shift = add.Data + row * d;
-            var e = encoder.Data + row * d * slots;
-            var v = decoder.Data + row * slots * d;
-            var rows = coefficients.Data + row * SteeringHookOp.CoefficientRows * slots;
-            var bias = new ReadOnlySpan<float>(rows + SteeringHookOp.EncoderBiasRow * slots, slots);
-            var threshold = new ReadOnlySpan<float>(rows + SteeringHookOp.ThresholdRow * slots, slots);
-            var alpha = new ReadOnlySpan<float>(rows + SteeringHookOp.AlphaRow * slots, slots);
-            var beta = new ReadOnlySpan<float>(rows + SteeringHookOp.BetaRow * slots, slots);
-            var terms = IsZero(alpha) && IsZero(beta) ? 0 : slots;
+            var site = new SiteSteering(add, encoder, decoder, coefficients, b, kernel.Site);
+            var stream = kernel.Pair
+                ? new SiteSteering(add, encoder, decoder, coefficients, b, kernel.ResidualSite)
+                : default;
             for (long t = 0; t < tokens; t++)
             {
-                var x = h.Data + (b * tokens + t) * d;
-                if (terms > 0)
+                var at = (b * tokens + t) * d;
+                var x = h.Data + at;
+                if (!kernel.Pair)
                 {
-                    Encode(x, e, (int)d, c);
-                    for (var k = 0; k < slots; k++)
-                    {
-                        var pre = c[k] + bias[k];
-                        var activation = pre > threshold[k] ? pre : 0f;
-                        c[k] = alpha[k] * activation + beta[k];
-                    }
+                    site.Apply(x, null, kernel.Increment ? null : x, d, c, o + at);
+                    continue;
                 }
-                Steer(kernel.Increment ? null : x, shift, v, c[..terms], (int)d, o + (b * tokens + t) * d);
+                // h' goes to the second output when there is one, else straight into the first, which it becomes.
+                var steered = (hooked is null ? o : hooked) + at;
+                site.Apply(x, null, x, d, c, steered);
+                stream.Apply(steered, residual.Data + at, steered, d, c, o + at);
             }
         }
         return 0;
@@ -198,9 +284,23 @@ internal static unsafe class SteeringHookKernel
         return 0;
     }
 
+    /// <summary>Output <paramref name="index"/>, shaped like <paramref name="like"/>; null data when the node has none.
+    /// </summary>
+    private static nint Output(nint context, nuint index, Input like, out float* data)
+    {
+        data = null;
+        nint value;
+        var status = OrtCApi.KernelContextGetOutput(context, index, like.Shape, (nuint)like.Rank, &value);
+        if (status != 0 || value == 0) return status;
+        float* written;
+        status = OrtCApi.GetTensorMutableData(value, &written);
+        data = written;
+        return status;
+    }
+
     /// <summary>Null when the inputs fit together, else what is wrong, naming the expected and found shapes.</summary>
     private static string? Validate(Kernel kernel, Input h, Input add, Input encoder, Input decoder,
-        Input coefficients)
+        Input coefficients, Input residual)
     {
         if (h.Rank != 3) return $"h must be [batch, tokens, d]; found {h.Describe()}";
         if (add.Rank != 3 || add[0] != h[0] || add[2] != h[2])
@@ -208,6 +308,9 @@ internal static unsafe class SteeringHookKernel
         long batch = h[0], sites = add[1], d = h[2];
         if (kernel.Site >= sites)
             return $"the site index is {kernel.Site} but steering.add has {sites} sites ({add.Describe()})";
+        if (kernel.Pair && kernel.ResidualSite >= sites)
+            return $"the residual site index is {kernel.ResidualSite} but steering.add has {sites} sites "
+                + $"({add.Describe()})";
         if (encoder.Rank != 4 || encoder[0] != batch || encoder[1] != sites || encoder[2] != d)
             return $"steering.encoder must be [{batch}, {sites}, {d}, slots]; found {encoder.Describe()}";
         var slots = encoder[3];
@@ -217,38 +320,47 @@ internal static unsafe class SteeringHookKernel
             || coefficients[2] != SteeringHookOp.CoefficientRows || coefficients[3] != slots)
             return $"steering.coefficients must be [{batch}, {sites}, {SteeringHookOp.CoefficientRows}, {slots}]; "
                 + $"found {coefficients.Describe()}";
+        if (kernel.Pair && (residual.Rank != 3 || residual[0] != h[0] || residual[1] != h[1] || residual[2] != d))
+            return $"residual must have h's shape {h.Describe()}; found {residual.Describe()}";
         return null;
     }
 
-    private static bool IsZero(ReadOnlySpan<float> values)
+    private static bool IsZero(float* values, int count)
     {
-        foreach (var value in values)
-            if (value != 0f) return false;
+        for (var k = 0; k < count; k++)
+            if (values[k] != 0f) return false;
         return true;
     }
 
-    /// <summary>pre[k] = Σ_i x[i]·e[i, k] for e stored [d, K] (row i holds every slot's weight for channel i).</summary>
-    private static void Encode(float* x, float* e, int d, Span<float> pre)
+    /// <summary>
+    /// pre[k] = Σ_i x_i·e[i, k] for e stored [d, K] (row i holds every slot's weight for channel i), where
+    /// x_i = x[i] + residual[i] (one float sum, as a graph's Add forms it) or x[i] alone when residual is null.
+    /// </summary>
+    private static void Encode(float* x, float* residual, float* e, int d, Span<float> pre)
     {
         int slots = pre.Length, width = Vector<float>.Count, k0 = 0;
         for (; k0 + width <= slots; k0 += width)
         {
             var sum = Vector<float>.Zero;
             for (var i = 0; i < d; i++)
-                sum += new Vector<float>(x[i]) * Unsafe.ReadUnaligned<Vector<float>>(e + (long)i * slots + k0);
+                sum += new Vector<float>(Channel(x, residual, i))
+                    * Unsafe.ReadUnaligned<Vector<float>>(e + (long)i * slots + k0);
             sum.CopyTo(pre[k0..]);
         }
         for (; k0 < slots; k0++)
         {
             var sum = 0f;
-            for (var i = 0; i < d; i++) sum += x[i] * e[(long)i * slots + k0];
+            for (var i = 0; i < d; i++) sum += Channel(x, residual, i) * e[(long)i * slots + k0];
             pre[k0] = sum;
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Channel(float* x, float* residual, int i) => residual is null ? x[i] : x[i] + residual[i];
+
     /// <summary>
     /// o = (x + shift) + Σ_k c[k]·v[k, :] (or shift + Σ when <paramref name="x"/> is null), the sum starting from +0,
-    /// one pass over the d channels.
+    /// one pass over the d channels; each channel is read before it is written, so o may be x.
     /// </summary>
     private static void Steer(float* x, float* shift, float* v, ReadOnlySpan<float> c, int d, float* o)
     {

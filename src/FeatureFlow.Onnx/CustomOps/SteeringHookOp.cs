@@ -1,9 +1,11 @@
 namespace FeatureFlow.Onnx.CustomOps;
 
 /// <summary>
-/// The contract of the <c>ai.featureflow.SteeringHook</c> operator, shared by the exporter that writes its nodes and
-/// the kernel that runs them: one node is one steering hook, h ← h + add + Σ_k (α_k·a_k + β_k)·v_k with
-/// a_k = JumpReLU_θk(e_k·h + b_k), reading its site's slice straight out of the four stacked steering inputs.
+/// The contract of the <c>ai.featureflow</c> steering operators, shared by the exporter that writes their nodes and
+/// the kernel that runs them. <see cref="OpType"/>: one node is one steering hook,
+/// h ← h + add + Σ_k (α_k·a_k + β_k)·v_k with a_k = JumpReLU_θk(e_k·h + b_k), reading its site's slice straight out of
+/// the four stacked steering inputs. <see cref="PairOpType"/>: one node is a sublayer's hook followed by the hook on
+/// the residual stream that the sublayer's output joins.
 /// </summary>
 public static class SteeringHookOp
 {
@@ -13,20 +15,43 @@ public static class SteeringHookOp
     public const long DomainVersion = 1;
     public const string OpType = "SteeringHook";
 
+    /// <summary>
+    /// Two hooks in one node, for a graph whose residual additions happen inside fused norms
+    /// (SkipSimplifiedLayerNormalization). With h' = (h + add_s) + δ_s(h), the hook at <see cref="SiteAttribute"/> on
+    /// the sublayer output h, and r = h' + residual, the stream before its hook at <see cref="ResidualSiteAttribute"/>,
+    /// output 0 is (h' + add_r) + δ_r(r): fed to the norm as its input with <c>residual</c> as its skip, the norm's sum
+    /// is the steered stream r + add_r + δ_r(r) (up to rounding order), and with all-zero steering output 0 is h's own
+    /// bits, so the norm is exactly the one of the graph without hooks. Output 1 (optional) is h', the sublayer
+    /// site's value, for graphs that expose it.
+    /// </summary>
+    public const string PairOpType = "SteeringHookPair";
+
     /// <summary>Int attribute: the site's index into the stacked inputs' site axis (Site.Index).</summary>
     public const string SiteAttribute = "site";
 
     /// <summary>
-    /// Int attribute: 0 writes the steered value h + add + delta; 1 writes add + delta alone (broadcast to h's
-    /// shape), for a graph that adds it to the residual stream inside a fused operator.
+    /// Int attribute of <see cref="OpType"/>: 0 writes the steered value h + add + delta; 1 writes add + delta alone
+    /// (broadcast to h's shape), for a graph that adds it to the residual stream inside a fused operator (as batched
+    /// graphs exported before <see cref="PairOpType"/> do for resid_post).
     /// </summary>
     public const string IncrementAttribute = "increment";
 
+    /// <summary>Int attribute of <see cref="PairOpType"/>: the residual stream site's index (Site.Index).</summary>
+    public const string ResidualSiteAttribute = "residual_site";
+
     /// <summary>
-    /// Inputs, in order: h [B, T, d], steering.add [B, S, d], steering.encoder [B, S, d, K], steering.decoder
-    /// [B, S, K, d], steering.coefficients [B, S, <see cref="CoefficientRows"/>, K]; all float32. One output [B, T, d].
+    /// Inputs of <see cref="OpType"/>, in order: h [B, T, d], steering.add [B, S, d], steering.encoder [B, S, d, K],
+    /// steering.decoder [B, S, K, d], steering.coefficients [B, S, <see cref="CoefficientRows"/>, K]; all float32.
+    /// One output [B, T, d].
     /// </summary>
     public const int InputCount = 5;
+
+    /// <summary>
+    /// Inputs of <see cref="PairOpType"/>: the <see cref="InputCount"/> of <see cref="OpType"/>, then residual
+    /// [B, T, d] at <see cref="ResidualInput"/>. Outputs: <see cref="PairOutputCount"/>, each [B, T, d], the second
+    /// optional.
+    /// </summary>
+    public const int PairInputCount = 6, ResidualInput = 5, PairOutputCount = 2;
 
     /// <summary>Rows of steering.coefficients, in this order (the graph's GraphNames.CoefficientRow follows these).
     /// </summary>
