@@ -174,7 +174,13 @@ public class GenerationTests(EngineFixture f) : IClassFixture<EngineFixture>
     private async Task<(GenerationRecord Record, int Value)> FinishedRecordAndTokensAt(Func<Func<int>, Task<int>> act)
     {
         var generated = 0;
-        void OnToken(long id, int count) => Volatile.Write(ref generated, count);
+        void OnToken(long id, int count)
+        {
+            Volatile.Write(ref generated, count);
+            // At least a millisecond a token: the 400-token row outlasts a reader that a busy machine (tests run in
+            // parallel) keeps waiting for tens of milliseconds, so the row is still running when it acts.
+            Thread.Sleep(1);
+        }
         f.Engine.TokenGenerated += OnToken;
         try
         {
