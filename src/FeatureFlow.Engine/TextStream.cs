@@ -1,4 +1,4 @@
-using System.Text;
+using System.Text.Unicode;
 using FeatureFlow.Models.Tokenization;
 
 namespace FeatureFlow.Engine;
@@ -15,7 +15,9 @@ namespace FeatureFlow.Engine;
 /// </remarks>
 public sealed class TextStream(ITokenizer tokenizer, int previousToken, IReadOnlyList<string> stops, int capacity = 256)
 {
-    private readonly Decoder _utf8 = new UTF8Encoding(false, false).GetDecoder();
+    // The bytes of a UTF-8 character that a token split (at most 3), waiting for the rest; then the next piece.
+    private byte[] _bytes = new byte[64];
+    private int _pending;
     // An array, so that looking for stop strings after each token enumerates without allocating.
     private readonly string[] _stops = [.. stops];
     private char[] _chars = new char[Math.Max(capacity, 16)];
@@ -57,11 +59,22 @@ public sealed class TextStream(ITokenizer tokenizer, int previousToken, IReadOnl
         return text;
     }
 
+    /// <summary>
+    /// Decodes what is complete of the held bytes and <paramref name="bytes"/>, invalid sequences as U+FFFD (as
+    /// UTF8Encoding does); <see cref="Utf8.ToUtf16"/> allocates nothing, where a Decoder does on invalid input.
+    /// </summary>
     private void Append(ReadOnlySpan<byte> bytes, bool flush)
     {
-        var count = _utf8.GetCharCount(bytes, flush);
-        if (_length + count > _chars.Length) Array.Resize(ref _chars, Math.Max(2 * _chars.Length, _length + count));
-        _length += _utf8.GetChars(bytes, _chars.AsSpan(_length), flush);
+        if (_pending + bytes.Length > _bytes.Length) Array.Resize(ref _bytes, 2 * (_pending + bytes.Length));
+        bytes.CopyTo(_bytes.AsSpan(_pending));
+        var input = _bytes.AsSpan(0, _pending + bytes.Length);
+        // A UTF-8 byte decodes to at most one UTF-16 character.
+        if (_length + input.Length > _chars.Length) Array.Resize(ref _chars, Math.Max(2 * _chars.Length, _length + input.Length));
+        Utf8.ToUtf16(input, _chars.AsSpan(_length), out var read, out var written, replaceInvalidSequences: true,
+            isFinalBlock: flush);
+        _length += written;
+        input[read..].CopyTo(_bytes);
+        _pending = input.Length - read;
     }
 
     private void Release(bool final)

@@ -65,4 +65,23 @@ public class TextStreamTests
         Assert.Equal(expected, taken.ToString());
         Assert.Equal(expected, new string(stream.Buffer, 0, stream.FinalLength));
     }
+
+    [Fact]
+    public void Invalid_utf8_becomes_replacement_characters_as_the_utf8_encoding_decodes_it_without_allocating()
+    {
+        // A lone continuation byte, a lead byte cut short by ASCII, an overlong form, then a valid 4-byte character
+        // split over two tokens: what UTF8Encoding makes of the bytes as a whole.
+        byte[][] pieces = [[0x80], [0xE2, 0x82], U("a"), [0xC0, 0xAF], [0xF0, 0x9F], [0x98, 0x80], U("b")];
+        var stream = new TextStream(new PieceTokenizer(pieces), 0, [], capacity: 64);
+        for (var i = 0; i < pieces.Length; i++) stream.Push(i);
+        // The second pass is timed: the text buffer and the byte buffer already have room.
+        var before = GC.GetAllocatedBytesForCurrentThread();
+        for (var i = 0; i < pieces.Length; i++) stream.Push(i);
+        var allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        stream.Flush();
+        var all = pieces.SelectMany(p => p).ToArray();
+        var expected = Encoding.UTF8.GetString([.. all, .. all]);
+        Assert.Equal(expected, new string(stream.Buffer, 0, stream.FinalLength));
+        Assert.Equal(0, allocated);
+    }
 }
