@@ -14,13 +14,13 @@ namespace FeatureFlow.Benchmarks;
 /// <summary>
 /// <c>hooks</c>: what a steered decode step costs for each way of writing the hooks. Single-row greedy decode steps of
 /// the engine's batched graph (fused operators, shared KV buffer) without hooks, and with hooks steered by the heavy
-/// spec (every site: an add term and all rescale/clamp slots) written once in standard ONNX operators and once as the
-/// ai.featureflow.SteeringHook custom operator; all exported in memory from the shipped checkpoint and stepped in
+/// spec (every site: an add term and all rescale/clamp slots) written once in standard ONNX operators and once as
+/// ai.featureflow custom operators (two per block); all exported in memory from the shipped checkpoint and stepped in
 /// lockstep, as <see cref="FusedComparison"/> does.
 /// </summary>
 public static class HookComparison
 {
-    public const string SectionHeading = "## Steering hooks: ONNX operators vs one custom operator per hook (issue P8)";
+    public const string SectionHeading = "## Steering hooks: ONNX operators vs custom operators (issue P8)";
 
     public sealed record Options(int Rounds, int WarmUps, int PromptTokens, int Steps, string? WritePath);
 
@@ -48,7 +48,7 @@ public static class HookComparison
             ("no hooks, unsteered", Export(arch, checkpoint.Weights, hooks: false, HookOperators.Onnx, folder), null),
             ("hooks in ONNX operators, heavy spec", Export(arch, checkpoint.Weights, hooks: true, HookOperators.Onnx, folder),
                 heavy),
-            ("hooks as SteeringHook custom operators, heavy spec",
+            ("hooks as custom operators, heavy spec",
                 Export(arch, checkpoint.Weights, hooks: true, HookOperators.CustomOperator, folder), heavy),
         };
         var steppers = new List<(string Name, IDecodeStepper Stepper)>();
@@ -93,8 +93,9 @@ public static class HookComparison
         Line($"The engine's batched graph for stories260K (fused operators, shared KV buffer; exported in memory from the "
             + "shipped checkpoint, without site outputs) three times: without hooks, unsteered; with hooks written in "
             + "standard ONNX operators (eleven per hook, the steering inputs cut per site at the top of the graph); "
-            + "with one ai.featureflow.SteeringHook custom operator per hook (C#, reading its site straight out of the "
-            + "stacked steering inputs). Both hooked graphs are steered by the heavy spec: every one of the 15 sites "
+            + "with the hooks as ai.featureflow custom operators (C#, reading their sites straight out of the stacked "
+            + "steering inputs): a SteeringHook node for each block's attn_out and one SteeringHookPair node for its "
+            + "mlp_out and resid_post, two nodes per block. Both hooked graphs are steered by the heavy spec: every one of the 15 sites "
             + "has an add term and all 8 rescale/clamp slots. One row; "
             + $"{options.PromptTokens}-token story prompt; {options.Steps} greedy decode steps per round; "
             + $"{options.WarmUps} warm-up round(s), then {options.Rounds} rounds; the three graphs step in lockstep, "
