@@ -135,11 +135,12 @@ public class CliTests
     public async Task Bench_serving_prints_one_row_per_mode_with_measured_batches()
     {
         var (exit, stdout, stderr) = await CliRunner.Run("bench", "serving", "--model", RepoPaths.Stories260kModel,
-            "--streams", "1,4", "--rounds", "1", "--max-tokens", "12");
+            "--streams", "1,4", "--rounds", "1", "--max-tokens", "150");
         Assert.True(exit == 0, stderr);
         var rows = stdout.Split('\n').Where(l => l.StartsWith("| gRPC") || l.StartsWith("| engine")).ToArray();
         Assert.Equal(4, rows.Length);
-        // Four concurrent streams really shared decode steps (the rows-per-step column of the 4-stream rows).
+        // Four concurrent streams really shared decode steps (the rows-per-step column of the 4-stream rows). A
+        // stream is long enough (150 tokens, ~10 ms) that the four overlap however their calls arrive.
         var rowsPerStep = rows.Where(r => r.Contains("4 streams")).Select(r => double.Parse(r.Split('|')[5], System.Globalization.CultureInfo.InvariantCulture));
         Assert.All(rowsPerStep, x => Assert.True(x > 1.5, $"{x} rows per step"));
     }
