@@ -72,7 +72,8 @@ public static class SyntheticModelComparison
         await log.WriteLineAsync($"read bandwidth on {options.Threads} thread(s): {bandwidth / 1e9:F1} GB/s");
         var results = await EngineComparison.RunInterleavedAsync(contenders, prompt, MaxTokens, options.Rounds,
             options.WarmUps, log);
-        var report = Report(options, contenders, results, bandwidth);
+        var steps = LockstepSteps(options, engine, modelDir, prompt, log);
+        var report = Report(options, contenders, results, bandwidth) + steps;
         await output.WriteAsync(report);
         if (options.WritePath is { } path)
         {
@@ -80,6 +81,46 @@ public static class SyntheticModelComparison
             await log.WriteLineAsync($"wrote the section to {path}");
         }
         return 0;
+    }
+
+    /// <summary>
+    /// The steered step's cost without the engine around it and without drift between runs: the folder's two batched
+    /// graphs (without hooks; with the custom-operator hooks and the heavy spec) stepped in lockstep, the order
+    /// rotating each step, as the <c>hooks</c> benchmark does on stories260K.
+    /// </summary>
+    private static string LockstepSteps(Options options, GenerationEngine engine, string modelDir, int[] prompt,
+        TextWriter log)
+    {
+        var folder = engine.Folder;
+        var sessionOptions = new EngineOptions { ExecutionProvider = ExecutionProviderPreference.Cpu, IntraOpThreads = options.Threads };
+        var heavy = engine.Compiler.Compile(Workloads.Heavy(engine.SteeringShape)).Generated;
+        var capacity = PromptTokens + MaxTokens;
+        var steppers = new List<(string Name, IDecodeStepper Stepper)>();
+        try
+        {
+            steppers.Add(("no hooks, unsteered", new SharedBufferStepper(
+                SessionFactory.Create(folder.BatchedPlainGraphPath!, sessionOptions).Session, Architecture, capacity)));
+            steppers.Add(("custom-operator hooks, heavy spec", new SharedBufferStepper(
+                SessionFactory.Create(folder.BatchedGraphPath!, sessionOptions).Session, Architecture, capacity, heavy)));
+            // The control: the same graph without hooks in a second session, made last. Two sessions of one graph
+            // differ only in where their 400 MB of weights landed in memory.
+            steppers.Add(("no hooks, unsteered, second session", new SharedBufferStepper(
+                SessionFactory.Create(folder.BatchedPlainGraphPath!, sessionOptions).Session, Architecture, capacity)));
+            var (times, _, _) = FusedComparison.Measure(options.Rounds, options.WarmUps, MaxTokens - 1, steppers, prompt,
+                log, firstAgreeing: 1);
+            double Ratio(int a, int b) => FusedComparison.Median(times[a].Zip(times[b], (x, y) => x / y));
+            var ms = times.Select(t => FusedComparison.Median(t) / 1000).ToArray();
+            return $"\nThe steered step alone: the folder's batched graph without hooks, its hooked graph with the heavy "
+                + "spec, and the graph without hooks again in a second session (the control), stepped in lockstep "
+                + $"({options.Rounds} rounds × {MaxTokens - 1} steps after the same prompt, the order rotating each "
+                + $"step): {ms[0]:F2}, {ms[1]:F2} and {ms[2]:F2} ms per step (medians). Unsteered ÷ steered step time, "
+                + $"median of paired steps: {Ratio(0, 1):F3}; the control, unsteered ÷ the same graph in the second "
+                + $"session: {Ratio(0, 2):F3}, which is how far apart two sessions of one graph run here.\n";
+        }
+        finally
+        {
+            foreach (var (_, stepper) in steppers) stepper.Dispose();
+        }
     }
 
     /// <summary>Float32 bytes of every weight a decode step reads (one embedding row aside: the tied classifier reads the
@@ -141,7 +182,7 @@ public static class SyntheticModelComparison
             var ratios = results[a].Zip(results[b], (x, y) => x.DecodeTokensPerSecond / y.DecodeTokensPerSecond).ToArray();
             var m = EngineComparison.Median(ratios);
             var verdict = goal is { } g ? $"≥ {g:F2} | {(m >= g ? "met" : "missed")}" : "(no target) |";
-            Line($"| {label} | {m:F2} | {ratios.Min():F2} – {ratios.Max():F2} | {verdict} |");
+            Line($"| {label} | {m:F3} | {ratios.Min():F2} – {ratios.Max():F2} | {verdict} |");
         }
         Ratio("ours unsteered ÷ ONNX Runtime GenAI", unsteered, genAi, 1.0);
         Ratio("ours unsteered ÷ llama.cpp", unsteered, llamaCpp, null);

@@ -341,11 +341,18 @@ internal static unsafe class SteeringHookKernel
         int slots = pre.Length, width = Vector<float>.Count, k0 = 0;
         for (; k0 + width <= slots; k0 += width)
         {
-            var sum = Vector<float>.Zero;
-            for (var i = 0; i < d; i++)
-                sum += new Vector<float>(Channel(x, residual, i))
-                    * Unsafe.ReadUnaligned<Vector<float>>(e + (long)i * slots + k0);
-            sum.CopyTo(pre[k0..]);
+            // Four partial sums: one would make every step wait on the previous fused multiply-add's latency.
+            Vector<float> s0 = Vector<float>.Zero, s1 = s0, s2 = s0, s3 = s0;
+            var i = 0;
+            for (; i + 4 <= d; i += 4)
+            {
+                s0 = Term(x, residual, e, slots, k0, i, s0);
+                s1 = Term(x, residual, e, slots, k0, i + 1, s1);
+                s2 = Term(x, residual, e, slots, k0, i + 2, s2);
+                s3 = Term(x, residual, e, slots, k0, i + 3, s3);
+            }
+            for (; i < d; i++) s0 = Term(x, residual, e, slots, k0, i, s0);
+            ((s0 + s1) + (s2 + s3)).CopyTo(pre[k0..]);
         }
         for (; k0 < slots; k0++)
         {
@@ -354,6 +361,12 @@ internal static unsafe class SteeringHookKernel
             pre[k0] = sum;
         }
     }
+
+    /// <summary>sum + x_i·e[i, k0..k0 + width), fused.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector<float> Term(float* x, float* residual, float* e, int slots, int k0, int i, Vector<float> sum) =>
+        Vector.FusedMultiplyAdd(new Vector<float>(Channel(x, residual, i)),
+            Unsafe.ReadUnaligned<Vector<float>>(e + (long)i * slots + k0), sum);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static float Channel(float* x, float* residual, int i) => residual is null ? x[i] : x[i] + residual[i];
