@@ -73,7 +73,9 @@ internal sealed class Sequence
     public bool IsCancelled => _cancelled;
     /// <summary>The log has its last entry: finished, cancelled or failed (<see cref="Error"/>).</summary>
     public bool IsComplete => _complete;
-    /// <summary>Why the generation failed, once <see cref="IsComplete"/>; null when it ended normally or was cancelled.</summary>
+    /// <summary>
+    /// Why the generation failed, once <see cref="IsComplete"/>; null when it ended normally or was cancelled.
+    /// </summary>
     public Exception? Error => Volatile.Read(ref _error);
     /// <summary>When the request was queued, and when its latest token was sampled (Stopwatch timestamps).</summary>
     public long SubmittedAt { get; } = System.Diagnostics.Stopwatch.GetTimestamp();
@@ -111,7 +113,8 @@ internal sealed class Sequence
         {
             Finish = FinishReason.Error;
             _failure = new GenerationFailedException(
-                $"generation stopped after {Completion} tokens: the logits became non-finite (the steering drove the activations out of range)", "non_finite_logits");
+                $"generation stopped after {Completion} tokens: the logits became non-finite (the steering drove the "
+                + "activations out of range)", "non_finite_logits");
             return true;
         }
         // The sampler works in place on a copy: the log-probability is of the model's own distribution.
@@ -149,7 +152,9 @@ internal sealed class Sequence
         return true;
     }
 
-    /// <summary>Completes the log: after its last entry, without one (cancelled), or with an error the reader will see.</summary>
+    /// <summary>
+    /// Completes the log: after its last entry, without one (cancelled), or with an error the reader will see.
+    /// </summary>
     public void Abort(FinishReason reason, Exception? error = null)
     {
         if (_complete) return;

@@ -69,7 +69,8 @@ public sealed class TextStream(ITokenizer tokenizer, int previousToken, IReadOnl
         bytes.CopyTo(_bytes.AsSpan(_pending));
         var input = _bytes.AsSpan(0, _pending + bytes.Length);
         // A UTF-8 byte decodes to at most one UTF-16 character.
-        if (_length + input.Length > _chars.Length) Array.Resize(ref _chars, Math.Max(2 * _chars.Length, _length + input.Length));
+        if (_length + input.Length > _chars.Length)
+            Array.Resize(ref _chars, Math.Max(2 * _chars.Length, _length + input.Length));
         Utf8.ToUtf16(input, _chars.AsSpan(_length), out var read, out var written, replaceInvalidSequences: true,
             isFinalBlock: flush);
         _length += written;

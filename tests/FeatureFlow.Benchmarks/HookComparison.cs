@@ -46,8 +46,8 @@ public static class HookComparison
         var graphs = new List<(string Name, ModelProto Model, SteeringTensors? Steering)>
         {
             ("no hooks, unsteered", Export(arch, checkpoint.Weights, hooks: false, HookOperators.Onnx, folder), null),
-            ("hooks in ONNX operators, heavy spec", Export(arch, checkpoint.Weights, hooks: true, HookOperators.Onnx, folder),
-                heavy),
+            ("hooks in ONNX operators, heavy spec",
+                Export(arch, checkpoint.Weights, hooks: true, HookOperators.Onnx, folder), heavy),
             ("hooks as custom operators, heavy spec",
                 Export(arch, checkpoint.Weights, hooks: true, HookOperators.CustomOperator, folder), heavy),
         };
@@ -95,7 +95,8 @@ public static class HookComparison
             + "standard ONNX operators (eleven per hook, the steering inputs cut per site at the top of the graph); "
             + "with the hooks as ai.featureflow custom operators (C#, reading their sites straight out of the stacked "
             + "steering inputs): a SteeringHook node for each block's attn_out and one SteeringHookPair node for its "
-            + "mlp_out and resid_post, two nodes per block. Both hooked graphs are steered by the heavy spec: every one of the 15 sites "
+            + "mlp_out and resid_post, two nodes per block. Both hooked graphs are steered by the heavy spec: "
+            + "every one of the 15 sites "
             + "has an add term and all 8 rescale/clamp slots. One row; "
             + $"{options.PromptTokens}-token story prompt; {options.Steps} greedy decode steps per round; "
             + $"{options.WarmUps} warm-up round(s), then {options.Rounds} rounds; the three graphs step in lockstep, "

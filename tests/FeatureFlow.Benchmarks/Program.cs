@@ -42,4 +42,5 @@ static Func<Task<int>> RunEngines(EngineComparison.Options o) => () => EngineCom
 static Func<Task<int>> RunSynthetic(SyntheticModelComparison.Options o) =>
     () => SyntheticModelComparison.RunAsync(o, Console.Out, Console.Error);
 static Func<Task<int>> RunFused(FusedComparison.Options o) => () => Task.FromResult(FusedComparison.Run(o, Console.Out, Console.Error));
-static Func<Task<int>> RunHooks(HookComparison.Options o) => () => Task.FromResult(HookComparison.Run(o, Console.Out, Console.Error));
+static Func<Task<int>> RunHooks(HookComparison.Options o) =>
+    () => Task.FromResult(HookComparison.Run(o, Console.Out, Console.Error));

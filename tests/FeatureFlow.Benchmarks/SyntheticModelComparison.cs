@@ -92,7 +92,10 @@ public static class SyntheticModelComparison
         TextWriter log)
     {
         var folder = engine.Folder;
-        var sessionOptions = new EngineOptions { ExecutionProvider = ExecutionProviderPreference.Cpu, IntraOpThreads = options.Threads };
+        var sessionOptions = new EngineOptions
+        {
+            ExecutionProvider = ExecutionProviderPreference.Cpu, IntraOpThreads = options.Threads,
+        };
         var heavy = engine.Compiler.Compile(Workloads.Heavy(engine.SteeringShape)).Generated;
         var capacity = PromptTokens + MaxTokens;
         var steppers = new List<(string Name, IDecodeStepper Stepper)>();

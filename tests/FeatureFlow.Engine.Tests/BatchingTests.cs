@@ -359,7 +359,8 @@ public class BatchingTests(EngineFixture f) : IClassFixture<EngineFixture>
             else if (tokens == 250) at[1] = GC.GetAllocatedBytesForCurrentThread();
         };
         var (ids, _, text) = await Run(engine, EngineFixture.LongStory with { Stop = ["never appears in a story"] });
-        Assert.True(ids.Count == EngineFixture.LongStory.MaxTokens, $"the generation ended after {ids.Count} tokens: {text}");
+        Assert.True(ids.Count == EngineFixture.LongStory.MaxTokens,
+            $"the generation ended after {ids.Count} tokens: {text}");
         Assert.Equal(0, at[1] - at[0]);
     }
 

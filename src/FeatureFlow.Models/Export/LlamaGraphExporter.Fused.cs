@@ -28,8 +28,7 @@ public static partial class LlamaGraphExporter
     /// resid_post's one SteeringHookPair node per block without the Add: it steers the MLP output to m', then writes
     /// m' + resid_post's add and feature terms of m' + residual, which enters the norm with the residual itself as
     /// skip, so the norm's sum is the steered stream (rounded as (m' + Δ) + residual rather than (m' + residual) + Δ)
-    /// and zero steering gives the norm over (m, residual) of the graph without hooks. The add-only graph rounds as
-    /// the pair node does, (m' + add) + residual, so an add-only row's bits do not depend on which graph runs it.
+    /// and zero steering gives the norm over (m, residual) of the graph without hooks.
     /// </remarks>
     private static ModelProto FusedDecoder(GraphBuilder g, ModelArchitecture arch, LlamaWeights w,
         HookedGraphOptions options, string embedding, string x, DecoderInputs inputs)

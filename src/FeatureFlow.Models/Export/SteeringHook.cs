@@ -12,7 +12,8 @@ namespace FeatureFlow.Models.Export;
 /// <see cref="GraphNames.SteeringCoefficients"/> [B, sites, 4, K]) cut once at the top of the graph, and the hook
 /// h ← h + add + Σ_k (α_k·a_k(h) + β_k)·v_k with a_k(h) = JumpReLU_θk(e_k·h + b_k) at one site; every steering
 /// input zero makes it the exact identity. The hook is eleven ONNX operators, or (<see cref="HookOperators"/>) one
-/// ai.featureflow.SteeringHook node that reads its site out of the uncut inputs.
+/// ai.featureflow.SteeringHook node that reads its site out of the uncut inputs (with <see cref="ApplyWithStream"/>,
+/// one SteeringHookPair node for a sublayer's hook and the residual stream's after it).
 /// </summary>
 public static class SteeringHook
 {
