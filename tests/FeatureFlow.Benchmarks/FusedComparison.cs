@@ -31,25 +31,34 @@ public static class FusedComparison
         public string Name => $"{Layout}, {Operators}";
     }
 
+    /// <summary>
+    /// The shipped model for a lockstep benchmark (this one and <see cref="HookComparison"/>): its folder, weights and
+    /// a story prompt of <paramref name="promptTokens"/>, the settings checked to fit its context.
+    /// </summary>
+    internal static (ModelFolder Folder, LlamaWeights Weights, int[] Prompt) ShippedModel(int rounds, int warmUps,
+        int promptTokens, int steps)
+    {
+        if (rounds < 1 || steps < 1 || promptTokens < 1 || warmUps < 0)
+            throw new ArgumentException("--rounds, --steps and --prompt must be at least 1 and --warm-ups at least 0; "
+                + $"got {rounds}, {steps}, {promptTokens} and {warmUps}");
+        var folder = ModelFolder.Open(Path.Combine(EngineComparison.RepoRoot(), "models", "stories260k"));
+        var arch = folder.Manifest.Architecture;
+        if (promptTokens + steps > arch.ContextLength)
+            throw new ArgumentException($"prompt {promptTokens} + steps {steps} exceed the context length "
+                + arch.ContextLength);
+        var story = folder.LoadTokenizer().Encode(Workloads.Story, addBos: true);
+        if (story.Length < promptTokens)
+            throw new ArgumentException($"the story has {story.Length} tokens, fewer than --prompt {promptTokens}");
+        var checkpoint = Llama2cCheckpoint.Read(Path.Combine(folder.Directory, folder.Manifest.Provenance.Checkpoint.File));
+        return (folder, checkpoint.Weights, story[..promptTokens]);
+    }
+
     public static int Run(Options options, TextWriter output, TextWriter log)
     {
-        if (options.Rounds < 1 || options.Steps < 1 || options.PromptTokens < 1 || options.WarmUps < 0)
-            throw new ArgumentException($"--rounds, --steps and --prompt must be at least 1 and --warm-ups at least 0; "
-                + $"got {options}");
-        var modelDir = Path.Combine(EngineComparison.RepoRoot(), "models", "stories260k");
-        var folder = ModelFolder.Open(modelDir);
+        var (folder, weights, prompt) = ShippedModel(options.Rounds, options.WarmUps, options.PromptTokens,
+            options.Steps);
         var arch = folder.Manifest.Architecture;
-        var checkpointPath = Path.Combine(folder.Directory, folder.Manifest.Provenance.Checkpoint.File);
-        var checkpoint = Llama2cCheckpoint.Read(checkpointPath);
         var capacity = options.PromptTokens + options.Steps;
-        if (capacity > arch.ContextLength)
-            throw new ArgumentException($"prompt {options.PromptTokens} + steps {options.Steps} exceed the context "
-                + $"length {arch.ContextLength}");
-        var story = folder.LoadTokenizer().Encode(Workloads.Story, addBos: true);
-        if (story.Length < options.PromptTokens)
-            throw new ArgumentException($"the story has {story.Length} tokens, fewer than --prompt "
-                + options.PromptTokens);
-        var prompt = story[..options.PromptTokens];
         // The engine's session settings: CPU, ORT_ENABLE_ALL, one intra-op thread.
         var engineOptions = new EngineOptions { ExecutionProvider = ExecutionProviderPreference.Cpu, IntraOpThreads = 1 };
 
@@ -59,7 +68,7 @@ public static class FusedComparison
             foreach (var layout in Enum.GetValues<KvCacheLayout>())
                 foreach (var operators in Enum.GetValues<OperatorSet>())
                 {
-                    var model = LlamaGraphExporter.Export(arch, checkpoint.Weights, new HookedGraphOptions
+                    var model = LlamaGraphExporter.Export(arch, weights, new HookedGraphOptions
                     {
                         Hooks = false, SiteOutputs = false, KvLayout = layout, Operators = operators,
                     }, folder.Manifest.Name);

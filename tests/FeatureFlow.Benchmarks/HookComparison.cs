@@ -4,7 +4,6 @@ using FeatureFlow.Engine;
 using FeatureFlow.Models;
 using FeatureFlow.Models.Export;
 using FeatureFlow.Models.Folder;
-using FeatureFlow.Models.Llama2c;
 using FeatureFlow.Onnx;
 using FeatureFlow.Onnx.Ir;
 using FeatureFlow.Steering;
@@ -26,30 +25,21 @@ public static class HookComparison
 
     public static int Run(Options options, TextWriter output, TextWriter log)
     {
-        if (options.Rounds < 1 || options.Steps < 1 || options.PromptTokens < 1 || options.WarmUps < 0)
-            throw new ArgumentException($"--rounds, --steps and --prompt must be at least 1 and --warm-ups at least 0; "
-                + $"got {options}");
-        var folder = ModelFolder.Open(Path.Combine(EngineComparison.RepoRoot(), "models", "stories260k"));
+        var (folder, weights, prompt) = FusedComparison.ShippedModel(options.Rounds, options.WarmUps,
+            options.PromptTokens, options.Steps);
         var arch = folder.Manifest.Architecture;
-        var checkpoint = Llama2cCheckpoint.Read(Path.Combine(folder.Directory, folder.Manifest.Provenance.Checkpoint.File));
         var capacity = options.PromptTokens + options.Steps;
-        if (capacity > arch.ContextLength)
-            throw new ArgumentException($"prompt {options.PromptTokens} + steps {options.Steps} exceed the context "
-                + $"length {arch.ContextLength}");
-        var story = folder.LoadTokenizer().Encode(Workloads.Story, addBos: true);
-        if (story.Length < options.PromptTokens)
-            throw new ArgumentException($"the story has {story.Length} tokens, fewer than --prompt {options.PromptTokens}");
         var engineOptions = new EngineOptions { ExecutionProvider = ExecutionProviderPreference.Cpu, IntraOpThreads = 1 };
         var shape = new SteeringShape(arch.Layers, arch.DModel, new HookedGraphOptions().SlotsPerSite);
         var heavy = new SteeringCompiler(shape).Compile(Workloads.Heavy(shape)).Generated;
 
         var graphs = new List<(string Name, ModelProto Model, SteeringTensors? Steering)>
         {
-            ("no hooks, unsteered", Export(arch, checkpoint.Weights, hooks: false, HookOperators.Onnx, folder), null),
+            ("no hooks, unsteered", Export(arch, weights, hooks: false, HookOperators.Onnx, folder), null),
             ("hooks in ONNX operators, heavy spec",
-                Export(arch, checkpoint.Weights, hooks: true, HookOperators.Onnx, folder), heavy),
+                Export(arch, weights, hooks: true, HookOperators.Onnx, folder), heavy),
             ("hooks as custom operators, heavy spec",
-                Export(arch, checkpoint.Weights, hooks: true, HookOperators.CustomOperator, folder), heavy),
+                Export(arch, weights, hooks: true, HookOperators.CustomOperator, folder), heavy),
         };
         var steppers = new List<(string Name, IDecodeStepper Stepper)>();
         try
@@ -59,7 +49,7 @@ public static class HookComparison
                     SessionFactory.Create(OnnxModelFile.Serialize(model), engineOptions).Session, arch, capacity,
                     steering)));
             var (times, bytes, agreement) = FusedComparison.Measure(options.Rounds, options.WarmUps, options.Steps,
-                steppers, story[..options.PromptTokens], log, firstAgreeing: 1);
+                steppers, prompt, log, firstAgreeing: 1);
             var report = Report(options, graphs.Select(g => (g.Name, g.Model)).ToList(), times, bytes, agreement);
             output.Write(report);
             if (options.WritePath is { } path)
