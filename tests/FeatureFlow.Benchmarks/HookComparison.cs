@@ -14,7 +14,7 @@ namespace FeatureFlow.Benchmarks;
 /// <c>hooks</c>: what a steered decode step costs for each way of writing the hooks. Single-row greedy decode steps of
 /// the engine's batched graph (fused operators, shared KV buffer) without hooks, and with hooks steered by the heavy
 /// spec (every site: an add term and all rescale/clamp slots) written once in standard ONNX operators and once as
-/// ai.featureflow custom operators (two per block); all exported in memory from the shipped checkpoint and stepped in
+/// ai.featureflow custom operators (each with the norm after it, in its place); all exported in memory from the shipped checkpoint and stepped in
 /// lockstep, as <see cref="FusedComparison"/> does.
 /// </summary>
 public static class HookComparison
@@ -84,8 +84,9 @@ public static class HookComparison
             + "shipped checkpoint, without site outputs) three times: without hooks, unsteered; with hooks written in "
             + "standard ONNX operators (eleven per hook, the steering inputs cut per site at the top of the graph); "
             + "with the hooks as ai.featureflow custom operators (C#, reading their sites straight out of the stacked "
-            + "steering inputs): a SteeringHook node for each block's attn_out and one SteeringHookPair node for its "
-            + "mlp_out and resid_post, two nodes per block. Both hooked graphs are steered by the heavy spec: "
+            + "steering inputs), each together with the norm after it in one node that takes the norm's place: a "
+            + "SteeringHookNorm for each block's attn_out and a SteeringHookPairNorm for its mlp_out and resid_post. "
+            + "Both hooked graphs are steered by the heavy spec: "
             + "every one of the 15 sites "
             + "has an add term and all 8 rescale/clamp slots. One row; "
             + $"{options.PromptTokens}-token story prompt; {options.Steps} greedy decode steps per round; "

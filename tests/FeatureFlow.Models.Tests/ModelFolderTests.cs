@@ -130,16 +130,18 @@ public class ModelFolderTests
             Describe(plain.Graph.Output));
         Assert.Contains(plain.MetadataProps, p => p.Key == "featureflow.hooks" && p.Value == "false");
         Assert.Contains(plain.MetadataProps, p => p.Key == "featureflow.kv_layout" && p.Value == "shared_buffer");
-        // The hooks read the stacked steering inputs (nothing splits them): per block, attn_out's is one SteeringHook
-        // node, mlp_out's and resid_post's one SteeringHookPair node, and nothing else is added (the resid_post sum
-        // stays inside the next norm, as in the hook-free graph).
+        // The hooks read the stacked steering inputs (nothing splits them), each with the norm after it in one node
+        // that takes that norm's place: per block attn_out's SteeringHookNorm and mlp_out's and resid_post's
+        // SteeringHookPairNorm. So the hooked graph has the hook-free graph's node count, less its ten skip norms.
         int Count(string opType) =>
             hooked.Graph.Node.Count(n => n.Domain == SteeringHookOp.Domain && n.OpType == opType);
-        Assert.Equal(5, Count(SteeringHookOp.OpType));
-        Assert.Equal(5, Count(SteeringHookOp.PairOpType));
+        Assert.Equal(5, Count(SteeringHookOp.NormOpType));
+        Assert.Equal(5, Count(SteeringHookOp.PairNormOpType));
         Assert.DoesNotContain(hooked.Graph.Node,
             n => n.OpType == "Split" && n.Input[0].StartsWith("steering.", StringComparison.Ordinal));
-        Assert.Equal(plain.Graph.Node.Count + 5 + 5, hooked.Graph.Node.Count);
+        Assert.Equal(10, plain.Graph.Node.Count(n => n.OpType == "SkipSimplifiedLayerNormalization"));
+        Assert.DoesNotContain(hooked.Graph.Node, n => n.OpType == "SkipSimplifiedLayerNormalization");
+        Assert.Equal(plain.Graph.Node.Count, hooked.Graph.Node.Count);
         Assert.Contains(hooked.OpsetImport, o => o.Domain == SteeringHookOp.Domain
             && o.Version == SteeringHookOp.DomainVersion);
         Assert.Contains(hooked.MetadataProps, p => p.Key == "featureflow.hook_form" && p.Value == "custom_operator");

@@ -87,7 +87,7 @@ public class SteeringHookOpTests
     /// <summary>Runs the graph with <paramref name="residual"/> as its sixth input when given; returns the outputs
     /// named.</summary>
     private static float[][] Run(InferenceSession session, float[] h, int tokens, Steering s, float[]? residual,
-        string[] outputNames, long[]? encoderShape = null, long[]? residualShape = null)
+        string[] outputNames, long[]? encoderShape = null, long[]? residualShape = null, float[]? gamma = null)
     {
         long[] shape = [s.Batch, tokens, s.D];
         List<OrtValue> values =
@@ -104,6 +104,11 @@ public class SteeringHookOpTests
         {
             values.Add(OrtValue.CreateTensorValueFromMemory(residual, residualShape ?? shape));
             names.Add("residual");
+        }
+        if (gamma is not null)
+        {
+            values.Add(OrtValue.CreateTensorValueFromMemory(gamma, [gamma.Length]));
+            names.Add("gamma");
         }
         try
         {
@@ -341,5 +346,99 @@ public class SteeringHookOpTests
         var e = Assert.ThrowsAny<OnnxRuntimeException>(() => new InferenceSession(HookGraph(2, 8, 4, 0, 0)));
 
         Assert.Contains(SteeringHookOp.Domain, e.Message);
+    }
+
+    /// <summary>
+    /// Steering inputs, h, residual and gamma, then either the hook node (SteeringHook or SteeringHookPair) followed by
+    /// ONNX Runtime's own SkipSimplifiedLayerNormalization, or the norm operator alone; graph outputs "normed" and,
+    /// when the node writes them, "sum" and "hooked".
+    /// </summary>
+    private static byte[] NormGraph(bool pair, bool fused, int sites, int d, bool withSum, bool withHooked)
+    {
+        const float epsilon = 1e-5f;
+        var g = new GraphBuilder("hook_norm");
+        string[] steering =
+        [
+            g.Input("h", DataType.Float, "batch", "tokens", d),
+            g.Input("add", DataType.Float, "batch", sites, d),
+            g.Input("encoder", DataType.Float, "batch", sites, "d", "slots"),
+            g.Input("decoder", DataType.Float, "batch", sites, "slots", "d"),
+            g.Input("coefficients", DataType.Float, "batch", sites, "rows", "slots"),
+            g.Input("residual", DataType.Float, "batch", "tokens", d),
+        ];
+        var gamma = g.Input("gamma", DataType.Float, d);
+        List<AttributeProto> attributes = [Attr.Int(SteeringHookOp.SiteAttribute, 1)];
+        if (pair) attributes.Add(Attr.Int(SteeringHookOp.ResidualSiteAttribute, 2));
+        string[] outputs = ["normed", withSum ? "sum" : "", withHooked ? "hooked" : ""];
+        if (fused)
+            g.DomainNode(SteeringHookOp.Domain, pair ? SteeringHookOp.PairNormOpType : SteeringHookOp.NormOpType,
+                [.. steering, gamma], outputs, [.. attributes, Attr.Float(SteeringHookOp.EpsilonAttribute, epsilon)]);
+        else
+        {
+            if (!pair) attributes.Add(Attr.Int(SteeringHookOp.IncrementAttribute, 0));
+            var hook = g.DomainNode(SteeringHookOp.Domain, pair ? SteeringHookOp.PairOpType : SteeringHookOp.OpType,
+                pair ? steering : steering[..5], pair ? ["input", outputs[2]] : [withHooked ? "hooked" : "input"],
+                [.. attributes]);
+            g.DomainNode("com.microsoft", "SkipSimplifiedLayerNormalization",
+                [pair ? hook[0] : withHooked ? "hooked" : "input", "residual", gamma], [outputs[0], "", "", outputs[1]],
+                Attr.Float("epsilon", epsilon));
+        }
+        foreach (var output in outputs.Where(o => o.Length > 0))
+            g.Output(output, output, DataType.Float, "batch", "tokens", d);
+        return OnnxModelFile.Serialize(g.Build(new OnnxModelOptions
+        {
+            DomainOpsets = [new(SteeringHookOp.Domain, SteeringHookOp.DomainVersion), new("com.microsoft", 1)],
+        }));
+    }
+
+    [Theory]
+    [InlineData(false, 64, true, true)]
+    [InlineData(false, 13, false, false)]
+    [InlineData(true, 64, true, true)]
+    [InlineData(true, 13, true, false)]
+    [InlineData(true, 64, false, true)]
+    [InlineData(true, 16, false, false)]
+    public void Norm_node_gives_the_bits_of_its_hook_node_then_onnx_runtimes_skip_norm(bool pair, int d, bool withSum,
+        bool withHooked)
+    {
+        const int batch = 2, tokens = 3, sites = 4, slots = 8;
+        var rng = new Random(d + (pair ? 100 : 0));
+        var s = Steering.Random(rng, batch, sites, d, slots);
+        // Row 1 steers at neither site (α = β = 0, add = 0): its output must be ONNX Runtime's norm over h + residual.
+        foreach (var site in new[] { 1, 2 })
+        {
+            Array.Clear(s.Add, (1 * sites + site) * d, d);
+            foreach (var row in new[] { SteeringHookOp.AlphaRow, SteeringHookOp.BetaRow })
+                Array.Clear(s.Coefficients, ((1 * sites + site) * SteeringHookOp.CoefficientRows + row) * slots, slots);
+        }
+        var h = Numerics.RandomVector(rng, batch * tokens * d);
+        var residual = Numerics.RandomVector(rng, batch * tokens * d);
+        var gamma = Numerics.RandomVector(rng, d);
+        string[] names = ["normed", .. withSum ? new[] { "sum" } : [], .. withHooked ? new[] { "hooked" } : []];
+        float[][] Outputs(bool fused)
+        {
+            using var session = Session(NormGraph(pair, fused, sites, d, withSum, withHooked));
+            return Run(session, h, tokens, s, residual, names, gamma: gamma);
+        }
+        var reference = Outputs(fused: false);
+        var fused = Outputs(fused: true);
+        for (var i = 0; i < names.Length; i++)
+            Assert.True(reference[i].Select(BitConverter.SingleToInt32Bits)
+                .SequenceEqual(fused[i].Select(BitConverter.SingleToInt32Bits)), $"{names[i]} differs");
+        Assert.NotEqual(reference[0].AsSpan(0, tokens * d).ToArray(), NormOf(h, residual, gamma, d)[..(tokens * d)]);
+    }
+
+    /// <summary>RMSNorm((h + residual))·γ for row 0 in double: a steered row must not equal it.</summary>
+    private static float[] NormOf(float[] h, float[] residual, float[] gamma, int d)
+    {
+        var y = new float[h.Length];
+        for (var r = 0; r < h.Length / d; r++)
+        {
+            var squares = 0.0;
+            for (var i = 0; i < d; i++) squares += Math.Pow(h[r * d + i] + residual[r * d + i], 2);
+            var rms = Math.Sqrt(squares / d + 1e-5);
+            for (var i = 0; i < d; i++) y[r * d + i] = (float)((h[r * d + i] + residual[r * d + i]) / rms * gamma[i]);
+        }
+        return y;
     }
 }

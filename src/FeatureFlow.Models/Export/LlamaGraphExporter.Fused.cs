@@ -24,11 +24,12 @@ public static partial class LlamaGraphExporter
     /// <see cref="SteeringHook.Increment"/>) enters the next SkipSimplifiedLayerNormalization as its input with the sum
     /// as its skip: with all-zero steering that adds +0 to the same values and normalises them in the same kernel, so
     /// the hooked graph's logits are the bits of the graph without hooks. With
-    /// <see cref="HookOperators.CustomOperator"/> attn_out's hook is one SteeringHook node, and mlp_out's and
-    /// resid_post's one SteeringHookPair node per block without the Add: it steers the MLP output to m', then writes
-    /// m' + resid_post's add and feature terms of m' + residual, which enters the norm with the residual itself as
-    /// skip, so the norm's sum is the steered stream (rounded as (m' + Δ) + residual rather than (m' + residual) + Δ)
-    /// and zero steering gives the norm over (m, residual) of the graph without hooks.
+    /// <see cref="HookOperators.CustomOperator"/> each hook and the norm after it are one node, in place of that norm:
+    /// attn_out's a SteeringHookNorm, and mlp_out's and resid_post's together a SteeringHookPairNorm per block, which
+    /// steers the MLP output to m', forms m' + resid_post's add and feature terms of m' + residual, and normalises that
+    /// plus the residual (so the sum is the steered stream, rounded as (m' + Δ) + residual rather than
+    /// (m' + residual) + Δ). Their norm repeats ONNX Runtime's SkipSimplifiedLayerNormalization kernel operation for
+    /// operation, so zero steering still gives the bits of the graph without hooks, which has the same node count.
     /// </remarks>
     private static ModelProto FusedDecoder(GraphBuilder g, ModelArchitecture arch, LlamaWeights w,
         HookedGraphOptions options, string embedding, string x, DecoderInputs inputs)
@@ -47,8 +48,16 @@ public static partial class LlamaGraphExporter
             var attn = layout == KvCacheLayout.SharedBuffer
                 ? FusedGroupQueryAttention(g, arch, l, w, xn, rotary, inputs)
                 : FusedMultiHeadAttention(g, arch, l, w, xn, rotary, inputs, concatBias!);
-            attn = SteeringHook.Apply(g, steering, new Site(l, SiteKind.AttnOut), attn, options.SiteOutputs, d);
-            (xn, residual) = SkipRmsNorm(g, attn, residual, $"blocks.{l}.ln_2", w.RmsFfn[l], arch.NormEpsilon);
+            var attnSite = new Site(l, SiteKind.AttnOut);
+            if (steering?.Stacked is { } stackedSteering)
+                (xn, residual) = SteeringHook.ApplyWithNorm(g, stackedSteering, attnSite, null, attn, residual, $"blocks.{l}.ln_2",
+                    Gamma(g, $"blocks.{l}.ln_2", w.RmsFfn[l]), arch.NormEpsilon, withSum: true, sumName: null,
+                    options.SiteOutputs, d);
+            else
+            {
+                attn = SteeringHook.Apply(g, steering, attnSite, attn, options.SiteOutputs, d);
+                (xn, residual) = SkipRmsNorm(g, attn, residual, $"blocks.{l}.ln_2", w.RmsFfn[l], arch.NormEpsilon);
+            }
             var mlp = SwiGlu(g, arch, l, w, xn);
             var mlpSite = new Site(l, SiteKind.MlpOut);
             var last = l + 1 == arch.Layers;
@@ -60,20 +69,18 @@ public static partial class LlamaGraphExporter
                 continue;
             }
             var site = new Site(l, SiteKind.ResidPost);
-            string input, skip;
+            var withSum = !last || options.SiteOutputs;
+            var sumName = options.SiteOutputs ? site.HookName : null;
             if (steering.Stacked is { } stacked)
-            {
-                input = SteeringHook.ApplyWithStream(g, stacked, mlpSite, site, mlp, residual, options.SiteOutputs, d);
-                skip = residual;
-            }
+                (xn, residual) = SteeringHook.ApplyWithNorm(g, stacked, mlpSite, site, mlp, residual, norm,
+                    Gamma(g, norm, weight), arch.NormEpsilon, withSum, sumName, options.SiteOutputs, d);
             else
             {
                 mlp = SteeringHook.Apply(g, steering, mlpSite, mlp, options.SiteOutputs, d);
-                skip = g.Op("Add", [mlp, residual]);
-                input = SteeringHook.Increment(g, steering, site, skip);
+                var sum = g.Op("Add", [mlp, residual]);
+                var increment = SteeringHook.Increment(g, steering, site, sum);
+                (xn, residual) = SkipRmsNorm(g, increment, sum, norm, weight, arch.NormEpsilon, withSum, sumName);
             }
-            (xn, residual) = SkipRmsNorm(g, input, skip, norm, weight, arch.NormEpsilon,
-                withSum: !last || options.SiteOutputs, sumName: options.SiteOutputs ? site.HookName : null);
             if (options.SiteOutputs) g.Output(residual, site.HookName, DataType.Float, B, T, d);
         }
         var classifier = arch.TiedEmbeddings
@@ -85,11 +92,10 @@ public static partial class LlamaGraphExporter
         var attention = layout == KvCacheLayout.SharedBuffer
             ? RotaryInsideAttention(arch) ? "GroupQueryAttention with rotary" : "RotaryEmbedding, GroupQueryAttention"
             : "RotaryEmbedding, MultiHeadAttention";
-        var customHook = $"{SteeringHookOp.Domain}.{SteeringHookOp.OpType}";
         var hooks = steering is null ? "no hooks"
-            : steering.Stacked is not null ? "with FeatureFlow steering hooks at every site: attn_out's one "
-                + $"{customHook} node, mlp_out's and resid_post's together one "
-                + $"{SteeringHookOp.Domain}.{SteeringHookOp.PairOpType} node per block"
+            : steering.Stacked is not null ? "with FeatureFlow steering hooks at every site, each with the norm after it "
+                + $"in one node: attn_out's {SteeringHookOp.Domain}.{SteeringHookOp.NormOpType}, mlp_out's and "
+                + $"resid_post's together one {SteeringHookOp.Domain}.{SteeringHookOp.PairNormOpType} per block"
             : "with FeatureFlow steering hooks at every site";
         var doc = $"Llama decoder ({hooks}) "
             + "in ONNX Runtime's fused operators: SimplifiedLayerNormalization, SkipSimplifiedLayerNormalization, "
@@ -121,10 +127,14 @@ public static partial class LlamaGraphExporter
         float[] weight, float eps, bool withSum = true, string? sumName = null)
     {
         var outputs = g.DomainNode(MicrosoftDomain, "SkipSimplifiedLayerNormalization",
-            [input, skip, g.Initializer($"{norm}.weight", weight, weight.Length)],
+            [input, skip, Gamma(g, norm, weight)],
             [$"{norm}/normed", "", "", withSum ? sumName ?? $"{norm}/residual" : ""], Attr.Float("epsilon", eps));
         return (outputs[0], outputs[3]);
     }
+
+    /// <summary>The norm's weight γ as an initializer named {norm}.weight.</summary>
+    private static string Gamma(GraphBuilder g, string norm, float[] weight) =>
+        g.Initializer($"{norm}.weight", weight, weight.Length);
 
     /// <summary>
     /// cos/sin of position·inverse frequency for every position the model can see, [context_length, head_size/2]: the

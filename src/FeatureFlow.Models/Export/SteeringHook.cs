@@ -12,8 +12,8 @@ namespace FeatureFlow.Models.Export;
 /// <see cref="GraphNames.SteeringCoefficients"/> [B, sites, 4, K]) cut once at the top of the graph, and the hook
 /// h ← h + add + Σ_k (α_k·a_k(h) + β_k)·v_k with a_k(h) = JumpReLU_θk(e_k·h + b_k) at one site; every steering
 /// input zero makes it the exact identity. The hook is eleven ONNX operators, or (<see cref="HookOperators"/>) one
-/// ai.featureflow.SteeringHook node that reads its site out of the uncut inputs (with <see cref="ApplyWithStream"/>,
-/// one SteeringHookPair node for a sublayer's hook and the residual stream's after it).
+/// ai.featureflow.SteeringHook node that reads its site out of the uncut inputs (with <see cref="ApplyWithNorm"/>, one
+/// node for a sublayer's hook, the residual stream's after it and the norm they feed).
 /// </summary>
 public static class SteeringHook
 {
@@ -64,7 +64,7 @@ public static class SteeringHook
     /// graph that adds it to the residual stream inside a fused operator (SkipSimplifiedLayerNormalization). All-zero
     /// steering makes it +0, and h + 0 is h's own bits.
     /// </summary>
-    /// <remarks>For hooks in ONNX operators; custom-operator graphs use <see cref="ApplyWithStream"/>.</remarks>
+    /// <remarks>For hooks in ONNX operators; custom-operator graphs use <see cref="ApplyWithNorm"/>.</remarks>
     public static string Increment(GraphBuilder g, SiteSlices steering, Site site, string h)
     {
         using var _ = g.Scope(Site.HookSuffix(site.Kind));
@@ -73,25 +73,33 @@ public static class SteeringHook
     }
 
     /// <summary>
-    /// The hook at <paramref name="site"/> on a sublayer's output <paramref name="h"/> and the hook at
-    /// <paramref name="streamSite"/> on the residual stream h' + <paramref name="residual"/>, as one
-    /// SteeringHookPair node (<see cref="SteeringHookOp.PairOpType"/>), for a fused norm that forms the stream itself:
-    /// returns the norm's input, to go in beside <paramref name="residual"/> as its skip. With
-    /// <paramref name="siteOutput"/> the node's second output is h', named after <paramref name="site"/> and declared
-    /// a graph output (the stream's value is the norm's sum, which the caller names).
+    /// The hook at <paramref name="site"/> on a sublayer's output <paramref name="h"/> — and with
+    /// <paramref name="streamSite"/> the hook there on the residual stream h' + <paramref name="residual"/> — followed
+    /// by the SkipSimplifiedLayerNormalization that output feeds (skip <paramref name="residual"/>, γ
+    /// <paramref name="gamma"/>), as one node (<see cref="SteeringHookOp.NormOpType"/> or
+    /// <see cref="SteeringHookOp.PairNormOpType"/>). Returns the normalised value ({norm}/normed) and the sum, the next
+    /// residual stream ({norm}/residual, or <paramref name="sumName"/>; none without <paramref name="withSum"/>). With
+    /// <paramref name="siteOutput"/> h' is a graph output named after <paramref name="site"/>; the stream site's value
+    /// is the sum, which the caller declares.
     /// </summary>
-    public static string ApplyWithStream(GraphBuilder g, StackedSteering stacked, Site site, Site streamSite, string h,
-        string residual, bool siteOutput, int d)
+    public static (string Normed, string Sum) ApplyWithNorm(GraphBuilder g, StackedSteering stacked, Site site,
+        Site? streamSite, string h, string residual, string norm, string gamma, float epsilon, bool withSum,
+        string? sumName, bool siteOutput, int d)
     {
         using var _ = g.Scope(Site.HookSuffix(site.Kind));
-        var input = $"{streamSite.HookName}/norm_input";
-        string[] outputs = siteOutput ? [input, site.HookName] : [input];
-        var written = g.DomainNode(SteeringHookOp.Domain, SteeringHookOp.PairOpType,
-            [h, stacked.Add, stacked.Encoder, stacked.Decoder, stacked.Coefficients, residual], outputs,
+        List<AttributeProto> attributes =
+        [
             Attr.Int(SteeringHookOp.SiteAttribute, site.Index),
-            Attr.Int(SteeringHookOp.ResidualSiteAttribute, streamSite.Index));
-        if (siteOutput) g.Output(written[1], site.HookName, DataType.Float, B, T, d);
-        return written[0];
+            Attr.Float(SteeringHookOp.EpsilonAttribute, epsilon),
+        ];
+        if (streamSite is { } stream) attributes.Add(Attr.Int(SteeringHookOp.ResidualSiteAttribute, stream.Index));
+        var written = g.DomainNode(SteeringHookOp.Domain,
+            streamSite is null ? SteeringHookOp.NormOpType : SteeringHookOp.PairNormOpType,
+            [h, stacked.Add, stacked.Encoder, stacked.Decoder, stacked.Coefficients, residual, gamma],
+            [$"{norm}/normed", withSum ? sumName ?? $"{norm}/residual" : "", siteOutput ? site.HookName : ""],
+            [.. attributes]);
+        if (siteOutput) g.Output(written[2], site.HookName, DataType.Float, B, T, d);
+        return (written[0], written[1]);
     }
 
     /// <summary>

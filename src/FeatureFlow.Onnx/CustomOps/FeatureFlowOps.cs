@@ -54,8 +54,9 @@ public static unsafe class FeatureFlowOps
     private static nint CreateDomain()
     {
         var domain = OrtCApi.CreateCustomOpDomain(SteeringHookOp.Domain);
-        OrtCApi.CustomOpDomainAdd(domain, SteeringHookKernel.Describe(pair: false));
-        OrtCApi.CustomOpDomainAdd(domain, SteeringHookKernel.Describe(pair: true));
+        foreach (var pair in new[] { false, true })
+            foreach (var norm in new[] { false, true })
+                OrtCApi.CustomOpDomainAdd(domain, SteeringHookKernel.Describe(pair, norm));
         return domain;
     }
 }

@@ -29,6 +29,7 @@ internal static unsafe class OrtCApi
     private const int CustomOpDomainAddIndex = 27;
     private const int AddCustomOpDomainIndex = 28;
     private const int GetTensorMutableDataIndex = 51;
+    private const int KernelInfoGetAttributeFloatIndex = 85;
     private const int KernelInfoGetAttributeInt64Index = 86;
     private const int KernelContextGetInputIndex = 90;
     private const int KernelContextGetOutputIndex = 91;
@@ -103,6 +104,10 @@ internal static unsafe class OrtCApi
     /// <summary>An int attribute of the node a kernel is created for; returns the failed status (0 on success).</summary>
     public static nint KernelInfoGetAttributeInt64(nint info, byte* name, long* value) =>
         ((delegate* unmanaged<nint, byte*, long*, nint>)Table[KernelInfoGetAttributeInt64Index])(info, name, value);
+
+    /// <summary>A float attribute of the node a kernel is created for; returns the failed status (0 on success).</summary>
+    public static nint KernelInfoGetAttributeFloat(nint info, byte* name, float* value) =>
+        ((delegate* unmanaged<nint, byte*, float*, nint>)Table[KernelInfoGetAttributeFloatIndex])(info, name, value);
 
     public static nint KernelContextGetInput(nint context, nuint index, nint* value) =>
         ((delegate* unmanaged[SuppressGCTransition]<nint, nuint, nint*, nint>)Table[KernelContextGetInputIndex])(

@@ -25,6 +25,9 @@ internal static unsafe class SteeringHookKernel
 
     private static readonly byte* Name = NativeString(SteeringHookOp.OpType);
     private static readonly byte* PairName = NativeString(SteeringHookOp.PairOpType);
+    private static readonly byte* NormName = NativeString(SteeringHookOp.NormOpType);
+    private static readonly byte* PairNormName = NativeString(SteeringHookOp.PairNormOpType);
+    private static readonly byte* EpsilonName = NativeString(SteeringHookOp.EpsilonAttribute);
     private static readonly byte* SiteName = NativeString(SteeringHookOp.SiteAttribute);
     private static readonly byte* IncrementName = NativeString(SteeringHookOp.IncrementAttribute);
     private static readonly byte* ResidualSiteName = NativeString(SteeringHookOp.ResidualSiteAttribute);
@@ -38,29 +41,33 @@ internal static unsafe class SteeringHookKernel
     {
         public OrtCustomOp Callbacks;
         public bool Pair;
+        public bool Norm;
     }
 
     /// <summary>What one node's kernel knows: its operator and attributes.</summary>
     private struct Kernel
     {
         public bool Pair;
+        public bool Norm;
         public long Site;
         public bool Increment;
         public long ResidualSite;
+        public float Epsilon;
 
         public readonly string Describe() => Pair
-            ? $"{SteeringHookOp.PairOpType} at sites {Site} and {ResidualSite}"
-            : $"{SteeringHookOp.OpType} at site {Site}";
+            ? $"{OpType(Pair, Norm)} at sites {Site} and {ResidualSite}"
+            : $"{OpType(Pair, Norm)} at site {Site}";
     }
 
     /// <summary>
     /// A native description of SteeringHook (or with <paramref name="pair"/> SteeringHookPair) for a custom-op domain;
     /// never freed, as ONNX Runtime keeps pointing at it.
     /// </summary>
-    public static OrtCustomOp* Describe(bool pair)
+    public static OrtCustomOp* Describe(bool pair, bool norm)
     {
         var described = (Operator*)NativeMemory.AllocZeroed((nuint)sizeof(Operator));
         described->Pair = pair;
+        described->Norm = norm;
         var op = &described->Callbacks;
         op->Version = OrtCustomOp.SupportedVersion;
         op->GetName = (nint)(delegate* unmanaged<Operator*, byte*>)&GetName;
@@ -79,7 +86,8 @@ internal static unsafe class SteeringHookKernel
     }
 
     [UnmanagedCallersOnly]
-    private static byte* GetName(Operator* op) => op->Pair ? PairName : Name;
+    private static byte* GetName(Operator* op) =>
+        op->Norm ? op->Pair ? PairNormName : NormName : op->Pair ? PairName : Name;
 
     [UnmanagedCallersOnly]
     private static byte* GetExecutionProviderType(nint op) => null;
@@ -88,16 +96,17 @@ internal static unsafe class SteeringHookKernel
     private static int GetTensorType(nint op, nuint index) => OrtCApi.ElementFloat;
 
     [UnmanagedCallersOnly]
-    private static nuint GetInputCount(Operator* op) =>
-        (nuint)(op->Pair ? SteeringHookOp.PairInputCount : SteeringHookOp.InputCount);
+    private static nuint GetInputCount(Operator* op) => (nuint)(op->Norm ? SteeringHookOp.NormInputCount
+        : op->Pair ? SteeringHookOp.PairInputCount : SteeringHookOp.InputCount);
 
     [UnmanagedCallersOnly]
-    private static nuint GetOutputCount(Operator* op) => (nuint)(op->Pair ? SteeringHookOp.PairOutputCount : 1);
+    private static nuint GetOutputCount(Operator* op) => (nuint)(op->Norm ? SteeringHookOp.NormOutputCount
+        : op->Pair ? SteeringHookOp.PairOutputCount : 1);
 
     [UnmanagedCallersOnly]
     private static int GetInputCharacteristic(nint op, nuint index) => OrtCustomOp.Required;
 
-    /// <summary>Only SteeringHookPair has a second output, its sublayer site's value, which a node may leave out.
+    /// <summary>Every output after the first (a pair's sublayer value; a norm's sum and sublayer value) may be left out.
     /// </summary>
     [UnmanagedCallersOnly]
     private static int GetOutputCharacteristic(nint op, nuint index) =>
@@ -109,18 +118,23 @@ internal static unsafe class SteeringHookKernel
     [UnmanagedCallersOnly]
     private static nint Create(Operator* op, nint api, nint info, Kernel** kernel)
     {
-        var pair = op->Pair;
+        bool pair = op->Pair, norm = op->Norm;
         try
         {
             long site, increment = 0, residualSite = -1;
+            var epsilon = 0f;
             var status = OrtCApi.KernelInfoGetAttributeInt64(info, SiteName, &site);
-            if (status != 0) return Refuse(pair, status, SteeringHookOp.SiteAttribute);
-            status = pair
-                ? OrtCApi.KernelInfoGetAttributeInt64(info, ResidualSiteName, &residualSite)
-                : OrtCApi.KernelInfoGetAttributeInt64(info, IncrementName, &increment);
+            if (status != 0) return Refuse(pair, norm, status, SteeringHookOp.SiteAttribute);
+            status = pair ? OrtCApi.KernelInfoGetAttributeInt64(info, ResidualSiteName, &residualSite)
+                : norm ? 0 : OrtCApi.KernelInfoGetAttributeInt64(info, IncrementName, &increment);
             if (status != 0)
-                return Refuse(pair, status,
+                return Refuse(pair, norm, status,
                     pair ? SteeringHookOp.ResidualSiteAttribute : SteeringHookOp.IncrementAttribute);
+            if (norm && (status = OrtCApi.KernelInfoGetAttributeFloat(info, EpsilonName, &epsilon)) != 0)
+                return Refuse(pair, norm, status, SteeringHookOp.EpsilonAttribute, "float");
+            if (norm && !(epsilon >= 0f))
+                return OrtCApi.CreateStatus(OrtCApi.OrtInvalidArgument,
+                    $"{OpType(pair, norm)}: attribute {SteeringHookOp.EpsilonAttribute} must be ≥ 0; found {epsilon}");
             if (pair && (site < 0 || residualSite < 0))
                 return OrtCApi.CreateStatus(OrtCApi.OrtInvalidArgument, $"{SteeringHookOp.PairOpType}: attributes "
                     + $"{SteeringHookOp.SiteAttribute} and {SteeringHookOp.ResidualSiteAttribute} must be ≥ 0; "
@@ -130,24 +144,30 @@ internal static unsafe class SteeringHookKernel
                     + $"{SteeringHookOp.SiteAttribute} must be ≥ 0 and {SteeringHookOp.IncrementAttribute} 0 or 1; "
                     + $"found {site} and {increment}");
             var state = (Kernel*)NativeMemory.Alloc((nuint)sizeof(Kernel));
-            *state = new Kernel { Pair = pair, Site = site, Increment = increment == 1, ResidualSite = residualSite };
+            *state = new Kernel
+            {
+                Pair = pair, Norm = norm, Site = site, Increment = increment == 1, ResidualSite = residualSite,
+                Epsilon = epsilon,
+            };
             *kernel = state;
             return 0;
         }
         catch (Exception e)
         {
-            return OrtCApi.CreateStatus(OrtCApi.OrtFail, $"{OpType(pair)}: {e.Message}");
+            return OrtCApi.CreateStatus(OrtCApi.OrtFail, $"{OpType(pair, norm)}: {e.Message}");
         }
     }
 
-    private static string OpType(bool pair) => pair ? SteeringHookOp.PairOpType : SteeringHookOp.OpType;
+    private static string OpType(bool pair, bool norm) => norm
+        ? pair ? SteeringHookOp.PairNormOpType : SteeringHookOp.NormOpType
+        : pair ? SteeringHookOp.PairOpType : SteeringHookOp.OpType;
 
     /// <summary>Replaces ONNX Runtime's own (released) status by one that names the missing attribute.</summary>
-    private static nint Refuse(bool pair, nint status, string attribute)
+    private static nint Refuse(bool pair, bool norm, nint status, string attribute, string type = "int")
     {
         OrtCApi.ReleaseStatus(status);
         return OrtCApi.CreateStatus(OrtCApi.OrtInvalidArgument,
-            $"{OpType(pair)} needs the int attribute '{attribute}'");
+            $"{OpType(pair, norm)} needs the {type} attribute '{attribute}'");
     }
 
     [UnmanagedCallersOnly]
@@ -226,15 +246,18 @@ internal static unsafe class SteeringHookKernel
 
     private static nint Run(Kernel kernel, nint context)
     {
-        Input h, add, encoder, decoder, coefficients, residual = default;
+        Input h, add, encoder, decoder, coefficients, residual = default, gamma = default;
         nint status;
         if ((status = Read(context, 0, out h)) != 0 || (status = Read(context, 1, out add)) != 0
             || (status = Read(context, 2, out encoder)) != 0 || (status = Read(context, 3, out decoder)) != 0
             || (status = Read(context, 4, out coefficients)) != 0
-            || (kernel.Pair && (status = Read(context, SteeringHookOp.ResidualInput, out residual)) != 0))
+            || ((kernel.Pair || kernel.Norm)
+                && (status = Read(context, SteeringHookOp.ResidualInput, out residual)) != 0)
+            || (kernel.Norm && (status = Read(context, SteeringHookOp.GammaInput, out gamma)) != 0))
             return status;
-        if (Validate(kernel, h, add, encoder, decoder, coefficients, residual) is { } problem)
+        if (Validate(kernel, h, add, encoder, decoder, coefficients, residual, gamma) is { } problem)
             return OrtCApi.CreateStatus(OrtCApi.OrtInvalidArgument, $"{kernel.Describe()}: {problem}");
+        if (kernel.Norm) return RunWithNorm(kernel, context, h, add, encoder, decoder, coefficients, residual, gamma);
 
         float* o, hooked = null;
         if ((status = Output(context, 0, h, out o)) != 0) return status;
@@ -266,6 +289,66 @@ internal static unsafe class SteeringHookKernel
             }
         }
         return 0;
+    }
+
+    /// <summary>
+    /// The norm operators: the hook (or pair) as in <see cref="Run"/>, then the norm over its output + residual. Each
+    /// value goes to the output that keeps it, or, when the node leaves that output out, to a later one it is
+    /// computed into before that is overwritten in place.
+    /// </summary>
+    private static nint RunWithNorm(Kernel kernel, nint context, Input h, Input add, Input encoder, Input decoder,
+        Input coefficients, Input residual, Input gamma)
+    {
+        float* normed, sum, sublayer;
+        nint status;
+        if ((status = Output(context, 0, h, out normed)) != 0 || (status = Output(context, 1, h, out sum)) != 0
+            || (status = Output(context, 2, h, out sublayer)) != 0)
+            return status;
+        long batch = h[0], tokens = h[1];
+        int d = (int)h[2], slots = (int)encoder[3];
+        var c = slots <= StackSlots ? stackalloc float[slots] : new float[slots];
+        for (long b = 0; b < batch; b++)
+        {
+            var site = new SiteSteering(add, encoder, decoder, coefficients, b, kernel.Site);
+            var stream = kernel.Pair
+                ? new SiteSteering(add, encoder, decoder, coefficients, b, kernel.ResidualSite)
+                : default;
+            for (long t = 0; t < tokens; t++)
+            {
+                var at = (b * tokens + t) * d;
+                var x = h.Data + at;
+                var skip = residual.Data + at;
+                // The norm's input: the hook's output, in the sum's place or, without a sum output, the normed one's.
+                var input = (sum is null ? normed : sum) + at;
+                var steered = sublayer is null ? input : sublayer + at;
+                site.Apply(x, null, x, d, c, steered);
+                if (kernel.Pair) stream.Apply(steered, skip, steered, d, c, input);
+                else if (steered != input) Unsafe.CopyBlock(input, steered, (uint)(d * sizeof(float)));
+                SkipRmsNorm(input, skip, gamma.Data, d, kernel.Epsilon, sum is null ? null : sum + at, normed + at);
+            }
+        }
+        return 0;
+    }
+
+    /// <summary>
+    /// ONNX Runtime's SkipSimplifiedLayerNormalization CPU kernel, operation for operation so that the bits agree:
+    /// val = input + skip per channel (written to <paramref name="sum"/> when given), a float sum of val² in channel
+    /// order, rms = sqrt(Σ / d + ε), then val / rms · γ. <paramref name="input"/> may be <paramref name="sum"/> or
+    /// <paramref name="normed"/> itself (each channel is read before it is written).
+    /// </summary>
+    private static void SkipRmsNorm(float* input, float* skip, float* gamma, int d, float epsilon, float* sum,
+        float* normed)
+    {
+        var squares = 0f;
+        for (var i = 0; i < d; i++)
+        {
+            var value = input[i] + skip[i];
+            if (sum is not null) sum[i] = value;
+            normed[i] = value;
+            squares += value * value;
+        }
+        var rms = MathF.Sqrt(squares / d + epsilon);
+        for (var i = 0; i < d; i++) normed[i] = normed[i] / rms * gamma[i];
     }
 
     private static nint Read(nint context, nuint index, out Input input)
@@ -300,7 +383,7 @@ internal static unsafe class SteeringHookKernel
 
     /// <summary>Null when the inputs fit together, else what is wrong, naming the expected and found shapes.</summary>
     private static string? Validate(Kernel kernel, Input h, Input add, Input encoder, Input decoder,
-        Input coefficients, Input residual)
+        Input coefficients, Input residual, Input gamma)
     {
         if (h.Rank != 3) return $"h must be [batch, tokens, d]; found {h.Describe()}";
         if (add.Rank != 3 || add[0] != h[0] || add[2] != h[2])
@@ -320,8 +403,11 @@ internal static unsafe class SteeringHookKernel
             || coefficients[2] != SteeringHookOp.CoefficientRows || coefficients[3] != slots)
             return $"steering.coefficients must be [{batch}, {sites}, {SteeringHookOp.CoefficientRows}, {slots}]; "
                 + $"found {coefficients.Describe()}";
-        if (kernel.Pair && (residual.Rank != 3 || residual[0] != h[0] || residual[1] != h[1] || residual[2] != d))
+        if ((kernel.Pair || kernel.Norm)
+            && (residual.Rank != 3 || residual[0] != h[0] || residual[1] != h[1] || residual[2] != d))
             return $"residual must have h's shape {h.Describe()}; found {residual.Describe()}";
+        if (kernel.Norm && (gamma.Rank != 1 || gamma[0] != d))
+            return $"gamma must be [d {d}]; found {gamma.Describe()}";
         return null;
     }
 

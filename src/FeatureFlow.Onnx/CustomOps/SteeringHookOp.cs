@@ -26,6 +26,24 @@ public static class SteeringHookOp
     /// </summary>
     public const string PairOpType = "SteeringHookPair";
 
+    /// <summary>
+    /// <see cref="OpType"/> and <see cref="PairOpType"/> followed by the SkipSimplifiedLayerNormalization their output
+    /// feeds, in the same node: the hook's output goes in as the norm's input with <c>residual</c> as its skip
+    /// (<see cref="ResidualInput"/>), γ at <see cref="GammaInput"/>, float attribute <see cref="EpsilonAttribute"/>.
+    /// Outputs: the normalised value, the sum input + skip (the next residual stream; optional), and the sublayer site's
+    /// value (optional). The norm is computed as ONNX Runtime's CPU kernel computes it (a float sum of squares in
+    /// channel order, sqrt(ms / d + ε), then x / rms · γ), so zero steering gives that kernel's bits in the graph without
+    /// hooks, which the engine's switching between graphs relies on; and a steered step saves the norm's node.
+    /// </summary>
+    public const string NormOpType = "SteeringHookNorm", PairNormOpType = "SteeringHookPairNorm";
+
+    /// <summary>Float attribute of the norm operators: the norm's ε.</summary>
+    public const string EpsilonAttribute = "epsilon";
+
+    /// <summary>Inputs of the norm operators: the pair's six (SteeringHookNorm's residual is the norm's skip) and γ [d].
+    /// </summary>
+    public const int NormInputCount = 7, GammaInput = 6, NormOutputCount = 3;
+
     /// <summary>Int attribute: the site's index into the stacked inputs' site axis (Site.Index).</summary>
     public const string SiteAttribute = "site";
 
