@@ -34,6 +34,8 @@ internal static unsafe class OrtCApi
     private const int KernelContextGetInputIndex = 90;
     private const int KernelContextGetOutputIndex = 91;
     private const int ReleaseStatusIndex = 93;
+    private const int ShapeInferContextGetInputTypeShapeIndex = 268;
+    private const int ShapeInferContextSetOutputTypeShapeIndex = 270;
     private const int GetTensorElementTypeAndShapeDataReferenceIndex = 414;
 
     /// <summary>OrtErrorCode values (onnxruntime_error_code.h).</summary>
@@ -108,6 +110,15 @@ internal static unsafe class OrtCApi
     /// <summary>A float attribute of the node a kernel is created for; returns the failed status (0 on success).</summary>
     public static nint KernelInfoGetAttributeFloat(nint info, byte* name, float* value) =>
         ((delegate* unmanaged<nint, byte*, float*, nint>)Table[KernelInfoGetAttributeFloatIndex])(info, name, value);
+
+    /// <summary>An input's type and shape during shape inference (owned by the context, not released).</summary>
+    public static nint ShapeInferContextGetInputTypeShape(nint context, nuint index, nint* info) =>
+        ((delegate* unmanaged<nint, nuint, nint*, nint>)Table[ShapeInferContextGetInputTypeShapeIndex])(
+            context, index, info);
+
+    public static nint ShapeInferContextSetOutputTypeShape(nint context, nuint index, nint info) =>
+        ((delegate* unmanaged<nint, nuint, nint, nint>)Table[ShapeInferContextSetOutputTypeShapeIndex])(
+            context, index, info);
 
     public static nint KernelContextGetInput(nint context, nuint index, nint* value) =>
         ((delegate* unmanaged[SuppressGCTransition]<nint, nuint, nint*, nint>)Table[KernelContextGetInputIndex])(

@@ -9,14 +9,15 @@ namespace FeatureFlow.Onnx.CustomOps;
 /// <remarks>
 /// <see cref="Version"/> tells ONNX Runtime which members exist: from 8 it reads the input/output characteristics,
 /// from 13 the input memory types, from 16 CreateKernelV2/KernelComputeV2 (which return an OrtStatus, so a kernel
-/// can fail cleanly) in place of CreateKernel/KernelCompute; from 17 the shape inference and opset-range members,
-/// which are not wanted here. The variadic-arity members are read only for variadic inputs or outputs, which this
+/// can fail cleanly) in place of CreateKernel/KernelCompute; from 17 the shape inference and opset-range members
+/// (without output shapes ONNX Runtime cannot plan the memory of a node's outputs, nor of the nodes after it, ahead
+/// of a run). The variadic-arity members are read only for variadic inputs or outputs, which this
 /// project's operators do not have. Everything else stays zero.
 /// </remarks>
 [StructLayout(LayoutKind.Sequential)]
 internal struct OrtCustomOp
 {
-    public const uint SupportedVersion = 16;
+    public const uint SupportedVersion = 17;
 
     public uint Version;
     public nint CreateKernel;                  // void* (const OrtCustomOp*, const OrtApi*, const OrtKernelInfo*)

@@ -82,6 +82,9 @@ internal static unsafe class SteeringHookKernel
         op->GetInputMemoryType = (nint)(delegate* unmanaged<nint, nuint, int>)&GetMemoryType;
         op->CreateKernelV2 = (nint)(delegate* unmanaged<Operator*, nint, nint, Kernel**, nint>)&Create;
         op->KernelComputeV2 = (nint)(delegate* unmanaged<Kernel*, nint, nint>)&Compute;
+        op->InferOutputShapeFn = (nint)(delegate* unmanaged<Operator*, nint, nint>)&InferShape;
+        op->GetStartVersion = (nint)(delegate* unmanaged<nint, int>)&GetStartVersion;
+        op->GetEndVersion = (nint)(delegate* unmanaged<nint, int>)&GetEndVersion;
         return op;
     }
 
@@ -91,6 +94,34 @@ internal static unsafe class SteeringHookKernel
 
     [UnmanagedCallersOnly]
     private static byte* GetExecutionProviderType(nint op) => null;
+
+    /// <summary>The domain's opset versions the operators belong to: every one.</summary>
+    [UnmanagedCallersOnly]
+    private static int GetStartVersion(nint op) => 1;
+
+    [UnmanagedCallersOnly]
+    private static int GetEndVersion(nint op) => int.MaxValue;
+
+    /// <summary>
+    /// Every output has h's type and shape. Outputs a node leaves out at the end of its list do not exist for ONNX
+    /// Runtime, which refuses to type them: only the first output's refusal is an error.
+    /// </summary>
+    [UnmanagedCallersOnly]
+    private static nint InferShape(Operator* op, nint context)
+    {
+        nint info;
+        var status = OrtCApi.ShapeInferContextGetInputTypeShape(context, 0, &info);
+        if (status != 0) return status;
+        var outputs = op->Norm ? SteeringHookOp.NormOutputCount : op->Pair ? SteeringHookOp.PairOutputCount : 1;
+        for (var i = 0; i < outputs; i++)
+        {
+            status = OrtCApi.ShapeInferContextSetOutputTypeShape(context, (nuint)i, info);
+            if (status == 0) continue;
+            if (i == 0) return status;
+            OrtCApi.ReleaseStatus(status);
+        }
+        return 0;
+    }
 
     [UnmanagedCallersOnly]
     private static int GetTensorType(nint op, nuint index) => OrtCApi.ElementFloat;
