@@ -366,7 +366,7 @@ public class SteeringHookOpTests
             g.Input("coefficients", DataType.Float, "batch", sites, "rows", "slots"),
             g.Input("residual", DataType.Float, "batch", "tokens", d),
         ];
-        var gamma = g.Input("gamma", DataType.Float, d);
+        var gamma = g.Input("gamma", DataType.Float, "gamma_length"); // symbolic: the kernel checks it
         List<AttributeProto> attributes = [Attr.Int(SteeringHookOp.SiteAttribute, 1)];
         if (pair) attributes.Add(Attr.Int(SteeringHookOp.ResidualSiteAttribute, 2));
         string[] outputs = ["normed", withSum ? "sum" : "", withHooked ? "hooked" : ""];
@@ -440,5 +440,18 @@ public class SteeringHookOpTests
             for (var i = 0; i < d; i++) y[r * d + i] = (float)((h[r * d + i] + residual[r * d + i]) / rms * gamma[i]);
         }
         return y;
+    }
+
+    [Fact]
+    public void A_norm_node_with_a_gamma_of_the_wrong_length_fails_its_run_naming_gamma()
+    {
+        const int d = 8, tokens = 2;
+        var rng = new Random(5);
+        var s = Steering.Random(rng, 1, 4, d, 4);
+        using var session = Session(NormGraph(pair: true, fused: true, sites: 4, d, withSum: true, withHooked: false));
+        var e = Assert.ThrowsAny<OnnxRuntimeException>(() => Run(session, Numerics.RandomVector(rng, tokens * d), tokens,
+            s, Numerics.RandomVector(rng, tokens * d), ["normed"], gamma: new float[d - 1]));
+        Assert.Contains("gamma must be [d 8]", e.Message);
+        Assert.Contains("[7]", e.Message);
     }
 }
