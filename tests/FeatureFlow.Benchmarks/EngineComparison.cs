@@ -62,7 +62,8 @@ public static class EngineComparison
 
     /// <summary>
     /// Warm-up rounds, then every contender once per round in turn (so drifts in the machine's speed hit all of them
-    /// alike); the contenders are disposed at the end. Results per contender, in round order.
+    /// alike), the order rotating by one each round (so no contender always runs right after the same other one);
+    /// the contenders are disposed at the end. Results per contender, in round order.
     /// </summary>
     internal static async Task<List<RunResult>[]> RunInterleavedAsync(IReadOnlyList<IContender> contenders,
         int[] prompt, int maxTokens, int rounds, int warmUps, TextWriter log)
@@ -72,8 +73,9 @@ public static class EngineComparison
             var results = contenders.Select(_ => new List<RunResult>()).ToArray();
             for (var round = -warmUps; round < rounds; round++)
             {
-                for (var i = 0; i < contenders.Count; i++)
+                for (var k = 0; k < contenders.Count; k++)
                 {
+                    var i = ((k + round) % contenders.Count + contenders.Count) % contenders.Count;
                     var result = await contenders[i].RunAsync(prompt, maxTokens);
                     if (round >= 0) results[i].Add(result);
                 }
@@ -98,7 +100,7 @@ public static class EngineComparison
         Line($"Command (greedy; a {PromptTokens}-token prompt of story text from our tokenizer, BOS first, fed " +
             $"verbatim to every engine, the first window of the story whose unsteered continuation does not end " +
             $"early; {MaxTokens} tokens; {options.WarmUps} warm-up round(s), then every engine once " +
-            $"per round, interleaved):");
+            $"per round, interleaved, the order rotating each round):");
         Line($"");
         Line($"    dotnet run -c Release --project tests/FeatureFlow.Benchmarks -- engines --rounds {options.Rounds} " +
             $"--write docs/benchmarks.md");

@@ -151,7 +151,8 @@ public static class SyntheticModelComparison
             $"{Architecture.HiddenDim}, vocabulary {Architecture.VocabSize} — {bytes / 4 / 1e6:F1}M parameters, " +
             $"{bytes / 1e6:F0} MB of float32 weights read per decoded token. Greedy; a {PromptTokens}-token prompt " +
             $"(BOS + story tokens); up to {MaxTokens} tokens; {options.WarmUps} warm-up round(s), then every engine once " +
-            $"per round, interleaved; {options.Threads} intra-op thread(s) for every engine.");
+            $"per round, interleaved, the order rotating each round; {options.Threads} intra-op thread(s) for every "
+            + "engine.");
         Line("");
         Line($"    dotnet run -c Release --project tests/FeatureFlow.Benchmarks -- synthetic --rounds {options.Rounds} " +
             $"--threads {options.Threads} --write docs/benchmarks.md");
