@@ -1,9 +1,7 @@
 using System.Diagnostics;
 using FeatureFlow.Engine;
+using FeatureFlow.LlamaCpp;
 using FeatureFlow.Steering;
-using LLama;
-using LLama.Common;
-using LLama.Native;
 using Microsoft.ML.OnnxRuntimeGenAI;
 
 namespace FeatureFlow.Benchmarks;
@@ -160,62 +158,24 @@ public sealed class GenAiContender : IContender
 }
 
 /// <summary>
-/// llama.cpp through LLamaSharp on the same weights as GGUF: greedy, on <c>threads</c> threads (one unless told),
-/// our token ids fed verbatim, llama.cpp's default cache and attention settings. The context (llama.cpp's KV cache)
-/// is made before the clock starts, as our engine's cache is made at start-up.
+/// llama.cpp through LLamaSharp on the same weights as GGUF (<see cref="LlamaCppPeer"/>): greedy, our token ids fed
+/// verbatim, llama.cpp's default cache and attention settings. The clock starts once the context (llama.cpp's KV
+/// cache) is made, as our engine's cache is made at start-up.
 /// </summary>
-public sealed class LlamaCppContender : IContender
+public sealed class LlamaCppContender(string ggufPath, int threads = 1) : IContender
 {
-    private readonly ModelParams _params;
-    private readonly LLamaWeights _weights;
-    private readonly int _bos;
-    private readonly int _eos;
-    private readonly int _threads;
+    private readonly LlamaCppPeer _peer = new(ggufPath, threads);
 
-    public LlamaCppContender(string ggufPath, int threads = 1)
-    {
-        // Only llama.cpp's errors are worth showing; its info lines would bury the table.
-        NativeLogConfig.llama_log_set((level, message) =>
-        {
-            if (level == LLamaLogLevel.Error) Console.Error.Write(message);
-        });
-        _params = new ModelParams(ggufPath)
-        {
-            ContextSize = 512, GpuLayerCount = 0, Threads = threads, BatchThreads = threads,
-        };
-        _threads = threads;
-        _weights = LLamaWeights.LoadFromFile(_params);
-        _bos = (int)_weights.Vocab.BOS!.Value;
-        _eos = (int)_weights.Vocab.EOS!.Value;
-    }
-
-    public string Name => $"llama.cpp via LLamaSharp 0.30 (GGUF, {_threads} thread{(_threads == 1 ? "" : "s")})";
+    public string Name => $"llama.cpp via LLamaSharp 0.30 (GGUF, {_peer.Threads} thread{(_peer.Threads == 1 ? "" : "s")})";
 
     public Task<RunResult> RunAsync(int[] promptIds, int maxTokens)
     {
-        using var context = _weights.CreateContext(_params);
-        using var sampler = SafeLLamaSamplerChainHandle.Create(LLamaSamplerChainParams.Default());
-        sampler.AddGreedySampler();
-        var handle = context.NativeHandle;
-        var batch = new LLamaBatch();
-        var tokens = new List<int>(maxTokens);
-        var clock = Stopwatch.StartNew();
+        var clock = new Stopwatch();
         double first = 0;
-        for (var i = 0; i < promptIds.Length; i++)
-            batch.Add(promptIds[i], i, LLamaSeqId.Zero, logits: i == promptIds.Length - 1);
-        for (var position = promptIds.Length; tokens.Count < maxTokens; position++)
-        {
-            var result = handle.Decode(batch);
-            if (result != DecodeResult.Ok) throw new InvalidOperationException($"llama_decode failed: {result}");
-            var next = (int)sampler.Sample(handle, -1);
-            if (tokens.Count == 0) first = clock.Elapsed.TotalSeconds;
-            if (next == _bos || next == _eos) break;
-            tokens.Add(next);
-            batch.Clear();
-            batch.Add(next, position, LLamaSeqId.Zero, true);
-        }
+        var tokens = _peer.Greedy(promptIds, maxTokens, started: clock.Start,
+            sampled: () => first = clock.Elapsed.TotalSeconds);
         return Task.FromResult(new RunResult(tokens, first, clock.Elapsed.TotalSeconds));
     }
 
-    public void Dispose() => _weights.Dispose();
+    public void Dispose() => _peer.Dispose();
 }

@@ -2,28 +2,33 @@ using LLama;
 using LLama.Common;
 using LLama.Native;
 
-namespace FeatureFlow.LlamaCpp.Tests;
+namespace FeatureFlow.LlamaCpp;
 
 /// <summary>
-/// llama.cpp (through LLamaSharp) on a GGUF: greedy decoding on one thread, from token ids we give it, with or
-/// without a control vector; its logits, tokenizer and the shape it read from the file.
+/// llama.cpp (through LLamaSharp) on a GGUF: greedy decoding on <c>threads</c> threads (one unless told), from token
+/// ids we give it, with or without a control vector; its logits, tokenizer and the shape it read from the file.
 /// </summary>
 public sealed class LlamaCppPeer : IDisposable
 {
     private readonly ModelParams _params;
     private readonly LLamaWeights _weights;
 
-    public LlamaCppPeer(string ggufPath)
+    public LlamaCppPeer(string ggufPath, int threads = 1)
     {
         // Only llama.cpp's errors are worth showing; its info lines (model card, buffer sizes) drown the test log.
         NativeLogConfig.llama_log_set((level, message) =>
         {
             if (level == LLamaLogLevel.Error) Console.Error.Write(message);
         });
-        _params = new ModelParams(ggufPath) { ContextSize = 512, GpuLayerCount = 0, Threads = 1, BatchThreads = 1 };
+        _params = new ModelParams(ggufPath)
+        {
+            ContextSize = 512, GpuLayerCount = 0, Threads = threads, BatchThreads = threads,
+        };
+        Threads = threads;
         _weights = LLamaWeights.LoadFromFile(_params);
     }
 
+    public int Threads { get; }
     public int Layers => _weights.NativeHandle.LayerCount;
     public int EmbeddingSize => _weights.EmbeddingSize;
     public int Bos => (int)_weights.Vocab.BOS!.Value;
@@ -64,8 +69,12 @@ public sealed class LlamaCppPeer : IDisposable
     /// Greedy tokens after <paramref name="promptIds"/> (used verbatim, BOS included), with the control vector
     /// <paramref name="controlVector"/> (in <c>llama_set_adapter_cvec</c>'s layout: slot i is layer i+1) applied
     /// to every layer llama.cpp allows. Stops at BOS or EOS, which end a story for this model, without them.
+    /// llama.cpp's default cache and attention settings. <paramref name="started"/> is called once the context
+    /// (llama.cpp's KV cache) is made, just before the prompt runs, and <paramref name="sampled"/> after the first
+    /// token is sampled: a benchmark's clock.
     /// </summary>
-    public unsafe List<int> Greedy(int[] promptIds, int maxTokens, float[]? controlVector = null)
+    public unsafe List<int> Greedy(int[] promptIds, int maxTokens, float[]? controlVector = null,
+        Action? started = null, Action? sampled = null)
     {
         using var context = _weights.CreateContext(_params);
         var handle = context.NativeHandle;
@@ -81,12 +90,14 @@ public sealed class LlamaCppPeer : IDisposable
         var batch = new LLamaBatch();
         for (var i = 0; i < promptIds.Length; i++)
             batch.Add(promptIds[i], i, LLamaSeqId.Zero, logits: i == promptIds.Length - 1);
-        var tokens = new List<int>();
+        var tokens = new List<int>(maxTokens);
+        started?.Invoke();
         for (var position = promptIds.Length; tokens.Count < maxTokens; position++)
         {
             var result = handle.Decode(batch);
             if (result != DecodeResult.Ok) throw new InvalidOperationException($"llama_decode failed: {result}");
             var next = (int)sampler.Sample(handle, -1);
+            if (position == promptIds.Length) sampled?.Invoke();
             if (next == Bos || next == Eos) break;
             tokens.Add(next);
             batch.Clear();
