@@ -5,12 +5,13 @@ using System.Runtime.InteropServices;
 namespace FeatureFlow.Onnx.CustomOps;
 
 /// <summary>
-/// The CPU kernel of <see cref="SteeringHookOp"/>'s two operators, as ONNX Runtime callbacks. Per batch row b and
+/// The CPU kernel of <see cref="SteeringHookOp"/>'s operators, as ONNX Runtime callbacks. Per batch row b and
 /// token t, at a site s: pre_k = e_k·x + b_k, a_k = pre_k &gt; θ_k ? pre_k : 0, c_k = α_k·a_k + β_k,
 /// delta = Σ_k c_k·v_k (summed from +0), and the hook writes (kept + add) + delta: for SteeringHook x = kept = h (or
 /// no kept value for an increment node); for SteeringHookPair first x = kept = h at the sublayer site, giving h', then
 /// x = h' + residual and kept = h' at the residual site. These are the same operations in the same order as the
-/// ONNX-operator hook (SteeringHook.Delta) up to the summation order inside the two dot products.
+/// ONNX-operator hook (SteeringHook.Delta) up to the summation order inside the two dot products. The norm operators
+/// then normalise that output plus the residual as ONNX Runtime's SkipSimplifiedLayerNormalization does.
 /// </summary>
 /// <remarks>
 /// A row whose α and β are all zero at a site gets delta = +0 without the feature terms: every c_k is then ±0
@@ -288,12 +289,14 @@ internal static unsafe class SteeringHookKernel
             return status;
         if (Validate(kernel, h, add, encoder, decoder, coefficients, residual, gamma) is { } problem)
             return OrtCApi.CreateStatus(OrtCApi.OrtInvalidArgument, $"{kernel.Describe()}: {problem}");
-        if (kernel.Norm) return RunWithNorm(kernel, context, h, add, encoder, decoder, coefficients, residual, gamma);
 
-        float* o, hooked = null;
-        if ((status = Output(context, 0, h, out o)) != 0) return status;
-        // A pair node's second output, the sublayer site's value, is null when the node leaves it out.
-        if (kernel.Pair && (status = Output(context, 1, h, out hooked)) != 0) return status;
+        // Output 0 always; a pair's output 1 is h' (the sublayer site's value); a norm node's outputs are the
+        // normalised value, the sum (the next residual stream) and h'. Null where the node leaves an output out.
+        float* o, second = null, third = null;
+        if ((status = Output(context, 0, h, out o)) != 0
+            || ((kernel.Pair || kernel.Norm) && (status = Output(context, 1, h, out second)) != 0)
+            || (kernel.Norm && (status = Output(context, 2, h, out third)) != 0))
+            return status;
 
         long batch = h[0], tokens = h[1];
         int d = (int)h[2], slots = (int)encoder[3];
@@ -308,54 +311,23 @@ internal static unsafe class SteeringHookKernel
             {
                 var at = (b * tokens + t) * d;
                 var x = h.Data + at;
-                if (!kernel.Pair)
+                if (!kernel.Pair && !kernel.Norm)
                 {
                     site.Apply(x, null, kernel.Increment ? null : x, d, c, o + at);
                     continue;
                 }
-                // h' goes to the second output when there is one, else straight into the first, which it becomes.
-                var steered = (hooked is null ? o : hooked) + at;
+                // The hook's output (a norm's input): in the sum's place or, without a sum output, the normalised
+                // one's, to be overwritten in place; a plain pair's is output 0 itself.
+                var hooked = (second is null || !kernel.Norm ? o : second) + at;
+                // h' goes to its own output when the node has it, else where the hook's output will be.
+                var own = kernel.Norm ? third : second;
+                var steered = own is null ? hooked : own + at;
                 site.Apply(x, null, x, d, c, steered);
-                stream.Apply(steered, residual.Data + at, steered, d, c, o + at);
-            }
-        }
-        return 0;
-    }
-
-    /// <summary>
-    /// The norm operators: the hook (or pair) as in <see cref="Run"/>, then the norm over its output + residual. Each
-    /// value goes to the output that keeps it, or, when the node leaves that output out, to a later one it is
-    /// computed into before that is overwritten in place.
-    /// </summary>
-    private static nint RunWithNorm(Kernel kernel, nint context, Input h, Input add, Input encoder, Input decoder,
-        Input coefficients, Input residual, Input gamma)
-    {
-        float* normed, sum, sublayer;
-        nint status;
-        if ((status = Output(context, 0, h, out normed)) != 0 || (status = Output(context, 1, h, out sum)) != 0
-            || (status = Output(context, 2, h, out sublayer)) != 0)
-            return status;
-        long batch = h[0], tokens = h[1];
-        int d = (int)h[2], slots = (int)encoder[3];
-        var c = slots <= StackSlots ? stackalloc float[slots] : new float[slots];
-        for (long b = 0; b < batch; b++)
-        {
-            var site = new SiteSteering(add, encoder, decoder, coefficients, b, kernel.Site);
-            var stream = kernel.Pair
-                ? new SiteSteering(add, encoder, decoder, coefficients, b, kernel.ResidualSite)
-                : default;
-            for (long t = 0; t < tokens; t++)
-            {
-                var at = (b * tokens + t) * d;
-                var x = h.Data + at;
-                var skip = residual.Data + at;
-                // The norm's input: the hook's output, in the sum's place or, without a sum output, the normed one's.
-                var input = (sum is null ? normed : sum) + at;
-                var steered = sublayer is null ? input : sublayer + at;
-                site.Apply(x, null, x, d, c, steered);
-                if (kernel.Pair) stream.Apply(steered, skip, steered, d, c, input);
-                else if (steered != input) Unsafe.CopyBlock(input, steered, (uint)(d * sizeof(float)));
-                SkipRmsNorm(input, skip, gamma.Data, d, kernel.Epsilon, sum is null ? null : sum + at, normed + at);
+                if (kernel.Pair) stream.Apply(steered, residual.Data + at, steered, d, c, hooked);
+                else if (steered != hooked) Unsafe.CopyBlock(hooked, steered, (uint)(d * sizeof(float)));
+                if (kernel.Norm)
+                    SkipRmsNorm(hooked, residual.Data + at, gamma.Data, d, kernel.Epsilon,
+                        second is null ? null : second + at, o + at);
             }
         }
         return 0;
