@@ -320,8 +320,8 @@ public class FusedGraphTests(FusedGraphFixture f, ITestOutputHelper output) : IC
 
     /// <summary>
     /// The batched graph's two hook forms, fused and SharedBuffer both: the custom operators (per block one
-    /// ai.featureflow.SteeringHook node and one SteeringHookPair node) against the eleven ONNX operators per hook, for
-    /// the heaviest steering (every site: add and all eight slots, each row its own): three fresh rows of different
+    /// ai.featureflow.SteeringHookNorm node and one SteeringHookPairNorm node) against the eleven ONNX operators per
+    /// hook, for the heaviest steering (every site: add and all eight slots, each row its own): three fresh rows of different
     /// lengths prefilled together, a fourth alone into its slot, then 10 decode steps of all four at their own
     /// lengths; and one row alone (B = 1). Same logits and same values at every site output within 1e-4 relative L2
     /// at every real position, same greedy tokens, and the steering does change them.

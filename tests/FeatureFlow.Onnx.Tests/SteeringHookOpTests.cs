@@ -31,33 +31,10 @@ public class SteeringHookOpTests
         };
     }
 
-    private static byte[] HookGraph(int sites, int d, int slots, long site, long increment,
-        bool withAttributes = true)
-    {
-        AttributeProto[] attributes = withAttributes
-            ? [Attr.Int(SteeringHookOp.SiteAttribute, site), Attr.Int(SteeringHookOp.IncrementAttribute, increment)]
-            : [];
-        return Graph(SteeringHookOp.OpType, sites, d, attributes, residual: false, outputs: ["y"]);
-    }
-
-    /// <summary>
-    /// A graph of one SteeringHookPair node: inputs h, the four steering inputs and residual; outputs y and, with
-    /// <paramref name="hookedOutput"/>, hooked (h at <paramref name="site"/> after its hook).
-    /// </summary>
-    private static byte[] PairGraph(int sites, int d, long site, long residualSite, bool hookedOutput,
-        bool withResidualSite = true)
-    {
-        List<AttributeProto> attributes = [Attr.Int(SteeringHookOp.SiteAttribute, site)];
-        if (withResidualSite) attributes.Add(Attr.Int(SteeringHookOp.ResidualSiteAttribute, residualSite));
-        return Graph(SteeringHookOp.PairOpType, sites, d, [.. attributes], residual: true,
-            outputs: hookedOutput ? ["y", "hooked"] : ["y"]);
-    }
-
-    private static byte[] Graph(string opType, int sites, int d, AttributeProto[] attributes, bool residual,
-        string[] outputs)
+    private static byte[] HookGraph(int sites, int d, int slots, long site, bool withAttributes = true)
     {
         var g = new GraphBuilder("hook");
-        List<string> inputs =
+        string[] inputs =
         [
             g.Input("h", DataType.Float, "batch", "tokens", d),
             g.Input("add", DataType.Float, "batch", sites, d),
@@ -65,9 +42,9 @@ public class SteeringHookOpTests
             g.Input("decoder", DataType.Float, "batch", sites, "slots", "d"),
             g.Input("coefficients", DataType.Float, "batch", sites, "rows", "slots"),
         ];
-        if (residual) inputs.Add(g.Input("residual", DataType.Float, "batch", "tokens", d));
-        foreach (var output in g.DomainNode(SteeringHookOp.Domain, opType, [.. inputs], outputs, attributes))
-            g.Output(output, output, DataType.Float, "batch", "tokens", d);
+        AttributeProto[] attributes = withAttributes ? [Attr.Int(SteeringHookOp.SiteAttribute, site)] : [];
+        g.Output(g.DomainNode(SteeringHookOp.Domain, SteeringHookOp.OpType, inputs, ["y"], attributes)[0], "y",
+            DataType.Float, "batch", "tokens", d);
         return OnnxModelFile.Serialize(g.Build(new OnnxModelOptions
         {
             DomainOpsets = [new(SteeringHookOp.Domain, SteeringHookOp.DomainVersion)],
@@ -84,8 +61,8 @@ public class SteeringHookOpTests
     private static float[] Run(InferenceSession session, float[] h, int tokens, Steering s,
         long[]? encoderShape = null) => Run(session, h, tokens, s, null, ["y"], encoderShape)[0];
 
-    /// <summary>Runs the graph with <paramref name="residual"/> as its sixth input when given; returns the outputs
-    /// named.</summary>
+    /// <summary>Runs the graph with <paramref name="residual"/> and <paramref name="gamma"/> as its sixth and seventh
+    /// inputs when given; returns the outputs named.</summary>
     private static float[][] Run(InferenceSession session, float[] h, int tokens, Steering s, float[]? residual,
         string[] outputNames, long[]? encoderShape = null, long[]? residualShape = null, float[]? gamma = null)
     {
@@ -123,11 +100,11 @@ public class SteeringHookOpTests
     }
 
     /// <summary>
-    /// (kept + add) + Σ_k (α_k·JumpReLU_θk(e_k·x + b_k) + β_k)·v_k at <paramref name="site"/>, add + Σ when
-    /// <paramref name="kept"/> is null; the feature terms summed in double.
+    /// (kept + add) + Σ_k (α_k·JumpReLU_θk(e_k·x + b_k) + β_k)·v_k at <paramref name="site"/>; the feature terms
+    /// summed in double.
     /// </summary>
     /// <param name="fired">How many (row, token, slot) activations passed their threshold.</param>
-    private static float[] Hook(float[] x, float[]? kept, int tokens, Steering s, int site, out int fired)
+    private static float[] Hook(float[] x, float[] kept, int tokens, Steering s, int site, out int fired)
     {
         fired = 0;
         var y = new float[x.Length];
@@ -151,45 +128,44 @@ public class SteeringHookOpTests
                 for (var i = 0; i < s.D; i++)
                 {
                     var at = (b * tokens + t) * s.D + i;
-                    y[at] = (float)((kept is null ? 0 : kept[at]) + s.Add[(b * s.Sites + site) * s.D + i] + delta[i]);
+                    y[at] = (float)(kept[at] + s.Add[(b * s.Sites + site) * s.D + i] + delta[i]);
                 }
             }
         return y;
     }
 
     [Theory]
-    [InlineData(16, 8, 0)] // whole vectors of channels and slots
-    [InlineData(13, 5, 0)] // a tail of channels and of slots
-    [InlineData(64, 8, 1)]
-    [InlineData(7, 11, 1)]
-    public void Node_computes_the_hook_formula(int d, int slots, int increment)
+    [InlineData(16, 8)] // whole vectors of channels and slots
+    [InlineData(13, 5)] // a tail of channels and of slots
+    [InlineData(64, 8)]
+    [InlineData(7, 11)]
+    public void Node_computes_the_hook_formula(int d, int slots)
     {
         var rng = new Random(d * 100 + slots);
         const int batch = 3, sites = 4, site = 2, tokens = 2;
         var steering = Steering.Random(rng, batch, sites, d, slots);
         var h = Numerics.RandomVector(rng, batch * tokens * d, 2f);
-        using var session = Session(HookGraph(sites, d, slots, site, increment));
+        using var session = Session(HookGraph(sites, d, slots, site));
 
         var y = Run(session, h, tokens, steering);
 
-        var expected = Hook(h, increment == 1 ? null : h, tokens, steering, site, out var fired);
+        var expected = Hook(h, h, tokens, steering, site, out var fired);
         Assert.True(Numerics.RelativeL2(y, expected) < 1e-6, $"relative L2 {Numerics.RelativeL2(y, expected)}");
         // Both branches of the JumpReLU were taken.
         Assert.InRange(fired, 1, batch * tokens * slots - 1);
     }
 
     [Fact]
-    public void All_zero_steering_gives_h_bit_for_bit_and_an_increment_of_zero()
+    public void All_zero_steering_gives_h_bit_for_bit()
     {
         var rng = new Random(5);
         const int batch = 2, sites = 3, d = 24, slots = 8, tokens = 3;
         var zero = new Steering(batch, sites, d, slots);
         var h = Numerics.RandomVector(rng, batch * tokens * d, 3f);
-        using var hook = Session(HookGraph(sites, d, slots, 1, 0));
-        using var increment = Session(HookGraph(sites, d, slots, 1, 1));
+        using var hook = Session(HookGraph(sites, d, slots, 1));
 
-        Assert.Equal(h, Run(hook, h, tokens, zero));
-        Assert.All(Run(increment, h, tokens, zero), v => Assert.Equal(0, BitConverter.SingleToInt32Bits(v)));
+        Assert.Equal(h.Select(BitConverter.SingleToInt32Bits),
+            Run(hook, h, tokens, zero).Select(BitConverter.SingleToInt32Bits));
     }
 
     [Fact]
@@ -203,7 +179,7 @@ public class SteeringHookOpTests
             foreach (var row in new[] { SteeringHookOp.AlphaRow, SteeringHookOp.BetaRow })
                 steering.Coefficients[(site * SteeringHookOp.CoefficientRows + row) * slots + k] = 0f;
         var h = Numerics.RandomVector(rng, batch * tokens * d);
-        using var session = Session(HookGraph(sites, d, slots, site, 0));
+        using var session = Session(HookGraph(sites, d, slots, site));
 
         var y = Run(session, h, tokens, steering);
 
@@ -220,7 +196,7 @@ public class SteeringHookOpTests
         var rng = new Random(7);
         const int batch = 1, sites = 2, d = 8, slots = 4;
         var steering = Steering.Random(rng, batch, sites, d, slots);
-        using var session = Session(HookGraph(sites, d, slots, 1, 0));
+        using var session = Session(HookGraph(sites, d, slots, 1));
 
         // The encoder's values read as [1, 2, 4, 8]: d and slots swapped.
         var e = Assert.Throws<OnnxRuntimeException>(() =>
@@ -233,7 +209,7 @@ public class SteeringHookOpTests
     public void A_site_beyond_the_stacked_inputs_is_an_error_not_a_wild_read()
     {
         const int sites = 2, d = 8, slots = 4;
-        using var session = Session(HookGraph(sites, d, slots, site: 2, increment: 0));
+        using var session = Session(HookGraph(sites, d, slots, site: 2));
 
         var e = Assert.Throws<OnnxRuntimeException>(() =>
             Run(session, new float[d], 1, new Steering(1, sites, d, slots)));
@@ -244,116 +220,128 @@ public class SteeringHookOpTests
     [Fact]
     public void A_node_without_its_attributes_is_refused_when_the_session_is_created()
     {
-        var e = Assert.ThrowsAny<OnnxRuntimeException>(() => Session(HookGraph(2, 8, 4, 0, 0, withAttributes: false)));
+        var e = Assert.ThrowsAny<OnnxRuntimeException>(() => Session(HookGraph(2, 8, 4, 0, withAttributes: false)));
 
         Assert.Contains($"needs the int attribute '{SteeringHookOp.SiteAttribute}'", e.Message);
     }
 
     /// <summary>
-    /// SteeringHookPair from its definition: h' = the hook at the sublayer site on h, r = h' + residual (a float sum),
-    /// y = (h' + add_r) + the feature terms of r at the residual site. With or without the optional second output
-    /// (h'), y is the same bits.
+    /// SteeringHookPairNorm from its definition: h' = the hook at the sublayer site on h, r = h' + residual (a float
+    /// sum), y = (h' + add_r) + the feature terms of r at the residual site, then the norm over y + residual. With or
+    /// without the optional outputs (the sum and h'), the normalised value is the same bits.
     /// </summary>
     [Theory]
     [InlineData(16, 8)] // whole vectors of channels and slots
     [InlineData(13, 5)] // a tail of channels and of slots
     [InlineData(64, 8)]
-    public void Pair_node_computes_the_sublayer_hook_then_the_residual_stream_hook(int d, int slots)
+    public void Pair_norm_node_computes_the_sublayer_hook_then_the_residual_stream_hook_then_the_norm(int d, int slots)
     {
         var rng = new Random(d * 10 + slots);
         const int batch = 3, sites = 4, site = 1, residualSite = 2, tokens = 2;
         var steering = Steering.Random(rng, batch, sites, d, slots);
         var h = Numerics.RandomVector(rng, batch * tokens * d, 2f);
         var residual = Numerics.RandomVector(rng, batch * tokens * d, 2f);
-        using var withHooked = Session(PairGraph(sites, d, site, residualSite, hookedOutput: true));
-        using var yAlone = Session(PairGraph(sites, d, site, residualSite, hookedOutput: false));
+        var gamma = Numerics.RandomVector(rng, d);
+        using var all = Session(NormGraph(pair: true, fused: true, sites, d, withSum: true, withHooked: true));
+        using var alone = Session(NormGraph(pair: true, fused: true, sites, d, withSum: false, withHooked: false));
 
-        var both = Run(withHooked, h, tokens, steering, residual, ["y", "hooked"]);
-        var y = Run(yAlone, h, tokens, steering, residual, ["y"])[0];
+        var outputs = Run(all, h, tokens, steering, residual, ["normed", "sum", "hooked"], gamma: gamma);
+        var normed = Run(alone, h, tokens, steering, residual, ["normed"], gamma: gamma)[0];
 
         var hooked = Hook(h, h, tokens, steering, site, out var firedAtSite);
         var stream = hooked.Select((v, i) => v + residual[i]).ToArray();
-        var expected = Hook(stream, hooked, tokens, steering, residualSite, out var firedAtResidual);
-        Assert.True(Numerics.RelativeL2(both[1], hooked) < 1e-6, $"h': {Numerics.RelativeL2(both[1], hooked):E2}");
-        Assert.True(Numerics.RelativeL2(both[0], expected) < 1e-6, $"y: {Numerics.RelativeL2(both[0], expected):E2}");
-        Assert.Equal(both[0].Select(BitConverter.SingleToInt32Bits), y.Select(BitConverter.SingleToInt32Bits));
+        var y = Hook(stream, hooked, tokens, steering, residualSite, out var firedAtResidual);
+        var sum = y.Select((v, i) => v + residual[i]).ToArray();
+        Assert.True(Numerics.RelativeL2(outputs[2], hooked) < 1e-6, $"h': {Numerics.RelativeL2(outputs[2], hooked):E2}");
+        Assert.True(Numerics.RelativeL2(outputs[1], sum) < 1e-6, $"sum: {Numerics.RelativeL2(outputs[1], sum):E2}");
+        var expected = RmsNorm(sum, gamma, d);
+        Assert.True(Numerics.RelativeL2(outputs[0], expected) < 1e-5,
+            $"normed: {Numerics.RelativeL2(outputs[0], expected):E2}");
+        Assert.Equal(outputs[0].Select(BitConverter.SingleToInt32Bits), normed.Select(BitConverter.SingleToInt32Bits));
         // Both branches of the JumpReLU were taken at both sites.
         Assert.InRange(firedAtSite, 1, batch * tokens * slots - 1);
         Assert.InRange(firedAtResidual, 1, batch * tokens * slots - 1);
         // The residual stream's hook did read residual: without it the result differs.
         var withoutResidual = Hook(hooked, hooked, tokens, steering, residualSite, out _);
-        Assert.True(Numerics.RelativeL2(both[0], withoutResidual) > 1e-3);
+        Assert.True(Numerics.RelativeL2(outputs[1], withoutResidual.Select((v, i) => v + residual[i]).ToArray()) > 1e-3);
     }
 
     /// <summary>
-    /// With all-zero steering a pair node writes h's own bits to both outputs, so a fused norm over (y, residual) is
-    /// the norm over (h, residual) of the graph without hooks.
+    /// With all-zero steering a pair norm node's h' is h's own bits and its sum is h + residual, the sum ONNX Runtime's
+    /// norm in the graph without hooks forms.
     /// </summary>
     [Fact]
-    public void Pair_node_with_all_zero_steering_gives_h_bit_for_bit()
+    public void Pair_norm_node_with_all_zero_steering_gives_h_and_its_sum_bit_for_bit()
     {
         var rng = new Random(8);
-        const int batch = 2, sites = 3, d = 24, slots = 8, tokens = 3;
+        const int batch = 2, sites = 4, d = 24, slots = 8, tokens = 3;
         var h = Numerics.RandomVector(rng, batch * tokens * d, 3f);
         var residual = Numerics.RandomVector(rng, batch * tokens * d, 3f);
-        using var session = Session(PairGraph(sites, d, 0, 1, hookedOutput: true));
+        using var session = Session(NormGraph(pair: true, fused: true, sites, d, withSum: true, withHooked: true));
 
-        var outputs = Run(session, h, tokens, new Steering(batch, sites, d, slots), residual, ["y", "hooked"]);
+        var outputs = Run(session, h, tokens, new Steering(batch, sites, d, slots), residual, ["sum", "hooked"],
+            gamma: Numerics.RandomVector(rng, d));
 
-        Assert.Equal(h.Select(BitConverter.SingleToInt32Bits), outputs[0].Select(BitConverter.SingleToInt32Bits));
+        Assert.Equal(h.Select((v, i) => BitConverter.SingleToInt32Bits(v + residual[i])),
+            outputs[0].Select(BitConverter.SingleToInt32Bits));
         Assert.Equal(h.Select(BitConverter.SingleToInt32Bits), outputs[1].Select(BitConverter.SingleToInt32Bits));
     }
 
     [Fact]
-    public void A_pair_node_s_residual_of_another_shape_is_an_error_naming_both_shapes()
+    public void A_pair_norm_node_s_residual_of_another_shape_is_an_error_naming_both_shapes()
     {
         var rng = new Random(9);
         const int sites = 2, d = 8, slots = 4;
-        using var session = Session(PairGraph(sites, d, 0, 1, hookedOutput: false));
+        using var session = Session(NormGraph(pair: true, fused: true, sites, d, withSum: false, withHooked: false,
+            site: 0, residualSite: 1));
 
         var e = Assert.Throws<OnnxRuntimeException>(() => Run(session, new float[2 * d], 2,
-            Steering.Random(rng, 1, sites, d, slots), new float[2 * d], ["y"], residualShape: [2, 1, d]));
+            Steering.Random(rng, 1, sites, d, slots), new float[2 * d], ["normed"], residualShape: [2, 1, d],
+            gamma: new float[d]));
 
-        Assert.Contains($"{SteeringHookOp.PairOpType} at sites 0 and 1: residual must have h's shape [1, 2, 8]; "
+        Assert.Contains($"{SteeringHookOp.PairNormOpType} at sites 0 and 1: residual must have h's shape [1, 2, 8]; "
             + "found [2, 1, 8]", e.Message);
     }
 
     [Fact]
-    public void A_pair_node_s_residual_site_beyond_the_stacked_inputs_is_an_error()
+    public void A_pair_norm_node_s_residual_site_beyond_the_stacked_inputs_is_an_error()
     {
         const int sites = 2, d = 8, slots = 4;
-        using var session = Session(PairGraph(sites, d, 0, residualSite: 2, hookedOutput: false));
+        using var session = Session(NormGraph(pair: true, fused: true, sites, d, withSum: false, withHooked: false,
+            site: 0, residualSite: 2));
 
-        var e = Assert.Throws<OnnxRuntimeException>(() =>
-            Run(session, new float[d], 1, new Steering(1, sites, d, slots), new float[d], ["y"]));
+        var e = Assert.Throws<OnnxRuntimeException>(() => Run(session, new float[d], 1,
+            new Steering(1, sites, d, slots), new float[d], ["normed"], gamma: new float[d]));
 
         Assert.Contains("the residual site index is 2 but steering.add has 2 sites", e.Message);
     }
 
     [Fact]
-    public void A_pair_node_without_its_residual_site_is_refused_when_the_session_is_created()
+    public void A_pair_norm_node_without_its_residual_site_is_refused_when_the_session_is_created()
     {
-        var e = Assert.ThrowsAny<OnnxRuntimeException>(() =>
-            Session(PairGraph(2, 8, 0, 1, hookedOutput: false, withResidualSite: false)));
+        var e = Assert.ThrowsAny<OnnxRuntimeException>(() => Session(NormGraph(pair: true, fused: true, 2, 8,
+            withSum: false, withHooked: false, site: 0, residualSite: null)));
 
-        Assert.Contains($"{SteeringHookOp.PairOpType} needs the int attribute "
+        Assert.Contains($"{SteeringHookOp.PairNormOpType} needs the int attribute "
             + $"'{SteeringHookOp.ResidualSiteAttribute}'", e.Message);
     }
 
     [Fact]
     public void Without_registration_the_domain_is_unknown_to_onnx_runtime()
     {
-        var e = Assert.ThrowsAny<OnnxRuntimeException>(() => new InferenceSession(HookGraph(2, 8, 4, 0, 0)));
+        var e = Assert.ThrowsAny<OnnxRuntimeException>(() => new InferenceSession(HookGraph(2, 8, 4, 0)));
 
         Assert.Contains(SteeringHookOp.Domain, e.Message);
     }
 
     /// <summary>
-    /// Steering inputs, h, residual and gamma, then either the hook node (SteeringHook or SteeringHookPair) followed by
-    /// ONNX Runtime's own SkipSimplifiedLayerNormalization, or the norm operator alone; graph outputs "normed" and,
-    /// when the node writes them, "sum" and "hooked".
+    /// Steering inputs, h, residual and gamma, then either the norm operator (<paramref name="fused"/>; the pair one
+    /// with <paramref name="pair"/>, its residual site attribute left out when null) or, as the reference, a SteeringHook
+    /// node at <paramref name="site"/> followed by ONNX Runtime's own SkipSimplifiedLayerNormalization; graph outputs
+    /// "normed" and, when the node writes them, "sum" and "hooked".
     /// </summary>
-    private static byte[] NormGraph(bool pair, bool fused, int sites, int d, bool withSum, bool withHooked)
+    private static byte[] NormGraph(bool pair, bool fused, int sites, int d, bool withSum, bool withHooked,
+        long site = 1, long? residualSite = 2)
     {
         const float epsilon = 1e-5f;
         var g = new GraphBuilder("hook_norm");
@@ -367,21 +355,20 @@ public class SteeringHookOpTests
             g.Input("residual", DataType.Float, "batch", "tokens", d),
         ];
         var gamma = g.Input("gamma", DataType.Float, "gamma_length"); // symbolic: the kernel checks it
-        List<AttributeProto> attributes = [Attr.Int(SteeringHookOp.SiteAttribute, 1)];
-        if (pair) attributes.Add(Attr.Int(SteeringHookOp.ResidualSiteAttribute, 2));
+        List<AttributeProto> attributes = [Attr.Int(SteeringHookOp.SiteAttribute, site)];
         string[] outputs = ["normed", withSum ? "sum" : "", withHooked ? "hooked" : ""];
         if (fused)
+        {
+            if (pair && residualSite is { } r) attributes.Add(Attr.Int(SteeringHookOp.ResidualSiteAttribute, r));
             g.DomainNode(SteeringHookOp.Domain, pair ? SteeringHookOp.PairNormOpType : SteeringHookOp.NormOpType,
                 [.. steering, gamma], outputs, [.. attributes, Attr.Float(SteeringHookOp.EpsilonAttribute, epsilon)]);
+        }
         else
         {
-            if (!pair) attributes.Add(Attr.Int(SteeringHookOp.IncrementAttribute, 0));
-            var hook = g.DomainNode(SteeringHookOp.Domain, pair ? SteeringHookOp.PairOpType : SteeringHookOp.OpType,
-                pair ? steering : steering[..5], pair ? ["input", outputs[2]] : [withHooked ? "hooked" : "input"],
-                [.. attributes]);
-            g.DomainNode("com.microsoft", "SkipSimplifiedLayerNormalization",
-                [pair ? hook[0] : withHooked ? "hooked" : "input", "residual", gamma], [outputs[0], "", "", outputs[1]],
-                Attr.Float("epsilon", epsilon));
+            var hooked = withHooked ? "hooked" : "input";
+            g.DomainNode(SteeringHookOp.Domain, SteeringHookOp.OpType, steering[..5], [hooked], [.. attributes]);
+            g.DomainNode("com.microsoft", "SkipSimplifiedLayerNormalization", [hooked, "residual", gamma],
+                [outputs[0], "", "", outputs[1]], Attr.Float("epsilon", epsilon));
         }
         foreach (var output in outputs.Where(o => o.Length > 0))
             g.Output(output, output, DataType.Float, "batch", "tokens", d);
@@ -404,13 +391,17 @@ public class SteeringHookOpTests
         const int batch = 2, tokens = 3, sites = 4, slots = 8;
         var rng = new Random(d + (pair ? 100 : 0));
         var s = Steering.Random(rng, batch, sites, d, slots);
-        // Row 1 steers at neither site (α = β = 0, add = 0): its output must be ONNX Runtime's norm over h + residual.
-        foreach (var site in new[] { 1, 2 })
+        void Unsteer(int b, int site)
         {
-            Array.Clear(s.Add, (1 * sites + site) * d, d);
+            Array.Clear(s.Add, (b * sites + site) * d, d);
             foreach (var row in new[] { SteeringHookOp.AlphaRow, SteeringHookOp.BetaRow })
-                Array.Clear(s.Coefficients, ((1 * sites + site) * SteeringHookOp.CoefficientRows + row) * slots, slots);
+                Array.Clear(s.Coefficients, ((b * sites + site) * SteeringHookOp.CoefficientRows + row) * slots, slots);
         }
+        // Row 1 steers at neither site (α = β = 0, add = 0): its output must be ONNX Runtime's norm over h + residual.
+        // A pair node's residual site is unsteered in every row, so the reference, a SteeringHook node at its first
+        // site then ONNX Runtime's norm, computes what it must; its second hook is SteeringHookPairNorm's formula test.
+        Unsteer(1, 1);
+        for (var b = 0; b < batch; b++) Unsteer(b, 2);
         var h = Numerics.RandomVector(rng, batch * tokens * d);
         var residual = Numerics.RandomVector(rng, batch * tokens * d);
         var gamma = Numerics.RandomVector(rng, d);
@@ -425,19 +416,21 @@ public class SteeringHookOpTests
         for (var i = 0; i < names.Length; i++)
             Assert.True(reference[i].Select(BitConverter.SingleToInt32Bits)
                 .SequenceEqual(fused[i].Select(BitConverter.SingleToInt32Bits)), $"{names[i]} differs");
-        Assert.NotEqual(reference[0].AsSpan(0, tokens * d).ToArray(), NormOf(h, residual, gamma, d)[..(tokens * d)]);
+        // Row 0 is steered: its output is not the norm of h + residual.
+        var unsteered = RmsNorm(h.Select((v, i) => v + residual[i]).ToArray(), gamma, d);
+        Assert.NotEqual(reference[0].AsSpan(0, tokens * d).ToArray(), unsteered[..(tokens * d)]);
     }
 
-    /// <summary>RMSNorm((h + residual))·γ for row 0 in double: a steered row must not equal it.</summary>
-    private static float[] NormOf(float[] h, float[] residual, float[] gamma, int d)
+    /// <summary>RMSNorm(x)·γ per row of d channels, in double (ε 1e-5, as the graphs here use).</summary>
+    private static float[] RmsNorm(float[] x, float[] gamma, int d)
     {
-        var y = new float[h.Length];
-        for (var r = 0; r < h.Length / d; r++)
+        var y = new float[x.Length];
+        for (var r = 0; r < x.Length / d; r++)
         {
             var squares = 0.0;
-            for (var i = 0; i < d; i++) squares += Math.Pow(h[r * d + i] + residual[r * d + i], 2);
+            for (var i = 0; i < d; i++) squares += (double)x[r * d + i] * x[r * d + i];
             var rms = Math.Sqrt(squares / d + 1e-5);
-            for (var i = 0; i < d; i++) y[r * d + i] = (float)((h[r * d + i] + residual[r * d + i]) / rms * gamma[i]);
+            for (var i = 0; i < d; i++) y[r * d + i] = (float)(x[r * d + i] / rms * gamma[i]);
         }
         return y;
     }

@@ -43,7 +43,8 @@ public enum HookOperators
 
     /// <summary>
     /// ai.featureflow custom operators (FeatureFlow.Onnx.CustomOps): a SteeringHook node per hook — in the fused Llama
-    /// graph a SteeringHookPair node for each block's mlp_out and resid_post — reading their sites straight out of the
+    /// graph, with the norm after them, a SteeringHookNorm at attn_out and a SteeringHookPairNorm for each block's
+    /// mlp_out and resid_post — reading their sites straight out of the
     /// stacked steering inputs: no slices, and on CPU a fraction of the eleven nodes' dispatch cost; its kernel skips
     /// the feature terms of rows whose α and β are all zero, so add-only steering costs little more than h + add.
     /// ONNX Runtime only, in sessions whose options went through FeatureFlowOps.Register; every exporter writes it,

@@ -108,11 +108,7 @@ public static class SteeringHook
     private static string CustomHook(GraphBuilder g, StackedSteering stacked, Site site, string h, string? output)
     {
         string[] inputs = [h, stacked.Add, stacked.Encoder, stacked.Decoder, stacked.Coefficients];
-        AttributeProto[] attributes =
-        [
-            Attr.Int(SteeringHookOp.SiteAttribute, site.Index),
-            Attr.Int(SteeringHookOp.IncrementAttribute, 0),
-        ];
+        AttributeProto[] attributes = [Attr.Int(SteeringHookOp.SiteAttribute, site.Index)];
         return output is null
             ? g.DomainOp(SteeringHookOp.Domain, SteeringHookOp.OpType, inputs, attributes)
             : g.DomainNode(SteeringHookOp.Domain, SteeringHookOp.OpType, inputs, [output], attributes)[0];

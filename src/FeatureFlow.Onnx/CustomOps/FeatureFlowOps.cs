@@ -39,7 +39,7 @@ public static unsafe class FeatureFlowOps
         var inputs = Enumerable.Range(0, SteeringHookOp.InputCount)
             .Select(i => g.Input($"input{i}", TensorProto.Types.DataType.Float, 1, 1, 1)).ToArray();
         g.Output(g.DomainOp(SteeringHookOp.Domain, SteeringHookOp.OpType, inputs,
-            Attr.Int(SteeringHookOp.SiteAttribute, 0), Attr.Int(SteeringHookOp.IncrementAttribute, 0)),
+            Attr.Int(SteeringHookOp.SiteAttribute, 0)),
             "output", TensorProto.Types.DataType.Float, 1, 1, 1);
         var model = OnnxModelFile.Serialize(g.Build(new OnnxModelOptions
         {
@@ -54,9 +54,8 @@ public static unsafe class FeatureFlowOps
     private static nint CreateDomain()
     {
         var domain = OrtCApi.CreateCustomOpDomain(SteeringHookOp.Domain);
-        foreach (var pair in new[] { false, true })
-            foreach (var norm in new[] { false, true })
-                OrtCApi.CustomOpDomainAdd(domain, SteeringHookKernel.Describe(pair, norm));
+        foreach (var (pair, norm) in SteeringHookKernel.Operators)
+            OrtCApi.CustomOpDomainAdd(domain, SteeringHookKernel.Describe(pair, norm));
         return domain;
     }
 }

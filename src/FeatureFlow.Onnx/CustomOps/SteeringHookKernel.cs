@@ -7,11 +7,11 @@ namespace FeatureFlow.Onnx.CustomOps;
 /// <summary>
 /// The CPU kernel of <see cref="SteeringHookOp"/>'s operators, as ONNX Runtime callbacks. Per batch row b and
 /// token t, at a site s: pre_k = e_k·x + b_k, a_k = pre_k &gt; θ_k ? pre_k : 0, c_k = α_k·a_k + β_k,
-/// delta = Σ_k c_k·v_k (summed from +0), and the hook writes (kept + add) + delta: for SteeringHook x = kept = h (or
-/// no kept value for an increment node); for SteeringHookPair first x = kept = h at the sublayer site, giving h', then
-/// x = h' + residual and kept = h' at the residual site. These are the same operations in the same order as the
-/// ONNX-operator hook (SteeringHook.Delta) up to the summation order inside the two dot products. The norm operators
-/// then normalise that output plus the residual as ONNX Runtime's SkipSimplifiedLayerNormalization does.
+/// delta = Σ_k c_k·v_k (summed from +0), and the hook writes (h + add) + delta with x = h; SteeringHookPairNorm's
+/// second hook, at the residual site, reads x = h' + residual and writes (h' + add) + delta. These are the same
+/// operations in the same order as the ONNX-operator hook (SteeringHook.Delta) up to the summation order inside the
+/// two dot products. The norm operators then normalise that output plus the residual as ONNX Runtime's
+/// SkipSimplifiedLayerNormalization does.
 /// </summary>
 /// <remarks>
 /// A row whose α and β are all zero at a site gets delta = +0 without the feature terms: every c_k is then ±0
@@ -25,17 +25,15 @@ internal static unsafe class SteeringHookKernel
     private const int StackSlots = 256;
 
     private static readonly byte* Name = NativeString(SteeringHookOp.OpType);
-    private static readonly byte* PairName = NativeString(SteeringHookOp.PairOpType);
     private static readonly byte* NormName = NativeString(SteeringHookOp.NormOpType);
     private static readonly byte* PairNormName = NativeString(SteeringHookOp.PairNormOpType);
     private static readonly byte* EpsilonName = NativeString(SteeringHookOp.EpsilonAttribute);
     private static readonly byte* SiteName = NativeString(SteeringHookOp.SiteAttribute);
-    private static readonly byte* IncrementName = NativeString(SteeringHookOp.IncrementAttribute);
     private static readonly byte* ResidualSiteName = NativeString(SteeringHookOp.ResidualSiteAttribute);
 
     /// <summary>
-    /// An operator's callbacks followed by which of the two operators it is: ONNX Runtime passes every callback the
-    /// pointer it was registered with, so the shared callbacks read the kind back from there.
+    /// An operator's callbacks followed by which operator it is: ONNX Runtime passes every callback the pointer it was
+    /// registered with, so the shared callbacks read the kind back from there.
     /// </summary>
     [StructLayout(LayoutKind.Sequential)]
     private struct Operator
@@ -45,13 +43,16 @@ internal static unsafe class SteeringHookKernel
         public bool Norm;
     }
 
+    /// <summary>The operators: a hook, a hook with the norm after it, and a pair of hooks with the norm after them.
+    /// </summary>
+    public static IEnumerable<(bool Pair, bool Norm)> Operators => [(false, false), (false, true), (true, true)];
+
     /// <summary>What one node's kernel knows: its operator and attributes.</summary>
     private struct Kernel
     {
         public bool Pair;
         public bool Norm;
         public long Site;
-        public bool Increment;
         public long ResidualSite;
         public float Epsilon;
 
@@ -61,8 +62,8 @@ internal static unsafe class SteeringHookKernel
     }
 
     /// <summary>
-    /// A native description of SteeringHook (or with <paramref name="pair"/> SteeringHookPair) for a custom-op domain;
-    /// never freed, as ONNX Runtime keeps pointing at it.
+    /// A native description of one of the <see cref="Operators"/> for a custom-op domain; never freed, as ONNX Runtime
+    /// keeps pointing at it.
     /// </summary>
     public static OrtCustomOp* Describe(bool pair, bool norm)
     {
@@ -90,8 +91,7 @@ internal static unsafe class SteeringHookKernel
     }
 
     [UnmanagedCallersOnly]
-    private static byte* GetName(Operator* op) =>
-        op->Norm ? op->Pair ? PairNormName : NormName : op->Pair ? PairName : Name;
+    private static byte* GetName(Operator* op) => op->Norm ? op->Pair ? PairNormName : NormName : Name;
 
     [UnmanagedCallersOnly]
     private static byte* GetExecutionProviderType(nint op) => null;
@@ -113,7 +113,7 @@ internal static unsafe class SteeringHookKernel
         nint info;
         var status = OrtCApi.ShapeInferContextGetInputTypeShape(context, 0, &info);
         if (status != 0) return status;
-        var outputs = op->Norm ? SteeringHookOp.NormOutputCount : op->Pair ? SteeringHookOp.PairOutputCount : 1;
+        var outputs = op->Norm ? SteeringHookOp.NormOutputCount : 1;
         for (var i = 0; i < outputs; i++)
         {
             status = OrtCApi.ShapeInferContextSetOutputTypeShape(context, (nuint)i, info);
@@ -128,18 +128,16 @@ internal static unsafe class SteeringHookKernel
     private static int GetTensorType(nint op, nuint index) => OrtCApi.ElementFloat;
 
     [UnmanagedCallersOnly]
-    private static nuint GetInputCount(Operator* op) => (nuint)(op->Norm ? SteeringHookOp.NormInputCount
-        : op->Pair ? SteeringHookOp.PairInputCount : SteeringHookOp.InputCount);
+    private static nuint GetInputCount(Operator* op) =>
+        (nuint)(op->Norm ? SteeringHookOp.NormInputCount : SteeringHookOp.InputCount);
 
     [UnmanagedCallersOnly]
-    private static nuint GetOutputCount(Operator* op) => (nuint)(op->Norm ? SteeringHookOp.NormOutputCount
-        : op->Pair ? SteeringHookOp.PairOutputCount : 1);
+    private static nuint GetOutputCount(Operator* op) => (nuint)(op->Norm ? SteeringHookOp.NormOutputCount : 1);
 
     [UnmanagedCallersOnly]
     private static int GetInputCharacteristic(nint op, nuint index) => OrtCustomOp.Required;
 
-    /// <summary>Every output after the first (a pair's sublayer value; a norm's sum and sublayer value) may be left out.
-    /// </summary>
+    /// <summary>Every output after the first (a norm operator's sum and hooked value) may be left out.</summary>
     [UnmanagedCallersOnly]
     private static int GetOutputCharacteristic(nint op, nuint index) =>
         index == 0 ? OrtCustomOp.Required : OrtCustomOp.Optional;
@@ -153,33 +151,26 @@ internal static unsafe class SteeringHookKernel
         bool pair = op->Pair, norm = op->Norm;
         try
         {
-            long site, increment = 0, residualSite = -1;
+            long site, residualSite = 0;
             var epsilon = 0f;
             var status = OrtCApi.KernelInfoGetAttributeInt64(info, SiteName, &site);
             if (status != 0) return Refuse(pair, norm, status, SteeringHookOp.SiteAttribute);
-            status = pair ? OrtCApi.KernelInfoGetAttributeInt64(info, ResidualSiteName, &residualSite)
-                : norm ? 0 : OrtCApi.KernelInfoGetAttributeInt64(info, IncrementName, &increment);
-            if (status != 0)
-                return Refuse(pair, norm, status,
-                    pair ? SteeringHookOp.ResidualSiteAttribute : SteeringHookOp.IncrementAttribute);
+            if (pair && (status = OrtCApi.KernelInfoGetAttributeInt64(info, ResidualSiteName, &residualSite)) != 0)
+                return Refuse(pair, norm, status, SteeringHookOp.ResidualSiteAttribute);
             if (norm && (status = OrtCApi.KernelInfoGetAttributeFloat(info, EpsilonName, &epsilon)) != 0)
                 return Refuse(pair, norm, status, SteeringHookOp.EpsilonAttribute, "float");
             if (norm && !(epsilon >= 0f))
                 return OrtCApi.CreateStatus(OrtCApi.OrtInvalidArgument,
                     $"{OpType(pair, norm)}: attribute {SteeringHookOp.EpsilonAttribute} must be ≥ 0; found {epsilon}");
-            if (pair && (site < 0 || residualSite < 0))
-                return OrtCApi.CreateStatus(OrtCApi.OrtInvalidArgument, $"{SteeringHookOp.PairOpType}: attributes "
-                    + $"{SteeringHookOp.SiteAttribute} and {SteeringHookOp.ResidualSiteAttribute} must be ≥ 0; "
-                    + $"found {site} and {residualSite}");
-            if (!pair && (site < 0 || increment is not (0 or 1)))
-                return OrtCApi.CreateStatus(OrtCApi.OrtInvalidArgument, $"{SteeringHookOp.OpType}: attributes "
-                    + $"{SteeringHookOp.SiteAttribute} must be ≥ 0 and {SteeringHookOp.IncrementAttribute} 0 or 1; "
-                    + $"found {site} and {increment}");
+            if (site < 0 || residualSite < 0)
+                return OrtCApi.CreateStatus(OrtCApi.OrtInvalidArgument, pair
+                    ? $"{OpType(pair, norm)}: attributes {SteeringHookOp.SiteAttribute} and "
+                        + $"{SteeringHookOp.ResidualSiteAttribute} must be ≥ 0; found {site} and {residualSite}"
+                    : $"{OpType(pair, norm)}: attribute {SteeringHookOp.SiteAttribute} must be ≥ 0; found {site}");
             var state = (Kernel*)NativeMemory.Alloc((nuint)sizeof(Kernel));
             *state = new Kernel
             {
-                Pair = pair, Norm = norm, Site = site, Increment = increment == 1, ResidualSite = residualSite,
-                Epsilon = epsilon,
+                Pair = pair, Norm = norm, Site = site, ResidualSite = residualSite, Epsilon = epsilon,
             };
             *kernel = state;
             return 0;
@@ -190,9 +181,8 @@ internal static unsafe class SteeringHookKernel
         }
     }
 
-    private static string OpType(bool pair, bool norm) => norm
-        ? pair ? SteeringHookOp.PairNormOpType : SteeringHookOp.NormOpType
-        : pair ? SteeringHookOp.PairOpType : SteeringHookOp.OpType;
+    private static string OpType(bool pair, bool norm) =>
+        norm ? pair ? SteeringHookOp.PairNormOpType : SteeringHookOp.NormOpType : SteeringHookOp.OpType;
 
     /// <summary>Replaces ONNX Runtime's own (released) status by one that names the missing attribute.</summary>
     private static nint Refuse(bool pair, bool norm, nint status, string attribute, string type = "int")
@@ -255,11 +245,10 @@ internal static unsafe class SteeringHookKernel
         }
 
         /// <summary>
-        /// o = (kept + add) + Σ_k c_k·v_k with c_k from the features of x (+ <paramref name="residual"/> when given,
-        /// added channel by channel as a graph's Add would); null <paramref name="kept"/> writes add + Σ alone.
-        /// <paramref name="o"/> may be <paramref name="kept"/> itself.
+        /// o = (x + add) + Σ_k c_k·v_k with c_k from the features of x (+ <paramref name="residual"/> when given,
+        /// added channel by channel as a graph's Add would). <paramref name="o"/> may be <paramref name="x"/> itself.
         /// </summary>
-        public void Apply(float* x, float* residual, float* kept, int d, Span<float> scratch, float* o)
+        public void Apply(float* x, float* residual, int d, Span<float> scratch, float* o)
         {
             var c = scratch[.._terms];
             if (_terms > 0)
@@ -272,7 +261,7 @@ internal static unsafe class SteeringHookKernel
                     c[k] = _alpha[k] * activation + _beta[k];
                 }
             }
-            Steer(kept, _shift, _decoder, c, d, o);
+            Steer(x, _shift, _decoder, c, d, o);
         }
     }
 
@@ -283,19 +272,18 @@ internal static unsafe class SteeringHookKernel
         if ((status = Read(context, 0, out h)) != 0 || (status = Read(context, 1, out add)) != 0
             || (status = Read(context, 2, out encoder)) != 0 || (status = Read(context, 3, out decoder)) != 0
             || (status = Read(context, 4, out coefficients)) != 0
-            || ((kernel.Pair || kernel.Norm)
-                && (status = Read(context, SteeringHookOp.ResidualInput, out residual)) != 0)
-            || (kernel.Norm && (status = Read(context, SteeringHookOp.GammaInput, out gamma)) != 0))
+            || (kernel.Norm && ((status = Read(context, SteeringHookOp.ResidualInput, out residual)) != 0
+                || (status = Read(context, SteeringHookOp.GammaInput, out gamma)) != 0)))
             return status;
         if (Validate(kernel, h, add, encoder, decoder, coefficients, residual, gamma) is { } problem)
             return OrtCApi.CreateStatus(OrtCApi.OrtInvalidArgument, $"{kernel.Describe()}: {problem}");
 
-        // Output 0 always; a pair's output 1 is h' (the sublayer site's value); a norm node's outputs are the
-        // normalised value, the sum (the next residual stream) and h'. Null where the node leaves an output out.
-        float* o, second = null, third = null;
+        // A hook's one output; a norm node's normalised value, sum (the next residual stream) and h' (the hooked site's
+        // value), the last two null where the node leaves them out.
+        float* o, sum = null, sublayer = null;
         if ((status = Output(context, 0, h, out o)) != 0
-            || ((kernel.Pair || kernel.Norm) && (status = Output(context, 1, h, out second)) != 0)
-            || (kernel.Norm && (status = Output(context, 2, h, out third)) != 0))
+            || (kernel.Norm && ((status = Output(context, 1, h, out sum)) != 0
+                || (status = Output(context, 2, h, out sublayer)) != 0)))
             return status;
 
         long batch = h[0], tokens = h[1];
@@ -311,23 +299,20 @@ internal static unsafe class SteeringHookKernel
             {
                 var at = (b * tokens + t) * d;
                 var x = h.Data + at;
-                if (!kernel.Pair && !kernel.Norm)
+                if (!kernel.Norm)
                 {
-                    site.Apply(x, null, kernel.Increment ? null : x, d, c, o + at);
+                    site.Apply(x, null, d, c, o + at);
                     continue;
                 }
-                // The hook's output (a norm's input): in the sum's place or, without a sum output, the normalised
-                // one's, to be overwritten in place; a plain pair's is output 0 itself.
-                var hooked = (second is null || !kernel.Norm ? o : second) + at;
-                // h' goes to its own output when the node has it, else where the hook's output will be.
-                var own = kernel.Norm ? third : second;
-                var steered = own is null ? hooked : own + at;
-                site.Apply(x, null, x, d, c, steered);
-                if (kernel.Pair) stream.Apply(steered, residual.Data + at, steered, d, c, hooked);
-                else if (steered != hooked) Unsafe.CopyBlock(hooked, steered, (uint)(d * sizeof(float)));
-                if (kernel.Norm)
-                    SkipRmsNorm(hooked, residual.Data + at, gamma.Data, d, kernel.Epsilon,
-                        second is null ? null : second + at, o + at);
+                // The norm's input: in the sum's place or, without a sum output, the normalised one's, to be
+                // overwritten in place; h' goes to its own output when the node has it, else there too.
+                var input = (sum is null ? o : sum) + at;
+                var steered = sublayer is null ? input : sublayer + at;
+                site.Apply(x, null, d, c, steered);
+                if (kernel.Pair) stream.Apply(steered, residual.Data + at, d, c, input);
+                else if (steered != input) Unsafe.CopyBlock(input, steered, (uint)(d * sizeof(float)));
+                SkipRmsNorm(input, residual.Data + at, gamma.Data, d, kernel.Epsilon,
+                    sum is null ? null : sum + at, o + at);
             }
         }
         return 0;
@@ -406,7 +391,7 @@ internal static unsafe class SteeringHookKernel
             || coefficients[2] != SteeringHookOp.CoefficientRows || coefficients[3] != slots)
             return $"steering.coefficients must be [{batch}, {sites}, {SteeringHookOp.CoefficientRows}, {slots}]; "
                 + $"found {coefficients.Describe()}";
-        if ((kernel.Pair || kernel.Norm)
+        if (kernel.Norm
             && (residual.Rank != 3 || residual[0] != h[0] || residual[1] != h[1] || residual[2] != d))
             return $"residual must have h's shape {h.Describe()}; found {residual.Describe()}";
         if (kernel.Norm && (gamma.Rank != 1 || gamma[0] != d))
@@ -461,8 +446,8 @@ internal static unsafe class SteeringHookKernel
     private static float Channel(float* x, float* residual, int i) => residual is null ? x[i] : x[i] + residual[i];
 
     /// <summary>
-    /// o = (x + shift) + Σ_k c[k]·v[k, :] (or shift + Σ when <paramref name="x"/> is null), the sum starting from +0,
-    /// one pass over the d channels; each channel is read before it is written, so o may be x.
+    /// o = (x + shift) + Σ_k c[k]·v[k, :], the sum starting from +0, one pass over the d channels; each channel is read
+    /// before it is written, so o may be x.
     /// </summary>
     private static void Steer(float* x, float* shift, float* v, ReadOnlySpan<float> c, int d, float* o)
     {
@@ -472,15 +457,14 @@ internal static unsafe class SteeringHookKernel
             var delta = Vector<float>.Zero;
             for (var k = 0; k < c.Length; k++)
                 delta += Unsafe.ReadUnaligned<Vector<float>>(v + (long)k * d + i) * c[k];
-            var shifted = Unsafe.ReadUnaligned<Vector<float>>(shift + i);
-            if (x is not null) shifted = Unsafe.ReadUnaligned<Vector<float>>(x + i) + shifted;
+            var shifted = Unsafe.ReadUnaligned<Vector<float>>(x + i) + Unsafe.ReadUnaligned<Vector<float>>(shift + i);
             Unsafe.WriteUnaligned(o + i, shifted + delta);
         }
         for (; i < d; i++)
         {
             var delta = 0f;
             for (var k = 0; k < c.Length; k++) delta += v[(long)k * d + i] * c[k];
-            o[i] = (x is null ? shift[i] : x[i] + shift[i]) + delta;
+            o[i] = (x[i] + shift[i]) + delta;
         }
     }
 

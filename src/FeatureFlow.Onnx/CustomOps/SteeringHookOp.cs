@@ -4,8 +4,8 @@ namespace FeatureFlow.Onnx.CustomOps;
 /// The contract of the <c>ai.featureflow</c> steering operators, shared by the exporter that writes their nodes and
 /// the kernel that runs them. <see cref="OpType"/>: one node is one steering hook,
 /// h ← h + add + Σ_k (α_k·a_k + β_k)·v_k with a_k = JumpReLU_θk(e_k·h + b_k), reading its site's slice straight out of
-/// the four stacked steering inputs. <see cref="PairOpType"/>: one node is a sublayer's hook followed by the hook on
-/// the residual stream that the sublayer's output joins.
+/// the four stacked steering inputs. <see cref="NormOpType"/> and <see cref="PairNormOpType"/>: hooks together with
+/// the norm their output feeds, for graphs whose residual additions happen inside fused norms.
 /// </summary>
 public static class SteeringHookOp
 {
@@ -16,45 +16,29 @@ public static class SteeringHookOp
     public const string OpType = "SteeringHook";
 
     /// <summary>
-    /// Two hooks in one node, for a graph whose residual additions happen inside fused norms
-    /// (SkipSimplifiedLayerNormalization). With h' = (h + add_s) + δ_s(h), the hook at <see cref="SiteAttribute"/> on
-    /// the sublayer output h, and r = h' + residual, the stream before its hook at <see cref="ResidualSiteAttribute"/>,
-    /// output 0 is (h' + add_r) + δ_r(r): fed to the norm as its input with <c>residual</c> as its skip, the norm's sum
-    /// is the steered stream r + add_r + δ_r(r) (up to rounding order), and with all-zero steering output 0 is h's own
-    /// bits, so the norm is exactly the one of the graph without hooks. Output 1 (optional) is h', the sublayer
-    /// site's value, for graphs that expose it.
+    /// A hook followed by the SkipSimplifiedLayerNormalization its output feeds, in one node that takes the norm's
+    /// place: the hook's output goes in as the norm's input with <c>residual</c> as its skip (<see cref="ResidualInput"/>),
+    /// γ at <see cref="GammaInput"/>, float attribute <see cref="EpsilonAttribute"/>. Outputs: the normalised value, the
+    /// sum input + skip (the next residual stream; optional), and the hooked site's value (optional). The norm is
+    /// computed as ONNX Runtime's CPU kernel computes it (a float sum of squares in channel order, sqrt(ms / d + ε), then
+    /// x / rms · γ), so zero steering gives that kernel's bits in the graph without hooks, which the engine's switching
+    /// between graphs relies on.
     /// </summary>
-    public const string PairOpType = "SteeringHookPair";
-
-    /// <summary>
-    /// <see cref="OpType"/> and <see cref="PairOpType"/> followed by the SkipSimplifiedLayerNormalization their output
-    /// feeds, in the same node: the hook's output goes in as the norm's input with <c>residual</c> as its skip
-    /// (<see cref="ResidualInput"/>), γ at <see cref="GammaInput"/>, float attribute <see cref="EpsilonAttribute"/>.
-    /// Outputs: the normalised value, the sum input + skip (the next residual stream; optional), and the sublayer site's
-    /// value (optional). The norm is computed as ONNX Runtime's CPU kernel computes it (a float sum of squares in
-    /// channel order, sqrt(ms / d + ε), then x / rms · γ), so zero steering gives that kernel's bits in the graph without
-    /// hooks, which the engine's switching between graphs relies on; and a steered step saves the norm's node.
-    /// </summary>
+    /// <remarks>
+    /// <see cref="NormOpType"/>: the norm's input is h' = (h + add_s) + δ_s(h), the hook at <see cref="SiteAttribute"/>.
+    /// <see cref="PairNormOpType"/>: two hooks, for a sublayer output h and the residual stream it joins; with h' as
+    /// above and r = h' + residual, the stream before its hook at <see cref="ResidualSiteAttribute"/>, the norm's input
+    /// is (h' + add_r) + δ_r(r), so the norm's sum is the steered stream r + add_r + δ_r(r) (up to rounding order).
+    /// </remarks>
     public const string NormOpType = "SteeringHookNorm", PairNormOpType = "SteeringHookPairNorm";
 
     /// <summary>Float attribute of the norm operators: the norm's ε.</summary>
     public const string EpsilonAttribute = "epsilon";
 
-    /// <summary>Inputs of the norm operators: the pair's six (SteeringHookNorm's residual is the norm's skip) and γ [d].
-    /// </summary>
-    public const int NormInputCount = 7, GammaInput = 6, NormOutputCount = 3;
-
     /// <summary>Int attribute: the site's index into the stacked inputs' site axis (Site.Index).</summary>
     public const string SiteAttribute = "site";
 
-    /// <summary>
-    /// Int attribute of <see cref="OpType"/>: 0 writes the steered value h + add + delta; 1 writes add + delta alone
-    /// (broadcast to h's shape), for a graph that adds it to the residual stream inside a fused operator (as batched
-    /// graphs exported before <see cref="PairOpType"/> do for resid_post).
-    /// </summary>
-    public const string IncrementAttribute = "increment";
-
-    /// <summary>Int attribute of <see cref="PairOpType"/>: the residual stream site's index (Site.Index).</summary>
+    /// <summary>Int attribute of <see cref="PairNormOpType"/>: the residual stream site's index (Site.Index).</summary>
     public const string ResidualSiteAttribute = "residual_site";
 
     /// <summary>
@@ -65,11 +49,10 @@ public static class SteeringHookOp
     public const int InputCount = 5;
 
     /// <summary>
-    /// Inputs of <see cref="PairOpType"/>: the <see cref="InputCount"/> of <see cref="OpType"/>, then residual
-    /// [B, T, d] at <see cref="ResidualInput"/>. Outputs: <see cref="PairOutputCount"/>, each [B, T, d], the second
-    /// optional.
+    /// Inputs of the norm operators: the <see cref="InputCount"/> of <see cref="OpType"/>, then residual [B, T, d] (the
+    /// norm's skip) and γ [d]. Outputs: <see cref="NormOutputCount"/>, each [B, T, d], all but the first optional.
     /// </summary>
-    public const int PairInputCount = 6, ResidualInput = 5, PairOutputCount = 2;
+    public const int NormInputCount = 7, ResidualInput = 5, GammaInput = 6, NormOutputCount = 3;
 
     /// <summary>Rows of steering.coefficients, in this order (the graph's GraphNames.CoefficientRow follows these).
     /// </summary>
