@@ -31,7 +31,6 @@ internal sealed class Scheduler : IDisposable
     private volatile bool _stopping;
     private Exception? _endAll;
     private long _prefillSteps, _decodeSteps, _plainPrefillSteps, _plainDecodeSteps, _decodeRows, _generated;
-
     private long _decodeAllocated, _decodeTicks, _loopTicks;
     private int _runningRows;
     private long _kvReserved, _kvInUse;

@@ -216,9 +216,9 @@ public static class ModelFolderExporter
     /// for float16 folders.</param>
     /// <param name="batchedOperators">The batched graphs' operators: <see cref="OperatorSet.Fused"/> where the exporter
     /// has them (the engine's steps run 0.6× as long on stories260K, docs/benchmarks.md). Whatever they are, the hooks
-    /// of decoder_hooked_batched.onnx are the ai.featureflow custom operators (a node per hook, or per block's
-    /// mlp_out/resid_post pair in the fused graph, instead of eleven operators per hook; only the engine runs that
-    /// graph); the Concat graphs keep ONNX-operator hooks, the reference and what GenAI runs.
+    /// of decoder_hooked_batched.onnx are the ai.featureflow custom operators (a node per hook instead of eleven
+    /// operators, and in the fused graph one node for a block's mlp_out/resid_post pair, each with the norm after it;
+    /// only the engine runs that graph); the Concat graphs keep ONNX-operator hooks, the reference and what GenAI runs.
     /// </param>
     private static HookedGraphOptions WriteGraphs(FolderFiles folder, HookedGraphOptions requested, bool batched,
         OperatorSet concatOperators, OperatorSet batchedOperators, Func<HookedGraphOptions, Onnx.Ir.ModelProto> export)
