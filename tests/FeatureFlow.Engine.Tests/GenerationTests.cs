@@ -174,18 +174,23 @@ public class GenerationTests(EngineFixture f) : IClassFixture<EngineFixture>
     private async Task<(GenerationRecord Record, int Value)> FinishedRecordAndTokensAt(Func<Func<int>, Task<int>> act)
     {
         var generated = 0;
+        // The loop waits after its fourth token until the reader has acted (read three updates, then left or
+        // cancelled), so the 400-token row cannot finish first however long a busy machine keeps the reader waiting.
+        using var readerActed = new ManualResetEventSlim();
         void OnToken(long id, int count)
         {
             Volatile.Write(ref generated, count);
-            // At least a millisecond a token: the 400-token row outlasts a reader that a busy machine (tests run in
-            // parallel) keeps waiting for tens of milliseconds, so the row is still running when it acts.
-            Thread.Sleep(1);
+            if (count >= 4) readerActed.Wait(TimeSpan.FromSeconds(10));
         }
         f.Engine.TokenGenerated += OnToken;
         try
         {
             var value = 0;
-            var record = await FinishedRecordOf(async () => value = await act(() => Volatile.Read(ref generated)));
+            var record = await FinishedRecordOf(async () =>
+            {
+                try { value = await act(() => Volatile.Read(ref generated)); }
+                finally { readerActed.Set(); }
+            });
             return (record, value);
         }
         finally

@@ -144,10 +144,14 @@ public class InferenceServiceTests(ServerFixture f) : IClassFixture<ServerFixtur
         var engine = f.Host.Engine;
         var finished = new TaskCompletionSource<GenerationRecord>(TaskCreationOptions.RunContinuationsAsynchronously);
         var tokens = 0;
+        using var cancelled = new ManualResetEventSlim();
         void OnToken(long id, int count)
         {
             Volatile.Write(ref tokens, count);
-            Thread.Sleep(2); // pace the engine so that the race with the cancellation is not close
+            // The engine waits after its fourth token until the client has cancelled, then goes on at 20 ms a token:
+            // the cancellation crosses HTTP/2 to the server within the 25 tokens allowed even on a busy machine.
+            if (count >= 4) cancelled.Wait(TimeSpan.FromSeconds(10));
+            Thread.Sleep(20);
         }
         void OnFinished(GenerationRecord r) => finished.TrySetResult(r);
         engine.TokenGenerated += OnToken;
@@ -165,6 +169,7 @@ public class InferenceServiceTests(ServerFixture f) : IClassFixture<ServerFixtur
                     {
                         atCancel = Volatile.Read(ref tokens);
                         cts.Cancel();
+                        cancelled.Set();
                     }
             });
             Assert.Equal(StatusCode.Cancelled, e.StatusCode);
@@ -176,6 +181,7 @@ public class InferenceServiceTests(ServerFixture f) : IClassFixture<ServerFixtur
         }
         finally
         {
+            cancelled.Set();
             engine.TokenGenerated -= OnToken;
             engine.GenerationFinished -= OnFinished;
         }
