@@ -30,7 +30,7 @@ public static class ExportCommand
         var noSiteOutputs = new Option<bool>("--no-site-outputs") { Description = "do not expose site values as graph outputs" };
         var externalData = new Option<ExternalWeights>("--external-data")
         {
-            Description = "with --hf: keep the weights in one weights.data file all graphs share (Auto: from "
+            Description = "keep the weights in one weights.data file all graphs share (Auto: from "
                 + $"{HuggingFaceExportRequest.AutoExternalBytes >> 20} MiB of float32 weights on)",
             DefaultValueFactory = _ => ExternalWeights.Auto,
         };
@@ -88,6 +88,7 @@ public static class ExportCommand
                     Hooks = hooks,
                     Description = "llama2.c stories260K (Andrej Karpathy, trained on TinyStories)",
                     License = "MIT",
+                    ExternalWeights = parse.GetValue(externalData),
                 }, Progress);
             await output.WriteLineAsync($"exported {manifest.Name} to {Path.GetFullPath(parse.GetValue(outDir)!)}");
             return 0;

@@ -32,15 +32,15 @@ public sealed class ConcatModelRunner : IModelRunner
     /// <param name="plainGraphPath">The same graph without hooks, run for rows that steer and read out nothing; null
     /// runs every row on the hooked graph.</param>
     public ConcatModelRunner(string graphPath, string? plainGraphPath, ModelArchitecture architecture,
-        EngineOptions options)
+        EngineOptions options, SharedWeights? weights = null)
     {
         Architecture = architecture;
-        _hooked = new HookedDecoder(graphPath, architecture, options);
+        _hooked = new HookedDecoder(graphPath, architecture, options, weights);
         if (!_hooked.HasHooks)
             throw new InvalidDataException($"{graphPath}: not a hooked graph (it has no steering inputs)");
         if (plainGraphPath is not null)
         {
-            _plain = new HookedDecoder(plainGraphPath, architecture, options);
+            _plain = new HookedDecoder(plainGraphPath, architecture, options, weights);
             if (_plain.HasHooks) throw new InvalidDataException($"{plainGraphPath}: expected a graph without hooks");
         }
         Provider = _hooked.Provider;

@@ -15,6 +15,8 @@ public sealed class GenerationEngine : IDisposable
 {
     private readonly Scheduler _scheduler;
     private readonly Lazy<SequenceScorer> _scorer;
+    // The folder's weights file mapped once, with one container of packed weights, for every session over its graphs.
+    private readonly SharedWeights? _weights;
     private long _nextId;
 
     public GenerationEngine(ModelFolder folder, EngineOptions options)
@@ -24,13 +26,25 @@ public sealed class GenerationEngine : IDisposable
         Options = options;
         Tokenizer = folder.LoadTokenizer();
         LongestPieceBytes = Tokenizer.LongestPieceBytes();
-        // Folders without the batched graph (hooked third-party graphs) are served row by row.
-        Runner = folder.BatchedGraphPath is { } graph
-            ? new ModelRunner(graph, folder.BatchedPlainGraphPath, folder.Manifest.Architecture, options)
-            : new ConcatModelRunner(folder.HookedGraphPath, folder.PlainGraphPath, folder.Manifest.Architecture, options);
+        string?[] graphs = [folder.BatchedGraphPath, folder.BatchedPlainGraphPath, folder.HookedGraphPath, folder.PlainGraphPath];
+        _weights = folder.WeightsPath is null ? null : SharedWeights.Open(graphs.OfType<string>());
+        try
+        {
+            // Folders without the batched graph (hooked third-party graphs) are served row by row.
+            Runner = folder.BatchedGraphPath is { } graph
+                ? new ModelRunner(graph, folder.BatchedPlainGraphPath, folder.Manifest.Architecture, options, _weights)
+                : new ConcatModelRunner(folder.HookedGraphPath, folder.PlainGraphPath, folder.Manifest.Architecture,
+                    options, _weights);
+        }
+        catch
+        {
+            _weights?.Dispose();
+            throw;
+        }
         Compiler = new SteeringCompiler(Runner.SteeringShape);
         _scheduler = new Scheduler(Runner, options);
-        _scorer = new Lazy<SequenceScorer>(() => new SequenceScorer(folder.PlainGraphPath, folder.Manifest.Architecture, options));
+        _scorer = new Lazy<SequenceScorer>(() =>
+            new SequenceScorer(folder.PlainGraphPath, folder.Manifest.Architecture, options, _weights));
     }
 
     /// <summary>Scores text under the unsteered model (loaded on first use).</summary>
@@ -132,6 +146,7 @@ public sealed class GenerationEngine : IDisposable
         _scheduler.Dispose();
         Runner.Dispose();
         if (_scorer.IsValueCreated) _scorer.Value.Dispose();
+        _weights?.Dispose(); // after every session that uses it
     }
 }
 

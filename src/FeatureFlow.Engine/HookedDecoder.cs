@@ -17,10 +17,12 @@ public sealed class HookedDecoder : IDisposable
     private readonly string[] _outputNames;
     private long[] _ones = [];
 
-    public HookedDecoder(string graphPath, ModelArchitecture architecture, EngineOptions options)
+    /// <param name="weights">The folder's weights, shared with its other sessions (not owned); null: its own.</param>
+    public HookedDecoder(string graphPath, ModelArchitecture architecture, EngineOptions options,
+        SharedWeights? weights = null)
     {
         Architecture = architecture;
-        (_session, Provider) = SessionFactory.Create(graphPath, options);
+        (_session, Provider) = SessionFactory.Create(graphPath, options, weights);
         HasHooks = _session.InputMetadata.ContainsKey(GraphNames.SteeringAdd);
         if (HasHooks)
         {

@@ -39,7 +39,10 @@ public sealed class ModelRunner : IModelRunner
 
     /// <param name="graphPath">The batched hooked graph.</param>
     /// <param name="plainGraphPath">The batched graph without hooks; null runs every step on the hooked one.</param>
-    public ModelRunner(string graphPath, string? plainGraphPath, ModelArchitecture architecture, EngineOptions options)
+    /// <param name="weights">The folder's weights, shared by both graphs' sessions (not owned); null: each session
+    /// keeps its own.</param>
+    public ModelRunner(string graphPath, string? plainGraphPath, ModelArchitecture architecture, EngineOptions options,
+        SharedWeights? weights = null)
     {
         Architecture = architecture;
         // The KV cache, steering slots and logits live in pinned host memory, bound in place. On CUDA, ONNX Runtime
@@ -48,13 +51,13 @@ public sealed class ModelRunner : IModelRunner
         if (options.ExecutionProvider == ExecutionProviderPreference.Cuda)
             throw new InvalidOperationException("the batching engine runs on CPU for now (its KV cache is host memory); use --provider Cpu or Auto");
         var cpu = options with { ExecutionProvider = ExecutionProviderPreference.Cpu };
-        (_hooked, var provider) = OpenBatched(graphPath, cpu, steering: true,
+        (_hooked, var provider) = OpenBatched(graphPath, cpu, weights, steering: true,
             "a batched hooked graph (it needs seqlens_k and the steering inputs; re-export the model folder)");
         Provider = options.ExecutionProvider == ExecutionProviderPreference.Auto
             ? provider with { Reason = "the batching engine's KV cache is host memory, so it runs on CPU (CUDA support is pending)" }
             : provider;
         if (plainGraphPath is not null)
-            _plain = OpenBatched(plainGraphPath, cpu, steering: false,
+            _plain = OpenBatched(plainGraphPath, cpu, weights, steering: false,
                 $"a batched graph without hooks (it needs {GraphNames.SeqlensK} and no steering inputs)").Graph;
         var inputs = _hooked.Session.InputMetadata;
         SteeringShape = new SteeringShape(architecture.Layers, architecture.DModel, inputs[GraphNames.SteeringDecoder].Dimensions[2]);
@@ -198,9 +201,9 @@ public sealed class ModelRunner : IModelRunner
     /// <paramref name="expected"/>, and closes it, otherwise.
     /// </summary>
     private static (Graph Graph, ExecutionProviderInfo Provider) OpenBatched(string path, EngineOptions cpu,
-        bool steering, string expected)
+        SharedWeights? weights, bool steering, string expected)
     {
-        var (session, provider) = SessionFactory.Create(path, cpu);
+        var (session, provider) = SessionFactory.Create(path, cpu, weights);
         var inputs = session.InputMetadata;
         string[] steeringInputs =
         [

@@ -7,9 +7,11 @@ namespace FeatureFlow.Engine;
 /// prompt + tokens): the coherence measure of steered text. Thread-safe; runs on the caller's thread, not the
 /// scheduler's loop.
 /// </summary>
-public sealed class SequenceScorer(string plainGraphPath, ModelArchitecture architecture, EngineOptions options) : IDisposable
+public sealed class SequenceScorer(string plainGraphPath, ModelArchitecture architecture, EngineOptions options,
+    SharedWeights? weights = null) : IDisposable
 {
-    private readonly HookedDecoder _decoder = new(plainGraphPath, architecture, options with { ExecutionProvider = ExecutionProviderPreference.Cpu });
+    private readonly HookedDecoder _decoder = new(plainGraphPath, architecture,
+        options with { ExecutionProvider = ExecutionProviderPreference.Cpu }, weights);
 
     /// <summary>log p(tokens[k] | prompt, tokens[..k]) for each k.</summary>
     public double[] LogProbs(IReadOnlyList<int> prompt, IReadOnlyList<int> tokens)

@@ -15,12 +15,21 @@ public static class SessionFactory
         return (new InferenceSession(model, sessionOptions), provider);
     }
 
-    public static (InferenceSession Session, ExecutionProviderInfo Provider) Create(string modelPath, EngineOptions options)
+    /// <param name="weights">
+    /// The folder's shared weights, when several sessions open its graphs: each gets the same initializers and one
+    /// container of packed weights, so a second graph over the same weights costs no weight memory.
+    /// </param>
+    public static (InferenceSession Session, ExecutionProviderInfo Provider) Create(string modelPath, EngineOptions options,
+        SharedWeights? weights = null)
     {
         using var sessionOptions = NewSessionOptions(options, out var provider);
         try
         {
-            return (new InferenceSession(modelPath, sessionOptions), provider);
+            weights?.AddTo(sessionOptions);
+            if (weights is null) return (new InferenceSession(modelPath, sessionOptions), provider);
+            var session = new InferenceSession(modelPath, sessionOptions, weights.Packed);
+            weights.ReleaseResidentPages();
+            return (session, provider);
         }
         catch (OnnxRuntimeException e)
         {

@@ -6,8 +6,9 @@ CultureInfo.DefaultThreadCurrentCulture = CultureInfo.CurrentCulture = CultureIn
 const string usage = "usage: engines [--rounds N] [--warm-ups N] [--pack NAME] [--write FILE]\n"
     + "       synthetic [--rounds N] [--warm-ups N] [--threads N] [--write FILE]\n"
     + "       fused [--rounds N] [--warm-ups N] [--prompt TOKENS] [--steps N]\n"
-    + "       hooks [--rounds N] [--warm-ups N] [--prompt TOKENS] [--steps N] [--write FILE]";
-if (args.Length == 0 || args[0] is not ("engines" or "synthetic" or "fused" or "hooks"))
+    + "       hooks [--rounds N] [--warm-ups N] [--prompt TOKENS] [--steps N] [--write FILE]\n"
+    + "       graph-memory --model DIR --packing shared|apart   (synthetic runs it in a fresh process)";
+if (args.Length == 0 || args[0] is not ("engines" or "synthetic" or "fused" or "hooks" or "graph-memory"))
 {
     Console.Error.WriteLine(usage);
     return 2;
@@ -30,6 +31,7 @@ Func<Task<int>> run = args[0] switch
         Int("--threads", 1), write)),
     "hooks" => RunHooks(new HookComparison.Options(Int("--rounds", 20), Int("--warm-ups", 2), Int("--prompt", 128),
         Int("--steps", 256), write)),
+    "graph-memory" => RunGraphMemory(Flag("--model", ""), Flag("--packing", "")),
     _ when write is not null => throw new ArgumentException($"fused prints its table and writes no file; {usage}"),
     _ => RunFused(new FusedComparison.Options(Int("--rounds", 20), Int("--warm-ups", 2), Int("--prompt", 128),
         Int("--steps", 256))),
@@ -44,3 +46,10 @@ static Func<Task<int>> RunSynthetic(SyntheticModelComparison.Options o) =>
 static Func<Task<int>> RunFused(FusedComparison.Options o) => () => Task.FromResult(FusedComparison.Run(o, Console.Out, Console.Error));
 static Func<Task<int>> RunHooks(HookComparison.Options o) =>
     () => Task.FromResult(HookComparison.Run(o, Console.Out, Console.Error));
+static Func<Task<int>> RunGraphMemory(string model, string packing) => () => Task.FromResult(
+    SyntheticModelComparison.GraphMemory(model, packing switch
+    {
+        "shared" => true,
+        "apart" => false,
+        _ => throw new ArgumentException($"--packing must be shared or apart, got '{packing}'"),
+    }, Console.Out));

@@ -73,7 +73,8 @@ public static class SyntheticModelComparison
         var results = await EngineComparison.RunInterleavedAsync(contenders, prompt, MaxTokens, options.Rounds,
             options.WarmUps, log);
         var steps = LockstepSteps(options, engine, modelDir, prompt, log);
-        var report = Report(options, contenders, results, bandwidth) + steps;
+        var memory = WeightMemory(engine.Folder, log);
+        var report = Report(options, contenders, results, bandwidth) + steps + memory;
         await output.WriteAsync(report);
         if (options.WritePath is { } path)
         {
@@ -99,16 +100,17 @@ public static class SyntheticModelComparison
         var heavy = engine.Compiler.Compile(Workloads.Heavy(engine.SteeringShape)).Generated;
         var capacity = PromptTokens + MaxTokens;
         var steppers = new List<(string Name, IDecodeStepper Stepper)>();
+        // As in the engine, the sessions share their packed weights: they differ only in their graphs.
+        using var weights = SharedWeights.Open([folder.BatchedPlainGraphPath!, folder.BatchedGraphPath!]);
         try
         {
-            steppers.Add(("no hooks, unsteered", new SharedBufferStepper(
-                SessionFactory.Create(folder.BatchedPlainGraphPath!, sessionOptions).Session, Architecture, capacity)));
-            steppers.Add(("custom-operator hooks, heavy spec", new SharedBufferStepper(
-                SessionFactory.Create(folder.BatchedGraphPath!, sessionOptions).Session, Architecture, capacity, heavy)));
-            // The control: the same graph without hooks in a second session, made last. Two sessions of one graph
-            // differ only in where their 400 MB of weights landed in memory.
-            steppers.Add(("no hooks, unsteered, second session", new SharedBufferStepper(
-                SessionFactory.Create(folder.BatchedPlainGraphPath!, sessionOptions).Session, Architecture, capacity)));
+            steppers.Add(("no hooks, unsteered", new SharedBufferStepper(SessionFactory.Create(
+                folder.BatchedPlainGraphPath!, sessionOptions, weights).Session, Architecture, capacity)));
+            steppers.Add(("custom-operator hooks, heavy spec", new SharedBufferStepper(SessionFactory.Create(
+                folder.BatchedGraphPath!, sessionOptions, weights).Session, Architecture, capacity, heavy)));
+            // The control: the same graph without hooks in a second session over the same weights, made last.
+            steppers.Add(("no hooks, unsteered, second session", new SharedBufferStepper(SessionFactory.Create(
+                folder.BatchedPlainGraphPath!, sessionOptions, weights).Session, Architecture, capacity)));
             var (times, _, _) = FusedComparison.Measure(options.Rounds, options.WarmUps, MaxTokens - 1, steppers, prompt,
                 log, firstAgreeing: 1);
             double Ratio(int a, int b) => FusedComparison.Median(times[a].Zip(times[b], (x, y) => x / y));
@@ -118,13 +120,64 @@ public static class SyntheticModelComparison
                 + $"({options.Rounds} rounds × {MaxTokens - 1} steps after the same prompt, the order rotating each "
                 + $"step): {ms[0]:F2}, {ms[1]:F2} and {ms[2]:F2} ms per step (medians). Unsteered ÷ steered step time, "
                 + $"median of paired steps: {Ratio(0, 1):F3}; the control, unsteered ÷ the same graph in the second "
-                + $"session: {Ratio(0, 2):F3}, which is how far apart two sessions of one graph run here.\n";
+                + $"session: {Ratio(0, 2):F3}, which is how far apart two sessions of one graph run here. The three "
+                + "sessions share one container of packed weights, as the engine's two graphs do.\n";
         }
         finally
         {
             foreach (var (_, stepper) in steppers) stepper.Dispose();
         }
     }
+
+    /// <summary>
+    /// Resident memory the folder's two batched graphs (with and without hooks) add to a fresh process when their
+    /// sessions share a container of packed weights, as the engine opens them, and when each session packs its own.
+    /// Each is measured in a process of its own (<c>graph-memory</c>): in this one, memory freed by earlier sessions
+    /// stays with the allocator and would be counted again.
+    /// </summary>
+    private static string WeightMemory(ModelFolder folder, TextWriter log)
+    {
+        long Child(string packing)
+        {
+            var start = new ProcessStartInfo(Environment.ProcessPath!)
+            {
+                ArgumentList = { "graph-memory", "--model", folder.Directory, "--packing", packing },
+                RedirectStandardOutput = true,
+            };
+            using var child = Process.Start(start)!;
+            var text = child.StandardOutput.ReadToEnd();
+            child.WaitForExit();
+            if (child.ExitCode != 0) throw new InvalidOperationException($"graph-memory --packing {packing} exited {child.ExitCode}");
+            return long.Parse(text.Trim(), System.Globalization.CultureInfo.InvariantCulture);
+        }
+        var shared = Child("shared");
+        var apart = Child("apart");
+        log.WriteLine($"two graphs: {shared / 1e6:F0} MB sharing packed weights, {apart / 1e6:F0} MB apart");
+        return $"\nMemory: opening the folder's two batched graphs (with and without hooks) in a fresh process adds "
+            + $"{shared / 1e6:F0} MB to its resident set when their sessions share one container of packed weights, as "
+            + $"the engine opens them, and {apart / 1e6:F0} MB when each session packs its own "
+            + $"({WeightBytesPerToken(Architecture) / 1e6:F0} MB of float32 weights; `graph-memory`, this run).\n";
+    }
+
+    /// <summary>Prints the bytes that opening the folder's two batched graphs adds to this process's resident set.</summary>
+    public static int GraphMemory(string modelDir, bool shared, TextWriter output)
+    {
+        var folder = ModelFolder.Open(modelDir);
+        var options = new EngineOptions { ExecutionProvider = ExecutionProviderPreference.Cpu };
+        // ONNX Runtime's environment and the custom operators' one-off registration are not the graphs' memory.
+        using (var warm = new Microsoft.ML.OnnxRuntime.SessionOptions()) FeatureFlow.Onnx.CustomOps.FeatureFlowOps.Register(warm);
+        var before = Resident();
+        using var weights = shared ? SharedWeights.Open([folder.BatchedPlainGraphPath!, folder.BatchedGraphPath!]) : null;
+        using var plain = SessionFactory.Create(folder.BatchedPlainGraphPath!, options, weights).Session;
+        using var hooked = SessionFactory.Create(folder.BatchedGraphPath!, options, weights).Session;
+        output.WriteLine(Resident() - before);
+        return 0;
+    }
+
+    /// <summary>VmRSS as the kernel counts it now.</summary>
+    private static long Resident() => 1024 * long.Parse(File.ReadLines("/proc/self/status")
+        .First(l => l.StartsWith("VmRSS:", StringComparison.Ordinal))[6..].Trim().Split(' ')[0],
+        System.Globalization.CultureInfo.InvariantCulture);
 
     /// <summary>Float32 bytes of every weight a decode step reads (one embedding row aside: the tied classifier reads the
     /// whole table).</summary>

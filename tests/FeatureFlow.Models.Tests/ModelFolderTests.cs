@@ -67,6 +67,62 @@ public class ModelFolderTests
         }
     }
 
+    /// <summary>
+    /// With external weights the four graphs point into one weights.data that holds each tensor once (the manifest
+    /// hashes it), and exporting again over the folder reproduces every file.
+    /// </summary>
+    [Fact]
+    public void A_llama2c_export_with_external_weights_shares_one_weights_file_and_re_exports_byte_for_byte()
+    {
+        var shipped = ModelFolder.Open(RepoPaths.Stories260kModel);
+        var outDir = Directory.CreateTempSubdirectory("featureflow-external-").FullName;
+        try
+        {
+            Dictionary<string, byte[]> Export()
+            {
+                ModelFolderExporter.ExportLlama2c(new Llama2cExportRequest
+                {
+                    CheckpointPath = Path.Combine(shipped.Directory, shipped.Manifest.Provenance.Checkpoint.File),
+                    TokenizerPath = shipped.TokenizerPath, OutputDirectory = outDir, ModelName = "stories260k",
+                    ExternalWeights = ExternalWeights.Always,
+                });
+                return Directory.GetFiles(outDir).ToDictionary(p => Path.GetFileName(p), File.ReadAllBytes);
+            }
+            var first = Export();
+            var folder = ModelFolder.Open(outDir);
+            Assert.Equal(Path.Combine(folder.Directory, ModelFolderExporter.WeightsFile), folder.WeightsPath);
+            Assert.Equal(Convert.ToHexStringLower(SHA256.HashData(first[ModelFolderExporter.WeightsFile])),
+                folder.Manifest.Files[ModelFolderExporter.WeightsFile]);
+            var placed = new Dictionary<string, (string Offset, string Length)>();
+            foreach (var path in new[] { folder.HookedGraphPath, folder.PlainGraphPath, folder.BatchedGraphPath!,
+                         folder.BatchedPlainGraphPath! })
+                foreach (var t in OnnxModelFile.Read(path).Graph.Initializer)
+                {
+                    if (!ExternalData.IsExternal(t))
+                    {
+                        Assert.True(t.RawData.Length < ExternalDataFile.DefaultMinimumBytes, $"{t.Name} is inline");
+                        continue;
+                    }
+                    var entry = t.ExternalData.ToDictionary(e => e.Key, e => e.Value);
+                    Assert.Equal(ModelFolderExporter.WeightsFile, entry["location"]);
+                    var here = (entry["offset"], entry["length"]);
+                    Assert.Equal(placed.GetValueOrDefault(t.Name, here), here);
+                    placed[t.Name] = here;
+                }
+            var distinct = placed.Values.Sum(p => long.Parse(p.Length));
+            Assert.InRange(first[ModelFolderExporter.WeightsFile].LongLength, distinct,
+                distinct + placed.Count * (long)ExternalDataFile.Alignment);
+
+            var again = Export();
+            Assert.Equal(first.Keys.Order(), again.Keys.Order());
+            foreach (var (file, bytes) in first) Assert.True(bytes.AsSpan().SequenceEqual(again[file]), $"{file} differs");
+        }
+        finally
+        {
+            Directory.Delete(outDir, true);
+        }
+    }
+
     [Fact]
     public void Batched_graph_has_the_shared_kv_buffer_interface()
     {

@@ -21,6 +21,10 @@ public sealed class ModelFolder
     public string? BatchedPlainGraphPath =>
         Manifest.Graphs.BatchedPlain is { } file ? Path.Combine(Directory, file) : null;
     public string TokenizerPath => Path.Combine(Directory, Manifest.Tokenizer.File);
+    /// <summary>The external-data file every graph of the folder reads its weights from; null when they keep them
+    /// inline.</summary>
+    public string? WeightsPath => Manifest.Files.ContainsKey(ModelFolderExporter.WeightsFile)
+        ? Path.Combine(Directory, ModelFolderExporter.WeightsFile) : null;
 
     public static ModelFolder Open(string directory)
     {

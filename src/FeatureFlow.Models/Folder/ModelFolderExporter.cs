@@ -18,6 +18,9 @@ public sealed record Llama2cExportRequest
     public bool CopySources { get; init; } = true;
     public string Description { get; init; } = "";
     public string License { get; init; } = "";
+    /// <summary>As for Hugging Face exports: Auto keeps the shipped stories260K inline and moves a 100M model's
+    /// weights to one <see cref="ModelFolderExporter.WeightsFile"/> that the four graphs share.</summary>
+    public ExternalWeights ExternalWeights { get; init; } = ExternalWeights.Auto;
 }
 
 /// <summary>Whether a Hugging Face export keeps its weights in one external-data file beside the graphs.</summary>
@@ -74,7 +77,7 @@ public static class ModelFolderExporter
     /// model with such heads gets no batched graphs: the reference runner serves it, the batching engine cannot.
     /// </summary>
     public const int BatchedHeadSizeMultiple = 8;
-    /// <summary>The external-data file all graphs of a Hugging Face export share (when it has one).</summary>
+    /// <summary>The external-data file all graphs of an export share (when it has one).</summary>
     public const string WeightsFile = "weights.data";
     public const string ExporterVersion = "featureflow export 0.1";
 
@@ -88,8 +91,21 @@ public static class ModelFolderExporter
         Directory.CreateDirectory(request.OutputDirectory);
 
         var folder = new FolderFiles(request.OutputDirectory, progress);
-        var hooked = WriteGraphs(folder, request.Hooks, batched: true, OperatorSet.Plain, OperatorSet.Fused,
-            options => LlamaGraphExporter.Export(arch, checkpoint.Weights, options, request.ModelName));
+        var external = request.ExternalWeights == ExternalWeights.Always || (request.ExternalWeights == ExternalWeights.Auto
+            && new FileInfo(request.CheckpointPath).Length >= HuggingFaceExportRequest.AutoExternalBytes);
+        var weightsPath = Path.Combine(request.OutputDirectory, WeightsFile);
+        File.Delete(weightsPath); // a re-export writes it anew (or, inline now, leaves none behind)
+        HookedGraphOptions hooked;
+        using (var weights = external ? new ExternalDataFile(weightsPath) : null)
+        {
+            hooked = WriteGraphs(folder, request.Hooks, batched: true, OperatorSet.Plain, OperatorSet.Fused,
+                options => LlamaGraphExporter.Export(arch, checkpoint.Weights, options, request.ModelName, weights));
+            if (weights is not null)
+            {
+                folder.Hashes[WeightsFile] = weights.Complete();
+                progress($"wrote {WeightsFile} ({weights.Length:N0} bytes, shared by every graph)");
+            }
+        }
 
         var tokenizerFile = Path.GetFileName(request.TokenizerPath);
         var checkpointFile = Path.GetFileName(request.CheckpointPath);
