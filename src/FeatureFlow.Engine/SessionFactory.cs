@@ -47,8 +47,9 @@ public static class SessionFactory
         // ONNX Runtime's per-operator profile (a Chrome trace JSON), for finding where a step's time goes.
         if (Environment.GetEnvironmentVariable("FEATUREFLOW_ORT_PROFILE") is { Length: > 0 } prefix)
         {
-            sessionOptions.EnableProfiling = true;
+            // The prefix first: enabling profiling hands ONNX Runtime the prefix set at that moment.
             sessionOptions.ProfileOutputPathPrefix = prefix;
+            sessionOptions.EnableProfiling = true;
         }
         try
         {
