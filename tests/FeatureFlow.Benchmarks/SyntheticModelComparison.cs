@@ -58,20 +58,24 @@ public static class SyntheticModelComparison
         {
             ExecutionProvider = ExecutionProviderPreference.Cpu, IntraOpThreads = options.Threads, MaxBatchRows = 4,
         };
-        using var engine = new GenerationEngine(ModelFolder.Open(modelDir), engineOptions);
+        // Every engine is opened anew for each round (ours) or run (GenAI, llama.cpp): see EngineSlot.
+        using var engines = new EngineSlot(() => new GenerationEngine(ModelFolder.Open(modelDir), engineOptions));
+        var shape = engines.Current.SteeringShape;
+        var tokenizer = engines.Current.Tokenizer;
         var contenders = new List<IContender>
         {
-            new OursContender("ours, unsteered (hook-free batched graph)", engine, SteeringSpec.None),
-            new OursContender($"ours, heavy spec ({engine.SteeringShape.Sites} sites × add + " +
-                $"{engine.SteeringShape.SlotsPerSite} rescale/clamp slots)", engine, Workloads.Heavy(engine.SteeringShape)),
-            new GenAiContender(modelDir, engine.Tokenizer.BosId, engine.Tokenizer.EosId, options.Threads),
-            new LlamaCppContender(Path.Combine(modelDir, GgufFileName), options.Threads),
+            new OursContender("ours, unsteered (hook-free batched graph)", () => engines.Current, SteeringSpec.None),
+            new OursContender($"ours, heavy spec ({shape.Sites} sites × add + {shape.SlotsPerSite} rescale/clamp slots)",
+                () => engines.Current, Workloads.Heavy(shape)),
+            new FreshContender(() => new GenAiContender(modelDir, tokenizer.BosId, tokenizer.EosId, options.Threads)),
+            new FreshContender(() => new LlamaCppContender(Path.Combine(modelDir, GgufFileName), options.Threads)),
         };
-        int[] prompt = [engine.Tokenizer.BosId, .. engine.EncodePrompt(Workloads.Story)[1..PromptTokens]];
+        int[] prompt = [tokenizer.BosId, .. engines.Current.EncodePrompt(Workloads.Story)[1..PromptTokens]];
         var bandwidth = MeasureReadBandwidth(options.Threads);
         await log.WriteLineAsync($"read bandwidth on {options.Threads} thread(s): {bandwidth / 1e9:F1} GB/s");
         var results = await EngineComparison.RunInterleavedAsync(contenders, prompt, MaxTokens, options.Rounds,
-            options.WarmUps, log);
+            options.WarmUps, log, engines.Renew);
+        var engine = engines.Current;
         var steps = LockstepSteps(options, engine, modelDir, prompt, log);
         var memory = WeightMemory(engine.Folder, log);
         var report = Report(options, contenders, results, bandwidth) + steps + memory;
@@ -205,7 +209,10 @@ public static class SyntheticModelComparison
             $"{bytes / 1e6:F0} MB of float32 weights read per decoded token. Greedy; a {PromptTokens}-token prompt " +
             $"(BOS + story tokens); up to {MaxTokens} tokens; {options.WarmUps} warm-up round(s), then every engine once " +
             $"per round, interleaved, the order rotating each round; {options.Threads} intra-op thread(s) for every "
-            + "engine.");
+            + "engine. Every engine is opened anew for each round (our engine, shared by its two rows) or run (GenAI, "
+            + "llama.cpp), loading untimed: where a process's 400 MB of weights land moves a step by up to 10 % on "
+            + "this machine and stays put while the engine lives, so one engine per benchmark would decide the "
+            + "ratios by its placement.");
         Line("");
         Line($"    dotnet run -c Release --project tests/FeatureFlow.Benchmarks -- synthetic --rounds {options.Rounds} " +
             $"--threads {options.Threads} --write docs/benchmarks.md");
