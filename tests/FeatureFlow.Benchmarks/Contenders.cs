@@ -207,8 +207,10 @@ public sealed class EngineSlot(Func<GenerationEngine> open) : IDisposable
     public void Dispose() => _current?.Dispose();
 }
 
-/// <summary>A contender made anew for every run and disposed after it (model loading is not timed), for the same
-/// reason as <see cref="EngineSlot"/>.</summary>
+/// <summary>
+/// A contender made anew for every run and disposed after it, for the same reason as <see cref="EngineSlot"/>; its
+/// first generation is an untimed warm-up of the same request (model loading, allocator growth), the second is timed.
+/// </summary>
 public sealed class FreshContender : IContender
 {
     private readonly Func<IContender> _make;
@@ -227,6 +229,7 @@ public sealed class FreshContender : IContender
     {
         using var contender = _next ?? _make();
         _next = null;
+        await contender.RunAsync(promptIds, maxTokens);
         return await contender.RunAsync(promptIds, maxTokens);
     }
 

@@ -65,16 +65,16 @@ public static class EngineComparison
     /// alike), the order rotating by one each round (so no contender always runs right after the same other one);
     /// the contenders are disposed at the end. Results per contender, in round order.
     /// </summary>
-    /// <param name="beforeRound">Runs before each round (e.g. <see cref="EngineSlot.Renew"/>).</param>
+    /// <param name="beforeRound">Runs before each round, untimed (e.g. opening and warming fresh engines).</param>
     internal static async Task<List<RunResult>[]> RunInterleavedAsync(IReadOnlyList<IContender> contenders,
-        int[] prompt, int maxTokens, int rounds, int warmUps, TextWriter log, Action? beforeRound = null)
+        int[] prompt, int maxTokens, int rounds, int warmUps, TextWriter log, Func<Task>? beforeRound = null)
     {
         try
         {
             var results = contenders.Select(_ => new List<RunResult>()).ToArray();
             for (var round = -warmUps; round < rounds; round++)
             {
-                beforeRound?.Invoke();
+                if (beforeRound is not null) await beforeRound();
                 for (var k = 0; k < contenders.Count; k++)
                 {
                     var i = ((k + round) % contenders.Count + contenders.Count) % contenders.Count;
