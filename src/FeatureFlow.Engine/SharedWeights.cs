@@ -94,8 +94,9 @@ public sealed partial class SharedWeights : IDisposable
     private void Add(string graphPath)
     {
         var directory = Path.GetDirectoryName(Path.GetFullPath(graphPath))!;
-        var graph = OnnxModelFile.Read(graphPath).Graph;
-        foreach (var tensor in graph.Initializer.Where(ExternalData.IsExternal))
+        var model = OnnxModelFile.Read(graphPath);
+        ExternalData.Files(model); // refuses a location outside the graph's folder
+        foreach (var tensor in model.Graph.Initializer.Where(ExternalData.IsExternal))
         {
             if (_tensors.ContainsKey(tensor.Name)) continue;
             var reference = ExternalData.Reference(tensor);
@@ -122,6 +123,7 @@ public sealed partial class SharedWeights : IDisposable
         if (!_maps.TryGetValue(full, out var map))
         {
             if (!File.Exists(full)) throw new FileNotFoundException($"{graphPath}: its external data {full} is missing", full);
+            if (new FileInfo(full).Length == 0) throw new InvalidDataException($"{graphPath}: its external data {full} is empty");
             var file = MemoryMappedFile.CreateFromFile(full, FileMode.Open, null, 0, MemoryMappedFileAccess.CopyOnWrite);
             var view = file.CreateViewAccessor(0, 0, MemoryMappedFileAccess.CopyOnWrite);
             byte* start = null;

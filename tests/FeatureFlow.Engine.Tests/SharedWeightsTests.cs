@@ -62,7 +62,7 @@ public sealed class SharedWeightsTests(EngineFixture f) : IClassFixture<EngineFi
     }
 
     [Fact]
-    public void A_missing_or_short_weights_file_is_refused_naming_it()
+    public void A_missing_empty_or_short_weights_file_is_refused_naming_it()
     {
         var folder = ExportExternal("broken");
         var data = folder.WeightsPath!;
@@ -70,6 +70,10 @@ public sealed class SharedWeightsTests(EngineFixture f) : IClassFixture<EngineFi
         File.WriteAllBytes(data, bytes[..(bytes.Length / 2)]);
         var shortFile = Assert.Throws<InvalidDataException>(() => new GenerationEngine(folder, EngineFixture.Options));
         Assert.Contains("lies beyond the end of weights.data", shortFile.Message);
+
+        File.WriteAllBytes(data, []);
+        var empty = Assert.Throws<InvalidDataException>(() => new GenerationEngine(folder, EngineFixture.Options));
+        Assert.Contains("weights.data is empty", empty.Message);
 
         File.Delete(data);
         var missing = Assert.Throws<FileNotFoundException>(() => new GenerationEngine(folder, EngineFixture.Options));
