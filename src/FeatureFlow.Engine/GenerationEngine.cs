@@ -47,6 +47,12 @@ public sealed class GenerationEngine : IDisposable
             new SequenceScorer(folder.PlainGraphPath, folder.Manifest.Architecture, options, _weights));
     }
 
+    /// <summary>How the sessions hold the weights, for the start-up log.</summary>
+    public string WeightSharing => _weights is null
+        ? "inline in each graph (each session holds its own copy)"
+        : $"{_weights.Count} tensors ({_weights.Bytes / 1e6:F0} MB) in {Path.GetFileName(Folder.WeightsPath)}, "
+            + "mapped once and packed once for every graph";
+
     /// <summary>Scores text under the unsteered model (loaded on first use).</summary>
     public SequenceScorer Scorer => _scorer.Value;
 

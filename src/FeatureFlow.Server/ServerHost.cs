@@ -131,6 +131,7 @@ public sealed class ServerHost : IAsyncDisposable
         log.LogInformation("model {Name} from {Dir}: {Layers} layers, d_model {D}, {Sites} hook sites; execution provider {Provider} ({Reason})",
             engine.Folder.Manifest.Name, engine.Folder.Directory, engine.Architecture.Layers, engine.Architecture.DModel,
             engine.Folder.Manifest.Steering.Sites.Count, engine.Provider.Name, engine.Provider.Reason);
+        log.LogInformation("weights: {Weights}", engine.WeightSharing);
         var catalog = _app.Services.GetRequiredService<SteeringCatalog>();
         log.LogInformation("steering: {Packs} packs ({Names}), SAEs at {Saes} sites", catalog.Packs.Packs.Count,
             string.Join(", ", catalog.Packs.Packs.Select(p => p.Name).Order(StringComparer.Ordinal)), catalog.Saes.BySite.Count);

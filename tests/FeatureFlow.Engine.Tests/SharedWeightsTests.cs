@@ -33,6 +33,8 @@ public sealed class SharedWeightsTests(EngineFixture f) : IClassFixture<EngineFi
         Assert.NotNull(folder.WeightsPath);
         Assert.Null(f.Folder.WeightsPath);
         using var engine = new GenerationEngine(folder, EngineFixture.Options);
+        Assert.EndsWith("in weights.data, mapped once and packed once for every graph", engine.WeightSharing);
+        Assert.StartsWith("inline in each graph", f.Engine.WeightSharing);
         // Every kind of steering, sampled and greedy; the same weights packed the same way give the same bits.
         foreach (var request in BatchingTests.MixedRequests(f.Engine, 7))
         {
