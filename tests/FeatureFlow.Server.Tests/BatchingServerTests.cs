@@ -119,21 +119,34 @@ public class BatchingServerTests(ServerFixture f) : IClassFixture<ServerFixture>
         using var channel = GrpcChannel.ForAddress(host.Address);
         var client = new Inference.InferenceClient(channel);
         var request = new GenerateRequest { MaxTokens = 200, Temperature = 0 };
-        // Pace the engine so that the running and the queued request are still there when the third arrives.
-        host.Engine.TokenGenerated += (_, _) => Thread.Sleep(1);
+        // The loop waits after the running request's third token until the third request has been answered, so the
+        // running and the queued request are still there when it arrives, however slow the machine.
+        using var answered = new ManualResetEventSlim();
+        host.Engine.TokenGenerated += (_, count) =>
+        {
+            if (count >= 3) answered.Wait(TimeSpan.FromSeconds(30));
+        };
 
         var running = Collect(client, request);
-        for (var i = 0; i < 1000 && host.Engine.Figures().RunningRows == 0; i++) await Task.Delay(2);
-        var queued = Collect(client, request);
-        for (var i = 0; i < 1000 && host.Engine.Figures().QueuedRequests == 0 && !queued.IsCompleted; i++) await Task.Delay(2);
+        Task<(List<int> Ids, List<float> LogProbs, string Text, GenerateResponse Last)>? queued = null;
+        try
+        {
+            for (var i = 0; i < 1000 && host.Engine.Figures().RunningRows == 0; i++) await Task.Delay(2);
+            queued = Collect(client, request);
+            for (var i = 0; i < 1000 && host.Engine.Figures().QueuedRequests == 0; i++) await Task.Delay(2);
 
-        var e = await Assert.ThrowsAsync<RpcException>(() => Collect(client, request));
-        Assert.Equal(StatusCode.ResourceExhausted, e.StatusCode);
-        Assert.StartsWith("max_queued_requests:", e.Status.Detail);
-        Assert.Contains("retry in about", e.Status.Detail);
+            var e = await Assert.ThrowsAsync<RpcException>(() => Collect(client, request));
+            Assert.Equal(StatusCode.ResourceExhausted, e.StatusCode);
+            Assert.StartsWith("max_queued_requests:", e.Status.Detail);
+            Assert.Contains("retry in about", e.Status.Detail);
+        }
+        finally
+        {
+            answered.Set();
+        }
 
         var expected = RunCReference.Case("greedy_bos_200").SampledIds;
         Assert.Equal(expected, (await running).Ids);
-        Assert.Equal(expected, (await queued).Ids);
+        Assert.Equal(expected, (await queued!).Ids);
     }
 }
