@@ -149,11 +149,13 @@ public static class SyntheticModelComparison
     {
         long Child(string packing)
         {
-            var start = new ProcessStartInfo(Environment.ProcessPath!)
-            {
-                ArgumentList = { "graph-memory", "--model", folder.Directory, "--packing", packing },
-                RedirectStandardOutput = true,
-            };
+            var self = Environment.ProcessPath!;
+            var start = new ProcessStartInfo(self) { RedirectStandardOutput = true };
+            // Run as `dotnet FeatureFlow.Benchmarks.dll`, the process is the dotnet host: name the assembly again.
+            if (Path.GetFileNameWithoutExtension(self) == "dotnet")
+                start.ArgumentList.Add(typeof(SyntheticModelComparison).Assembly.Location);
+            foreach (var arg in new[] { "graph-memory", "--model", folder.Directory, "--packing", packing })
+                start.ArgumentList.Add(arg);
             using var child = Process.Start(start)!;
             var text = child.StandardOutput.ReadToEnd();
             child.WaitForExit();
