@@ -91,21 +91,12 @@ public static class ModelFolderExporter
         Directory.CreateDirectory(request.OutputDirectory);
 
         var folder = new FolderFiles(request.OutputDirectory, progress);
-        var external = request.ExternalWeights == ExternalWeights.Always || (request.ExternalWeights == ExternalWeights.Auto
-            && new FileInfo(request.CheckpointPath).Length >= HuggingFaceExportRequest.AutoExternalBytes);
-        var weightsPath = Path.Combine(request.OutputDirectory, WeightsFile);
-        File.Delete(weightsPath); // a re-export writes it anew (or, inline now, leaves none behind)
-        HookedGraphOptions hooked;
-        using (var weights = external ? new ExternalDataFile(weightsPath) : null)
-        {
-            hooked = WriteGraphs(folder, request.Hooks, batched: true, OperatorSet.Plain, OperatorSet.Fused,
-                options => LlamaGraphExporter.Export(arch, checkpoint.Weights, options, request.ModelName, weights));
-            if (weights is not null)
-            {
-                folder.Hashes[WeightsFile] = weights.Complete();
-                progress($"wrote {WeightsFile} ({weights.Length:N0} bytes, shared by every graph)");
-            }
-        }
+        // A re-export writes the weights file anew (or, inline now, leaves none behind).
+        File.Delete(Path.Combine(request.OutputDirectory, WeightsFile));
+        var hooked = folder.WriteGraphs(
+            UseExternalWeights(request.ExternalWeights, new FileInfo(request.CheckpointPath).Length),
+            weights => WriteGraphs(folder, request.Hooks, batched: true, OperatorSet.Plain, OperatorSet.Fused,
+                options => LlamaGraphExporter.Export(arch, checkpoint.Weights, options, request.ModelName, weights)));
 
         var tokenizerFile = Path.GetFileName(request.TokenizerPath);
         var checkpointFile = Path.GetFileName(request.CheckpointPath);
@@ -169,28 +160,18 @@ public static class ModelFolderExporter
         else if (!batched)
             progress($"no batched graphs: head size {arch.HeadSize} is not a multiple of {BatchedHeadSizeMultiple}, "
                 + "which ONNX Runtime's GroupQueryAttention needs (the batching engine cannot serve this model)");
-        var external = request.ExternalWeights == ExternalWeights.Always || (request.ExternalWeights == ExternalWeights.Auto
-            && checkpoint.Float32Bytes >= HuggingFaceExportRequest.AutoExternalBytes);
+        var external = UseExternalWeights(request.ExternalWeights, checkpoint.Float32Bytes);
 
         var staging = Path.Combine(Path.GetDirectoryName(output)!, $".{Path.GetFileName(output)}.partial-{Guid.NewGuid():N}");
         Directory.CreateDirectory(staging);
         try
         {
             var folder = new FolderFiles(staging, progress);
-            HookedGraphOptions hooked;
-            using (var weights = external ? new ExternalDataFile(Path.Combine(staging, WeightsFile)) : null)
-            {
-                hooked = half
-                    ? WriteGraphs(folder, request.Hooks, batched: false, OperatorSet.Fused, OperatorSet.Fused,
-                        options => Float16Graph(model.ExportGraph(options, name, null), weights))
-                    : WriteGraphs(folder, request.Hooks, batched, OperatorSet.Plain, model.BatchedOperators,
-                        options => model.ExportGraph(options, name, weights));
-                if (weights is not null)
-                {
-                    folder.Hashes[WeightsFile] = weights.Complete();
-                    progress($"wrote {WeightsFile} ({weights.Length:N0} bytes, shared by every graph)");
-                }
-            }
+            var hooked = folder.WriteGraphs(external, weights => half
+                ? WriteGraphs(folder, request.Hooks, batched: false, OperatorSet.Fused, OperatorSet.Fused,
+                    options => Float16Graph(model.ExportGraph(options, name, null), weights))
+                : WriteGraphs(folder, request.Hooks, batched, OperatorSet.Plain, model.BatchedOperators,
+                    options => model.ExportGraph(options, name, weights)));
             foreach (var file in tokenizerFiles) folder.Write(file, File.ReadAllBytes(Path.Combine(checkpoint.Directory, file)));
             folder.Write(GenAiConfig.FileName, System.Text.Encoding.UTF8.GetBytes(
                 GenAiConfig.Write(arch, PlainGraphFile, model.BosId, model.EosId, model.GenAiType)));
@@ -282,9 +263,29 @@ public static class ModelFolderExporter
     }
 
     /// <summary>Writes files into a folder and keeps each one's SHA-256 for the manifest.</summary>
+    private static bool UseExternalWeights(ExternalWeights choice, long float32Bytes) =>
+        choice == ExternalWeights.Always
+        || (choice == ExternalWeights.Auto && float32Bytes >= HuggingFaceExportRequest.AutoExternalBytes);
+
     private sealed class FolderFiles(string directory, Action<string> progress)
     {
         public SortedDictionary<string, string> Hashes { get; } = new(StringComparer.Ordinal);
+
+        /// <summary>
+        /// Runs <paramref name="write"/> (which writes the graphs) with the folder's shared weights file when
+        /// <paramref name="external"/>, else with null (weights inline), and hashes the file once it is complete.
+        /// </summary>
+        public HookedGraphOptions WriteGraphs(bool external, Func<ExternalDataFile?, HookedGraphOptions> write)
+        {
+            using var weights = external ? new ExternalDataFile(Path.Combine(directory, WeightsFile)) : null;
+            var hooked = write(weights);
+            if (weights is not null)
+            {
+                Hashes[WeightsFile] = weights.Complete();
+                progress($"wrote {WeightsFile} ({weights.Length:N0} bytes, shared by every graph)");
+            }
+            return hooked;
+        }
 
         public void Write(string name, byte[] bytes)
         {
