@@ -25,8 +25,8 @@ public static class SessionFactory
         using var sessionOptions = NewSessionOptions(options, out var provider);
         try
         {
-            weights?.AddTo(sessionOptions);
             if (weights is null) return (new InferenceSession(modelPath, sessionOptions), provider);
+            weights.AddTo(sessionOptions);
             var session = new InferenceSession(modelPath, sessionOptions, weights.Packed);
             weights.ReleaseResidentPages();
             return (session, provider);
