@@ -31,17 +31,20 @@ public class SteeringHookOpTests
         };
     }
 
+    /// <summary>The hook's inputs in its order: h, then the four stacked steering inputs.</summary>
+    private static string[] HookInputs(GraphBuilder g, int sites, int d) =>
+    [
+        g.Input("h", DataType.Float, "batch", "tokens", d),
+        g.Input("add", DataType.Float, "batch", sites, d),
+        g.Input("encoder", DataType.Float, "batch", sites, "d", "slots"),
+        g.Input("decoder", DataType.Float, "batch", sites, "slots", "d"),
+        g.Input("coefficients", DataType.Float, "batch", sites, "rows", "slots"),
+    ];
+
     private static byte[] HookGraph(int sites, int d, int slots, long site, bool withAttributes = true)
     {
         var g = new GraphBuilder("hook");
-        string[] inputs =
-        [
-            g.Input("h", DataType.Float, "batch", "tokens", d),
-            g.Input("add", DataType.Float, "batch", sites, d),
-            g.Input("encoder", DataType.Float, "batch", sites, "d", "slots"),
-            g.Input("decoder", DataType.Float, "batch", sites, "slots", "d"),
-            g.Input("coefficients", DataType.Float, "batch", sites, "rows", "slots"),
-        ];
+        var inputs = HookInputs(g, sites, d);
         AttributeProto[] attributes = withAttributes ? [Attr.Int(SteeringHookOp.SiteAttribute, site)] : [];
         g.Output(g.DomainNode(SteeringHookOp.Domain, SteeringHookOp.OpType, inputs, ["y"], attributes)[0], "y",
             DataType.Float, "batch", "tokens", d);
@@ -345,15 +348,7 @@ public class SteeringHookOpTests
     {
         const float epsilon = 1e-5f;
         var g = new GraphBuilder("hook_norm");
-        string[] steering =
-        [
-            g.Input("h", DataType.Float, "batch", "tokens", d),
-            g.Input("add", DataType.Float, "batch", sites, d),
-            g.Input("encoder", DataType.Float, "batch", sites, "d", "slots"),
-            g.Input("decoder", DataType.Float, "batch", sites, "slots", "d"),
-            g.Input("coefficients", DataType.Float, "batch", sites, "rows", "slots"),
-            g.Input("residual", DataType.Float, "batch", "tokens", d),
-        ];
+        string[] steering = [.. HookInputs(g, sites, d), g.Input("residual", DataType.Float, "batch", "tokens", d)];
         var gamma = g.Input("gamma", DataType.Float, "gamma_length"); // symbolic: the kernel checks it
         List<AttributeProto> attributes = [Attr.Int(SteeringHookOp.SiteAttribute, site)];
         string[] outputs = ["normed", withSum ? "sum" : "", withHooked ? "hooked" : ""];
